@@ -1,0 +1,167 @@
+//! The CPU reference: PyTorch's `nn.RNN` / `nn.LSTM` / `nn.GRU` forward,
+//! written for clarity first. Every GPU result is checked against it, and it
+//! runs models on machines without a GPU.
+//!
+//! Internally rows are batch-major (`[B, T, *]`): every batch row is an
+//! independent recurrence, so rows split across threads with disjoint
+//! slices of the input, the output and the state.
+
+mod cell;
+
+use crate::element::Element;
+use crate::error::Result;
+use crate::sequence::{self, ForwardInput, ForwardOutput, State};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+use cell::CellStep;
+
+/// Runs the whole sequence through every layer and direction.
+pub fn forward<T: Element>(weights: &Weights<T>, args: &ForwardInput<'_, T>) -> Result<ForwardOutput<T>> {
+    let config = weights.config();
+    let dims = sequence::check_forward(config, args)?;
+    let (seq_len, batch) = (dims.seq_len, dims.batch);
+    let full_lengths;
+    let lengths = match args.lengths {
+        Some(lengths) => lengths,
+        None => {
+            full_lengths = vec![seq_len; batch];
+            &full_lengths
+        }
+    };
+
+    let (hidden, out_size, dirs) = (config.hidden_size, config.output_size(), config.num_directions());
+    let mut h = args
+        .h0
+        .map_or_else(|| Tensor::zeros(sequence::h_shape(config, batch)), Tensor::clone);
+    // Every cell gets a `c` buffer so that rows split the same way for all
+    // cells; only an LSTM reads it or returns it.
+    let mut c = args
+        .c0
+        .map_or_else(|| Tensor::zeros(sequence::c_shape(config, batch)), Tensor::clone);
+
+    let mut layer_input = if config.batch_first {
+        args.input.clone()
+    } else {
+        args.input.swap_leading_axes()
+    };
+    for layer in 0..config.num_layers {
+        let mut layer_output = Tensor::zeros([batch, seq_len, config.output_width()]);
+        for direction in 0..dirs {
+            let state = layer * dirs + direction;
+            let h_state = &mut h.data_mut()[state * batch * out_size..(state + 1) * batch * out_size];
+            let c_state = &mut c.data_mut()[state * batch * hidden..(state + 1) * batch * hidden];
+            let run = DirectionRun {
+                cell: CellStep::new(config, weights.layer(layer, direction)),
+                reverse: direction == 1,
+                seq_len,
+                in_width: config.layer_input_size(layer),
+                out_offset: direction * out_size,
+                out_width: config.output_width(),
+                hidden,
+                out_size,
+            };
+            run.run_rows_parallel(
+                layer_input.data(),
+                lengths,
+                h_state,
+                c_state,
+                layer_output.data_mut(),
+            );
+        }
+        layer_input = layer_output;
+    }
+
+    let output = if config.batch_first {
+        layer_input
+    } else {
+        layer_input.swap_leading_axes()
+    };
+    Ok(ForwardOutput {
+        output,
+        h_n: h,
+        c_n: config.has_cell_state().then_some(c),
+    })
+}
+
+/// Advances `B` streams by one timestep: `x` is `[B, I]`, `state` is updated
+/// in place, and the last layer's new `h` (`[B, Hout]`) is returned. Repeated
+/// calls equal one whole-sequence [`forward`] (unidirectional networks only).
+pub fn step<T: Element>(weights: &Weights<T>, x: &Tensor<T>, state: &mut State<T>) -> Result<Tensor<T>> {
+    let config = weights.config();
+    let batch = sequence::check_step(config, x, state)?;
+    // A one-step sequence: time-major and batch-first are then the same bytes.
+    let shape = if config.batch_first {
+        [batch, 1, config.input_size]
+    } else {
+        [1, batch, config.input_size]
+    };
+    let input = Tensor::new(shape, x.data().to_vec())?;
+    let mut args = ForwardInput::new(&input).h0(&state.h);
+    if let Some(c) = &state.c {
+        args = args.c0(c);
+    }
+    let result = forward(weights, &args)?;
+    state.h = result.h_n;
+    state.c = result.c_n;
+    Tensor::new([batch, config.output_size()], result.output.into_data())
+}
+
+/// One layer in one direction over all rows.
+struct DirectionRun<'w, T> {
+    cell: CellStep<'w, T>,
+    reverse: bool,
+    seq_len: usize,
+    in_width: usize,
+    out_width: usize,
+    out_offset: usize,
+    hidden: usize,
+    out_size: usize,
+}
+
+/// Below this many multiply-adds a layer runs on the calling thread: spawning
+/// costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 20;
+
+impl<T: Element> DirectionRun<'_, T> {
+    fn run_rows_parallel(&self, x: &[T], lengths: &[usize], h: &mut [T], c: &mut [T], out: &mut [T]) {
+        let batch = lengths.len();
+        let rows_work = self.seq_len * self.cell.rows() * (self.in_width + self.out_size);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = threads
+            .min(batch)
+            .min((batch * rows_work / PARALLEL_MIN_WORK).max(1));
+        if threads <= 1 {
+            return self.run_rows(x, lengths, h, c, out);
+        }
+        let rows = batch.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let chunks = x
+                .chunks(rows * self.seq_len * self.in_width)
+                .zip(lengths.chunks(rows))
+                .zip(h.chunks_mut(rows * self.out_size))
+                .zip(c.chunks_mut(rows * self.hidden))
+                .zip(out.chunks_mut(rows * self.seq_len * self.out_width));
+            for ((((x, lengths), h), c), out) in chunks {
+                scope.spawn(move || self.run_rows(x, lengths, h, c, out));
+            }
+        });
+    }
+
+    /// Rows `0..lengths.len()` of `x` (`[rows, T, in]`), their states and
+    /// their output (`[rows, T, out_width]`).
+    fn run_rows(&self, x: &[T], lengths: &[usize], h: &mut [T], c: &mut [T], out: &mut [T]) {
+        let mut scratch = self.cell.scratch();
+        for (b, &len) in lengths.iter().enumerate() {
+            let h = &mut h[b * self.out_size..(b + 1) * self.out_size];
+            let c = &mut c[b * self.hidden..(b + 1) * self.hidden];
+            for s in 0..len {
+                let t = if self.reverse { len - 1 - s } else { s };
+                let row = b * self.seq_len + t;
+                let x_t = &x[row * self.in_width..(row + 1) * self.in_width];
+                self.cell.advance(x_t, h, c, &mut scratch);
+                let o = row * self.out_width + self.out_offset;
+                out[o..o + self.out_size].copy_from_slice(h);
+            }
+        }
+    }
+}

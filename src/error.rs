@@ -1,0 +1,78 @@
+//! One error type for the whole crate. Every variant names what was wrong and
+//! where, so that a command-line user or a service log can act on one line.
+
+use std::fmt;
+
+/// A shape as it is printed in errors: `[48, 32, 6]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ShapeDisplay(pub Vec<usize>);
+
+impl fmt::Display for ShapeDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Debug for ShapeDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration that PyTorch would reject, or that makes no sense.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A tensor whose shape is not the one the configuration requires.
+    /// `expected` may name symbolic dimensions, e.g. `[T, B, 6]`.
+    #[error("{tensor}: expected shape {expected}, found {found}")]
+    Shape {
+        tensor: String,
+        expected: String,
+        found: ShapeDisplay,
+    },
+
+    /// A tensor that must be present is not.
+    #[error("{tensor}: missing ({context})")]
+    Missing { tensor: String, context: String },
+
+    /// A tensor that is present but unusable: wrong dtype, out-of-range values, ...
+    #[error("{tensor}: {message}")]
+    Invalid { tensor: String, message: String },
+
+    /// A file that cannot be read, parsed or written.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+
+    /// A feature this build or this machine does not provide.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn shape(tensor: impl Into<String>, expected: impl Into<String>, found: &[usize]) -> Self {
+        Error::Shape {
+            tensor: tensor.into(),
+            expected: expected.into(),
+            found: ShapeDisplay(found.to_vec()),
+        }
+    }
+
+    pub(crate) fn invalid(tensor: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            tensor: tensor.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn file(path: &std::path::Path, message: impl fmt::Display) -> Self {
+        Error::File {
+            path: path.display().to_string(),
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Recurrent networks (RNN, LSTM, GRU) with PyTorch's semantics and weight
+//! layout: a CPU reference that matches `torch.nn.RNN` / `LSTM` / `GRU`, and
+//! (in progress) hand-written CUDA kernels checked against it.
+//!
+//! ```
+//! use rnn_kernels::{cpu, ForwardInput, RnnConfig, Tensor, Weights};
+//!
+//! let config = RnnConfig { num_layers: 2, ..RnnConfig::lstm(6, 64) };
+//! let weights = Weights::<f32>::random(config, 0).unwrap();
+//! let input = Tensor::zeros([48, 32, 6]); // [T, B, I]
+//! let lengths = vec![48; 32];
+//! let out = cpu::forward(&weights, &ForwardInput::new(&input).lengths(&lengths)).unwrap();
+//! assert_eq!(out.output.shape(), &[48, 32, 64]);
+//! assert_eq!(out.h_n.shape(), &[2, 32, 64]);
+//! ```
+
+pub mod config;
+pub mod cpu;
+pub mod element;
+pub mod error;
+pub mod rng;
+pub mod sequence;
+pub mod tensor;
+pub mod tensor_file;
+pub mod weights;
+
+pub use config::{CellKind, RnnConfig};
+pub use element::Element;
+pub use error::{Error, Result};
+pub use sequence::{ForwardInput, ForwardOutput, State};
+pub use tensor::Tensor;
+pub use tensor_file::{StoredDtype, TensorFile};
+pub use weights::Weights;

@@ -1,0 +1,203 @@
+//! What a forward call takes and returns, and the checks every backend runs
+//! on it before touching memory. Shapes follow PyTorch (see the crate docs):
+//! input `[T, B, I]` (`[B, T, I]` batch-first), `h0`/`h_n` `[L*D, B, Hout]`,
+//! `c0`/`c_n` `[L*D, B, H]`, output `[T, B, D*Hout]` (or batch-first).
+
+use crate::config::RnnConfig;
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// The arguments of a whole-sequence forward call.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardInput<'a, T> {
+    pub input: &'a Tensor<T>,
+    /// Valid steps per sequence, each in `1..=T`, in any order. `None`: all `T`.
+    pub lengths: Option<&'a [usize]>,
+    /// Initial hidden state; `None` means zeros.
+    pub h0: Option<&'a Tensor<T>>,
+    /// Initial cell state (LSTM only); `None` means zeros.
+    pub c0: Option<&'a Tensor<T>>,
+}
+
+impl<'a, T> ForwardInput<'a, T> {
+    pub fn new(input: &'a Tensor<T>) -> Self {
+        ForwardInput {
+            input,
+            lengths: None,
+            h0: None,
+            c0: None,
+        }
+    }
+
+    pub fn lengths(mut self, lengths: &'a [usize]) -> Self {
+        self.lengths = Some(lengths);
+        self
+    }
+
+    pub fn h0(mut self, h0: &'a Tensor<T>) -> Self {
+        self.h0 = Some(h0);
+        self
+    }
+
+    pub fn c0(mut self, c0: &'a Tensor<T>) -> Self {
+        self.c0 = Some(c0);
+        self
+    }
+}
+
+/// The results of a whole-sequence forward call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardOutput<T> {
+    /// `[T, B, D*Hout]` (or batch-first), zero at `t >= lengths[b]`.
+    pub output: Tensor<T>,
+    /// `[L*D, B, Hout]`: each sequence's state after its own last valid step.
+    pub h_n: Tensor<T>,
+    /// `[L*D, B, H]` for an LSTM, else `None`.
+    pub c_n: Option<Tensor<T>>,
+}
+
+/// The recurrent state of `B` streams: what a stateful caller carries from
+/// one step to the next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State<T> {
+    /// `[L*D, B, Hout]`
+    pub h: Tensor<T>,
+    /// `[L*D, B, H]` for an LSTM, else `None`.
+    pub c: Option<Tensor<T>>,
+}
+
+impl<T: Element> State<T> {
+    /// The all-zero state PyTorch starts from when no `h0`/`c0` is given.
+    pub fn zeros(config: &RnnConfig, batch: usize) -> Self {
+        State {
+            h: Tensor::zeros(h_shape(config, batch)),
+            c: config
+                .has_cell_state()
+                .then(|| Tensor::zeros(c_shape(config, batch))),
+        }
+    }
+}
+
+/// The size of a forward call, read off its checked input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SequenceDims {
+    pub seq_len: usize,
+    pub batch: usize,
+}
+
+pub fn h_shape(config: &RnnConfig, batch: usize) -> [usize; 3] {
+    [config.num_states(), batch, config.output_size()]
+}
+
+pub fn c_shape(config: &RnnConfig, batch: usize) -> [usize; 3] {
+    [config.num_states(), batch, config.hidden_size]
+}
+
+/// Checks a forward call's arguments against `config`: every shape, every
+/// length, and that `c0` is given only to an LSTM.
+pub fn check_forward<T>(config: &RnnConfig, args: &ForwardInput<'_, T>) -> Result<SequenceDims>
+where
+    T: Copy,
+{
+    let shape = args.input.shape();
+    let (layout, expected) = if config.batch_first {
+        ("[B, T, I]", format!("[B, T, {}]", config.input_size))
+    } else {
+        ("[T, B, I]", format!("[T, B, {}]", config.input_size))
+    };
+    if shape.len() != 3 || shape[2] != config.input_size {
+        return Err(Error::shape("input", format!("{expected} ({layout})"), shape));
+    }
+    let (seq_len, batch) = if config.batch_first {
+        (shape[1], shape[0])
+    } else {
+        (shape[0], shape[1])
+    };
+    if seq_len == 0 || batch == 0 {
+        return Err(Error::shape(
+            "input",
+            format!("{expected} with T >= 1 and B >= 1"),
+            shape,
+        ));
+    }
+    if let Some(lengths) = args.lengths {
+        check_lengths(lengths, seq_len, batch)?;
+    }
+    if let Some(h0) = args.h0 {
+        check_state_shape("h0", h0.shape(), h_shape(config, batch))?;
+    }
+    match (args.c0, config.has_cell_state()) {
+        (Some(c0), true) => check_state_shape("c0", c0.shape(), c_shape(config, batch))?,
+        (Some(_), false) => {
+            return Err(Error::invalid(
+                "c0",
+                format!("given, but a {} has no cell state", config.cell),
+            ))
+        }
+        (None, _) => {}
+    }
+    Ok(SequenceDims { seq_len, batch })
+}
+
+/// Checks a stateful step's arguments: `x` is `[B, I]` and `state` matches.
+/// Returns `B`.
+pub fn check_step<T: Copy>(config: &RnnConfig, x: &Tensor<T>, state: &State<T>) -> Result<usize> {
+    if config.bidirectional {
+        return Err(Error::Config(
+            "a bidirectional network cannot advance one step at a time: its reverse direction needs the whole sequence"
+                .into(),
+        ));
+    }
+    let shape = x.shape();
+    if shape.len() != 2 || shape[1] != config.input_size || shape[0] == 0 {
+        return Err(Error::shape(
+            "x",
+            format!("[B, {}] with B >= 1", config.input_size),
+            shape,
+        ));
+    }
+    let batch = shape[0];
+    check_state_shape("state.h", state.h.shape(), h_shape(config, batch))?;
+    match (&state.c, config.has_cell_state()) {
+        (Some(c), true) => check_state_shape("state.c", c.shape(), c_shape(config, batch))?,
+        (None, true) => {
+            return Err(Error::Missing {
+                tensor: "state.c".into(),
+                context: "an lstm's state has a cell state".into(),
+            })
+        }
+        (Some(_), false) => {
+            return Err(Error::invalid(
+                "state.c",
+                format!("given, but a {} has no cell state", config.cell),
+            ))
+        }
+        (None, false) => {}
+    }
+    Ok(batch)
+}
+
+fn check_state_shape(name: &str, found: &[usize], expected: [usize; 3]) -> Result<()> {
+    if found != expected {
+        return Err(Error::shape(name, format!("{expected:?} ([L*D, B, ...])"), found));
+    }
+    Ok(())
+}
+
+fn check_lengths(lengths: &[usize], seq_len: usize, batch: usize) -> Result<()> {
+    if lengths.len() != batch {
+        return Err(Error::shape(
+            "lengths",
+            format!("[{batch}] ([B])"),
+            &[lengths.len()],
+        ));
+    }
+    if let Some((b, &len)) = lengths.iter().enumerate().find(|(_, &l)| l == 0 || l > seq_len) {
+        return Err(Error::invalid(
+            "lengths",
+            format!("lengths[{b}] = {len} is outside 1..={seq_len} (T = {seq_len})"),
+        ));
+    }
+    Ok(())
+}
