@@ -100,3 +100,63 @@ pub fn assert_close<A: Element, B: Element>(what: &str, actual: &Tensor<A>, expe
         );
     }
 }
+
+/// A tensor of standard normal values from a seeded generator.
+pub fn random_tensor<T: Element>(shape: &[usize], rng: &mut rnn_kernels::rng::SplitMix64) -> Tensor<T> {
+    let count = shape.iter().product();
+    Tensor::new(shape, (0..count).map(|_| T::from_f64(rng.normal())).collect()).unwrap()
+}
+
+/// Configurations that between them exercise every cell, both GRU variants,
+/// depth, both directions, both layouts, no bias and projections, at sizes
+/// that are multiples of nothing.
+pub fn varied_configs() -> Vec<rnn_kernels::RnnConfig> {
+    use rnn_kernels::RnnConfig;
+    vec![
+        RnnConfig::lstm(3, 5),
+        RnnConfig {
+            num_layers: 2,
+            bidirectional: true,
+            ..RnnConfig::lstm(4, 7)
+        },
+        RnnConfig {
+            num_layers: 2,
+            proj_size: 3,
+            bidirectional: true,
+            ..RnnConfig::lstm(5, 6)
+        },
+        RnnConfig {
+            num_layers: 3,
+            batch_first: true,
+            bias: false,
+            ..RnnConfig::lstm(2, 3)
+        },
+        RnnConfig {
+            num_layers: 2,
+            bidirectional: true,
+            ..RnnConfig::gru(3, 5)
+        },
+        RnnConfig {
+            num_layers: 2,
+            gru_linear_before_reset: false,
+            batch_first: true,
+            ..RnnConfig::gru(4, 6)
+        },
+        RnnConfig {
+            bidirectional: true,
+            gru_linear_before_reset: false,
+            bias: false,
+            ..RnnConfig::gru(2, 3)
+        },
+        RnnConfig {
+            num_layers: 2,
+            ..RnnConfig::rnn_tanh(3, 4)
+        },
+        RnnConfig {
+            num_layers: 2,
+            bidirectional: true,
+            batch_first: true,
+            ..RnnConfig::rnn_relu(5, 3)
+        },
+    ]
+}

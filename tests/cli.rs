@@ -1,0 +1,327 @@
+//! `rnnk` end to end: every fixture through the binary, and every bad input
+//! answered by one clear line and a non-zero exit, never a panic or a file.
+
+mod common;
+
+use common::{assert_close, case_files, fixtures_dir, Case};
+use rnn_kernels::tensor_file::{self, OwnedTensor};
+use rnn_kernels::{StoredDtype, Tensor, TensorFile};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rnnk-cli-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Run {
+    ok: bool,
+    code: Option<i32>,
+    stderr: String,
+}
+
+fn rnnk(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_rnnk"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "rnnk panicked: {stderr}");
+    Run {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stderr,
+    }
+}
+
+fn forward(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    args.extend(["--output", output.to_str().unwrap()]);
+    args.extend(extra);
+    rnnk(&args)
+}
+
+#[test]
+fn forward_reproduces_pytorch_on_every_fixture() {
+    let dir = temp_dir("fixtures");
+    for path in case_files() {
+        let case = Case::<f64>::load(&path);
+        for (precision, tol) in [("f32", 2e-5), ("f64", 1e-6)] {
+            let out_path = dir.join(format!("{}-{precision}.safetensors", case.name));
+            let run = forward(&path, &path, &out_path, &["--precision", precision]);
+            assert!(run.ok, "{}: {}", case.name, run.stderr);
+            let out = TensorFile::open(&out_path).unwrap();
+            let get = |n: &str| out.float::<f64>(n).unwrap();
+            let ctx = |t: &str| format!("{} {precision} {t}", case.name);
+            assert_close(&ctx("output"), &get("output").unwrap(), &case.output, tol);
+            assert_close(&ctx("h_n"), &get("h_n").unwrap(), &case.h_n, tol);
+            match &case.c_n {
+                Some(c_n) => assert_close(&ctx("c_n"), &get("c_n").unwrap(), c_n, tol),
+                None => assert!(get("c_n").is_none(), "{}: c_n only for an LSTM", case.name),
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_takes_a_prefix_of_a_whole_model() {
+    let dir = temp_dir("prefix");
+    let icu = fixtures_dir().join("icu_model.safetensors");
+    let out = dir.join("out.safetensors");
+    for extra in [&["--prefix", "lstm"][..], &["--prefix", "lstm."][..], &[][..]] {
+        let run = forward(&icu, &icu, &out, extra);
+        assert!(run.ok, "{extra:?}: {}", run.stderr);
+        let file = TensorFile::open(&out).unwrap();
+        assert_eq!(file.shape("h_n").unwrap(), Some(vec![2, 9, 64]));
+        assert_eq!(
+            file.shape("output").unwrap(),
+            Some(vec![9, 48, 64]),
+            "batch-first from metadata"
+        );
+    }
+    let run = forward(&icu, &icu, &out, &["--prefix", "head"]);
+    assert!(
+        !run.ok && run.stderr.contains("head.weight_ih_l0"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn info_prints_the_configuration() {
+    let path = fixtures_dir().join("lstm_proj_l2_bi_varlen.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_rnnk"))
+        .args(["info", "--model", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("lstm input_size=3 hidden_size=8 num_layers=2 bidirectional proj_size=5"),
+        "{text}"
+    );
+    assert!(text.contains("weight_hr_l1_reverse"), "{text}");
+}
+
+/// A case's inputs with some tensors replaced (`Some`) or removed (`None`),
+/// written as a new input file.
+fn input_file(dir: &Path, name: &str, case: &Path, change: Vec<(&str, Option<OwnedTensor>)>) -> PathBuf {
+    let file = TensorFile::open(case).unwrap();
+    let mut tensors: HashMap<String, OwnedTensor> = HashMap::new();
+    for n in ["input", "h0", "c0"] {
+        if let Some(t) = file.float::<f64>(n).unwrap() {
+            tensors.insert(n.to_string(), OwnedTensor::float(&t, StoredDtype::F32));
+        }
+    }
+    if let Some((shape, v)) = file.integer("lengths").unwrap() {
+        tensors.insert("lengths".into(), OwnedTensor::i64(shape, &v));
+    }
+    for (n, replacement) in change {
+        tensors.remove(n);
+        if let Some(t) = replacement {
+            tensors.insert(n.to_string(), t);
+        }
+    }
+    let path = dir.join(format!("{name}.safetensors"));
+    let list: Vec<(String, OwnedTensor)> = tensors.into_iter().collect();
+    tensor_file::write(&path, &list, HashMap::new()).unwrap();
+    path
+}
+
+fn floats(shape: &[usize]) -> Option<OwnedTensor> {
+    Some(OwnedTensor::float(&Tensor::<f32>::zeros(shape), StoredDtype::F32))
+}
+
+fn ints(values: &[i64]) -> Option<OwnedTensor> {
+    Some(OwnedTensor::i64(vec![values.len()], values))
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line_and_no_output_file() {
+    let dir = temp_dir("bad");
+    // lstm: I=4, H=6, L=2, bidirectional, T=7, B=5 (so h0 is [4, 5, 6]).
+    let lstm = fixtures_dir().join("lstm_l2_bi_varlen_state.safetensors");
+    let gru = fixtures_dir().join("gru_basic.safetensors"); // I=5, H=7, T=5, B=3
+    let inputs_only = input_file(&dir, "inputs_only", &gru, vec![]);
+    let bad: Vec<(&str, &Path, PathBuf, &[&str])> = vec![
+        (
+            "no_input",
+            &lstm,
+            input_file(&dir, "no_input", &lstm, vec![("input", None)]),
+            &["input: missing"],
+        ),
+        (
+            "input_2d",
+            &lstm,
+            input_file(&dir, "input_2d", &lstm, vec![("input", floats(&[7, 4]))]),
+            &["input: expected shape [T, B, 4]", "found [7, 4]"],
+        ),
+        (
+            "input_width",
+            &lstm,
+            input_file(&dir, "input_width", &lstm, vec![("input", floats(&[7, 5, 3]))]),
+            &["input", "[T, B, 4]", "[7, 5, 3]"],
+        ),
+        (
+            "input_int",
+            &lstm,
+            input_file(&dir, "input_int", &lstm, vec![("input", ints(&[1, 2]))]),
+            &["input", "not a float type"],
+        ),
+        (
+            "lengths_zero",
+            &lstm,
+            input_file(
+                &dir,
+                "lengths_zero",
+                &lstm,
+                vec![("lengths", ints(&[1, 2, 0, 4, 5]))],
+            ),
+            &["lengths[2] = 0", "1..=7"],
+        ),
+        (
+            "lengths_long",
+            &lstm,
+            input_file(
+                &dir,
+                "lengths_long",
+                &lstm,
+                vec![("lengths", ints(&[1, 2, 8, 4, 5]))],
+            ),
+            &["lengths[2] = 8"],
+        ),
+        (
+            "lengths_negative",
+            &lstm,
+            input_file(
+                &dir,
+                "lengths_negative",
+                &lstm,
+                vec![("lengths", ints(&[1, -2, 3, 4, 5]))],
+            ),
+            &["lengths[1] = -2"],
+        ),
+        (
+            "lengths_count",
+            &lstm,
+            input_file(&dir, "lengths_count", &lstm, vec![("lengths", ints(&[1, 2, 3]))]),
+            &["lengths: expected shape [5]", "found [3]"],
+        ),
+        (
+            "lengths_float",
+            &lstm,
+            input_file(&dir, "lengths_float", &lstm, vec![("lengths", floats(&[5]))]),
+            &["lengths", "not an integer type"],
+        ),
+        (
+            "h0_shape",
+            &lstm,
+            input_file(&dir, "h0_shape", &lstm, vec![("h0", floats(&[2, 5, 6]))]),
+            &["h0: expected shape [4, 5, 6]", "found [2, 5, 6]"],
+        ),
+        (
+            "c0_shape",
+            &lstm,
+            input_file(&dir, "c0_shape", &lstm, vec![("c0", floats(&[4, 5, 7]))]),
+            &["c0: expected shape [4, 5, 6]"],
+        ),
+        (
+            "c0_for_gru",
+            &gru,
+            input_file(&dir, "c0_for_gru", &gru, vec![("c0", floats(&[1, 3, 7]))]),
+            &["c0: given, but a gru has no cell state"],
+        ),
+        (
+            "model_is_input",
+            &inputs_only,
+            gru.clone(),
+            &["weight_ih_l0", "missing"],
+        ),
+    ];
+    for (name, model, input, needles) in bad {
+        let out = dir.join(format!("{name}.out.safetensors"));
+        let run = forward(model, &input, &out, &[]);
+        assert!(
+            !run.ok && run.code == Some(1),
+            "{name} should fail with status 1: {}",
+            run.stderr
+        );
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "{name}: one line, got {:?}",
+            run.stderr
+        );
+        for needle in needles {
+            assert!(
+                run.stderr.contains(needle),
+                "{name}: {:?} should contain {needle:?}",
+                run.stderr
+            );
+        }
+        assert!(!out.exists(), "{name}: no output file on failure");
+    }
+}
+
+#[test]
+fn bad_files_and_devices_fail_cleanly() {
+    let dir = temp_dir("files");
+    let case = fixtures_dir().join("gru_basic.safetensors");
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}").unwrap();
+    let out = dir.join("out.safetensors");
+    let runs = [
+        (
+            forward(&garbage, &case, &out, &[]),
+            "not a valid safetensors file",
+        ),
+        (
+            forward(&case, &garbage, &out, &[]),
+            "not a valid safetensors file",
+        ),
+        (
+            forward(&dir.join("absent.safetensors"), &case, &out, &[]),
+            "absent.safetensors",
+        ),
+        (
+            forward(&case, &case, &dir.join("no/such/dir/out.safetensors"), &[]),
+            "out.safetensors",
+        ),
+        (
+            forward(&case, &case, &out, &["--device", "cuda"]),
+            "--device cuda",
+        ),
+    ];
+    for (run, needle) in runs {
+        assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "{:?} should contain {needle:?}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{:?}", run.stderr);
+    }
+    assert!(!out.exists());
+    // A bad flag is clap's business: usage and status 2.
+    let run = forward(&case, &case, &out, &["--device", "tpu"]);
+    assert_eq!(run.code, Some(2));
+}
+
+#[test]
+fn a_failed_run_leaves_an_existing_output_untouched() {
+    let dir = temp_dir("untouched");
+    let case = fixtures_dir().join("gru_basic.safetensors");
+    let out = dir.join("out.safetensors");
+    std::fs::write(&out, b"previous results").unwrap();
+    let bad = input_file(&dir, "bad", &case, vec![("input", floats(&[1, 1, 1]))]);
+    assert!(!forward(&case, &bad, &out, &[]).ok);
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous results");
+}
