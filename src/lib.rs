@@ -14,6 +14,11 @@
 //! assert_eq!(out.h_n.shape(), &[2, 32, 64]);
 //! ```
 
+/// The README's examples are compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod config;
 pub mod cpu;
 pub mod element;

@@ -1,0 +1,201 @@
+//! Forward (inference) latency over the shapes of `../shared/gpu/shapes.json`.
+//!
+//! Variants: `cpu_f32` (the reference, on shapes small enough to time in
+//! seconds). Each timed sample is kept, and when `BENCH_JSON_DIR` is set the
+//! medians are written to `$BENCH_JSON_DIR/rnn_kernels.json` as records
+//! `{shape, mode, dtype, variant, median_us, p10_us, p90_us, reps}`, the
+//! format `torch_anchor.py` writes for PyTorch/cuDNN, so the two line up.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rnn_kernels::rng::SplitMix64;
+use rnn_kernels::{cpu, CellKind, ForwardInput, RnnConfig, State, Tensor, Weights};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One entry of shapes.json.
+struct Shape {
+    name: String,
+    config: RnnConfig,
+    batch: usize,
+    seq_len: usize,
+    lengths: Option<Vec<usize>>,
+    step: bool,
+}
+
+impl Shape {
+    fn parse(v: &Value) -> Shape {
+        let int = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("shape field {k}")) as usize;
+        let cell: CellKind = v["cell"].as_str().unwrap().parse().unwrap();
+        let config = RnnConfig {
+            num_layers: int("layers"),
+            bidirectional: v["bidirectional"].as_bool().unwrap_or(false),
+            ..RnnConfig::new(cell, int("input"), int("hidden"))
+        };
+        let (batch, seq_len) = (int("batch"), int("seq"));
+        let lengths = v["lengths"].as_str().map(|spec| {
+            // "random:LO..HI", drawn once per sequence from a fixed seed.
+            let (lo, hi) = spec
+                .trim_start_matches("random:")
+                .split_once("..")
+                .expect("random:LO..HI");
+            let (lo, hi) = (lo.parse().unwrap(), hi.parse().unwrap());
+            let mut rng = SplitMix64::new(0x5EED);
+            (0..batch).map(|_| rng.int_inclusive(lo, hi)).collect()
+        });
+        Shape {
+            name: v["name"].as_str().unwrap().to_string(),
+            config,
+            batch,
+            seq_len,
+            lengths,
+            step: v["step"].as_bool().unwrap_or(false),
+        }
+    }
+
+    /// Multiply-adds of one call, ×2 for flops.
+    fn flops(&self) -> u64 {
+        let c = &self.config;
+        let per_step: usize = (0..c.num_layers)
+            .map(|l| {
+                c.num_directions() * c.gates() * c.hidden_size * (c.layer_input_size(l) + c.output_size())
+            })
+            .sum();
+        2 * (per_step * self.batch * self.seq_len) as u64
+    }
+}
+
+fn shapes_path() -> PathBuf {
+    if let Ok(p) = std::env::var("RNN_SHAPES") {
+        return p.into();
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [
+        manifest.join("../shared/gpu/shapes.json"),
+        manifest.join(".gpu/shapes.json"),
+        "shapes.json".into(),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .expect("shapes.json: set RNN_SHAPES, or keep ../shared beside the crate")
+}
+
+fn load_shapes() -> Vec<Shape> {
+    let text = std::fs::read_to_string(shapes_path()).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    doc["shapes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Shape::parse)
+        .collect()
+}
+
+/// Per-iteration times of every benchmark, for the JSON summary.
+static SAMPLES: Mutex<Vec<(String, &'static str, Vec<f64>)>> = Mutex::new(Vec::new());
+
+/// Times `f` through criterion and keeps each sample's per-iteration time.
+fn bench(c: &mut Criterion, shape: &Shape, variant: &'static str, mut f: impl FnMut()) {
+    let mut group = c.benchmark_group(&shape.name);
+    group.throughput(Throughput::Elements(shape.flops()));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    let mut per_iter_us = Vec::new();
+    group.bench_function(variant, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            let elapsed = start.elapsed();
+            per_iter_us.push(elapsed.as_secs_f64() * 1e6 / iters as f64);
+            elapsed
+        })
+    });
+    group.finish();
+    SAMPLES
+        .lock()
+        .unwrap()
+        .push((shape.name.clone(), variant, per_iter_us));
+}
+
+/// The reference is timed where one call takes well under a second.
+const CPU_MAX_FLOPS: u64 = 600_000_000;
+
+fn cpu_forward(c: &mut Criterion) {
+    for shape in load_shapes().into_iter().filter(|s| s.flops() <= CPU_MAX_FLOPS) {
+        let weights = Weights::<f32>::random(shape.config.clone(), 1).unwrap();
+        let mut rng = SplitMix64::new(2);
+        let cfg = &shape.config;
+        if shape.step {
+            let x = Tensor::new(
+                [shape.batch, cfg.input_size],
+                random(&mut rng, shape.batch * cfg.input_size),
+            );
+            let mut state = State::zeros(cfg, shape.batch);
+            let x = x.unwrap();
+            bench(c, &shape, "cpu_f32", || {
+                cpu::step(&weights, &x, &mut state).unwrap();
+            });
+        } else {
+            let count = shape.seq_len * shape.batch * cfg.input_size;
+            let input = Tensor::new(
+                [shape.seq_len, shape.batch, cfg.input_size],
+                random(&mut rng, count),
+            )
+            .unwrap();
+            let args = ForwardInput {
+                input: &input,
+                lengths: shape.lengths.as_deref(),
+                h0: None,
+                c0: None,
+            };
+            bench(c, &shape, "cpu_f32", || {
+                cpu::forward(&weights, &args).unwrap();
+            });
+        }
+    }
+}
+
+fn random(rng: &mut SplitMix64, count: usize) -> Vec<f32> {
+    (0..count).map(|_| rng.normal() as f32).collect()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Writes `$BENCH_JSON_DIR/rnn_kernels.json` (DESIGN §5) when that variable is set.
+fn write_json(_: &mut Criterion) {
+    let Ok(dir) = std::env::var("BENCH_JSON_DIR") else {
+        return;
+    };
+    let records: Vec<Value> = SAMPLES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, samples)| !samples.is_empty())
+        .map(|(shape, variant, samples)| {
+            let mut sorted = samples.clone();
+            sorted.sort_by(f64::total_cmp);
+            json!({
+                "shape": shape, "mode": "infer", "dtype": "f32", "variant": variant,
+                "median_us": percentile(&sorted, 0.5), "p10_us": percentile(&sorted, 0.1),
+                "p90_us": percentile(&sorted, 0.9), "reps": sorted.len(),
+            })
+        })
+        .collect();
+    let path = PathBuf::from(dir).join("rnn_kernels.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json!({ "records": records })).unwrap(),
+    )
+    .unwrap();
+    eprintln!("wrote {} records to {}", records.len(), path.display());
+}
+
+criterion_group!(benches, cpu_forward, write_json);
+criterion_main!(benches);
