@@ -23,6 +23,7 @@ pub mod config;
 pub mod cpu;
 pub mod element;
 pub mod error;
+pub mod kernels;
 pub mod rng;
 pub mod sequence;
 pub mod tensor;

@@ -1,0 +1,80 @@
+// A small SIMT emulation, so that kernels/*.cu compile as C++ and run on the
+// CPU in CI: one host thread per CUDA thread, a std::barrier per block for
+// __syncthreads, real atomics for the grid-level barrier, and thread-local
+// threadIdx/blockIdx. It is a test harness (catching indexing, bounds and
+// synchronisation bugs on machines without a GPU), not a product feature.
+//
+// Supported: what the kernels use and nothing more. No warp shuffles, no
+// static __shared__ (dynamic shared memory only), 1-D blocks.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <math.h>
+
+using std::max;
+using std::min;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+
+namespace rnn_emu {
+
+struct Dim3 {
+    unsigned x, y, z;
+};
+
+// A launch as Rust describes it (emu/src/lib.rs mirrors this).
+struct Launch {
+    unsigned grid[3];
+    unsigned block[3];
+    unsigned long long smem_bytes;
+    int cooperative;  // 1: all blocks run at once (they may wait for each other)
+};
+
+struct ThreadState {
+    Dim3 thread_idx, block_idx, block_dim, grid_dim;
+    std::barrier<>* block_barrier;
+    unsigned char* smem;
+};
+
+extern thread_local ThreadState tls;
+
+void run(const Launch& launch, void (*entry)(const void*), const void* params);
+
+// Called in spin loops: yields the core, and aborts a launch that waits
+// forever (a barrier some block never reaches) instead of hanging CI.
+void spin_pause();
+
+}  // namespace rnn_emu
+
+#define threadIdx (rnn_emu::tls.thread_idx)
+#define blockIdx (rnn_emu::tls.block_idx)
+#define blockDim (rnn_emu::tls.block_dim)
+#define gridDim (rnn_emu::tls.grid_dim)
+
+inline void __syncthreads() { rnn_emu::tls.block_barrier->arrive_and_wait(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
+    return std::atomic_ref<unsigned int>(*p).fetch_add(v, std::memory_order_acq_rel);
+}
+
+inline float rnn_load_l2(const float* p) { return *p; }
+inline unsigned int rnn_load_acquire(const unsigned int* p) {
+    return std::atomic_ref<unsigned int>(*const_cast<unsigned int*>(p)).load(std::memory_order_acquire);
+}
+inline void rnn_spin_pause() { rnn_emu::spin_pause(); }
+
+#define RNN_KERNEL(name, Params)                                                              \
+    static void name##_body(const Params& p);                                                 \
+    static void name##_entry(const void* params) { name##_body(*static_cast<const Params*>(params)); } \
+    extern "C" void rnn_emu_##name(const rnn_emu::Launch* launch, const void* params) {       \
+        rnn_emu::run(*launch, name##_entry, params);                                          \
+    }                                                                                         \
+    static void name##_body(const Params& p)
+
+#define RNN_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(rnn_emu::tls.smem)

@@ -1,0 +1,275 @@
+// The recurrence of one layer, all timesteps in one persistent launch.
+//
+// Design (DESIGN §3). The input half x·W_ihᵀ + b_ih is already done for all
+// timesteps (input_projection.cu); what is left is T dependent steps of
+// h_{t-1}·W_hhᵀ and the gate math. Per step the work is small (seed shapes:
+// ~1 MFLOP) and latency is what costs, so:
+//
+// - A *group* of `ctas_per_group` CTAs runs one (direction, batch tile).
+//   Grid = (ctas_per_group, batch tiles, directions); both directions and all
+//   batch tiles run at once and never wait for each other.
+// - Each CTA owns `units_per_cta` hidden units with all G gates of each, so
+//   the gate nonlinearities and the cell update are local to one thread, in
+//   registers, fused with the product (no gate tensor in memory).
+// - Its slice of W_hh (G·U rows × HO) is loaded into shared memory once and
+//   stays there for all T steps (weight-stationary: DRAM is read once per
+//   sequence, not per step). Shapes too large for that read W_hh from L2
+//   each step instead (weights_in_smem = 0): slower, same answer.
+// - Per step the only exchange is h_t: each CTA writes its slice to a double
+//   buffer in global memory (L2) and the group meets at a counter barrier.
+//   A group of one CTA needs only __syncthreads. The LSTM projection and the
+//   original GRU need a full-width vector mid-step (o⊙tanh c, r⊙h): they
+//   exchange it too, a second barrier per step.
+// - Variable lengths need no sorting: row b runs steps 0..len_b (the reverse
+//   direction at t = len_b-1-s) and past its end keeps its state and writes
+//   zeros. Every output element is written exactly once.
+//
+// Bounds: per step and CTA, G·U·Bt dot products of length HO from shared
+// memory (~1.25 shared loads per FMA), one L2 round trip for h, and the
+// barrier. Per-thread register blocking over batch rows, the wavefront over
+// layers and the input projection folded in for narrow inputs are the next
+// steps, to be measured on a GPU first.
+//
+// Launch: grid (ctas_per_group, ceil(B / batch_tile), D), any block size
+// (a multiple of 32), dynamic shared memory as src/kernels/plan.rs sizes it,
+// cooperative whenever ctas_per_group > 1 (the barrier needs the whole group
+// resident). `barrier` must be zero at launch.
+
+#include "common.cuh"
+
+template <int CELL>
+struct Cell;
+
+template <>
+struct Cell<RNN_CELL_TANH> {
+    static constexpr int gates = 1;
+};
+template <>
+struct Cell<RNN_CELL_RELU> {
+    static constexpr int gates = 1;
+};
+template <>
+struct Cell<RNN_CELL_LSTM> {
+    static constexpr int gates = 4;
+};
+template <>
+struct Cell<RNN_CELL_GRU> {
+    static constexpr int gates = 3;
+};
+
+// Where output element (t, b, col) of direction dir lives.
+__device__ __forceinline__ long long output_index(const RecurrenceParams& p, int t, int b, int dir, int col) {
+    const long long row = p.y_batch_first ? (long long)b * p.seq_len + t : (long long)t * p.batch + b;
+    return row * (gridDim.z * p.out_size) + (long long)dir * p.out_size + col;
+}
+
+template <int CELL>
+__device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
+    constexpr int G = Cell<CELL>::gates;
+    const int dir = blockIdx.z, tile = blockIdx.y, cta = blockIdx.x, D = gridDim.z;
+    const int H = p.hidden, HO = p.out_size, B = p.batch;
+    const bool projecting = CELL == RNN_CELL_LSTM && p.w_hr != nullptr;
+    const bool reset_first = CELL == RNN_CELL_GRU && !p.linear_before_reset;
+    const bool two_phase = projecting || reset_first;
+
+    // This CTA's units, projected outputs and the slice of h it writes.
+    const int upc = p.units_per_cta, opc = p.outputs_per_cta, bt = p.batch_tile;
+    const int u0 = min(cta * upc, H), U = min(upc, H - u0);
+    const int o0 = min(cta * opc, HO), UO = projecting ? min(opc, HO - o0) : 0;
+    const int hs0 = projecting ? o0 : u0, hcount = projecting ? UO : U;
+    const int b0 = tile * bt, BT = min(bt, B - b0);
+    const int group = dir * gridDim.y + tile;
+
+    // Shared memory, in floats (plan.rs mirrors these sizes).
+    RNN_DYNAMIC_SMEM(float, smem);
+    const int ws_stride = HO + 1, w2s_stride = H + 1, vs_stride = H + 1;  // +1: no bank conflicts
+    float* w_s = smem;                                                      // [G·upc][HO+1]
+    float* w2_s = w_s + (p.weights_in_smem ? G * upc * ws_stride : 0);      // [opc][H+1]
+    float* v_s = w2_s + (p.weights_in_smem && projecting ? opc * w2s_stride : 0);  // [bt][H+1]
+    float* c_s = v_s + bt * vs_stride;                                      // [bt][upc] cell state
+    float* z_s = c_s + bt * upc;                                            // [bt][upc] GRU z
+    float* hp_s = z_s + bt * upc;                                           // [bt][upc] GRU h_{t-1}
+    int* len_s = reinterpret_cast<int*>(hp_s + bt * upc);                   // [bt]
+
+    // W_hh rows of (gate g, own unit j) at w + g·gate_stride + j·row_stride.
+    const float* w_hh = p.w_hh + (long long)dir * G * H * HO;
+    const float* w_hr = projecting ? p.w_hr + (long long)dir * HO * H : nullptr;
+    if (p.weights_in_smem) {
+        for (int i = threadIdx.x; i < G * U * HO; i += blockDim.x) {
+            const int row = i / HO, k = i % HO, g = row / U, j = row % U;
+            w_s[(g * upc + j) * ws_stride + k] = w_hh[(long long)(g * H + u0 + j) * HO + k];
+        }
+        for (int i = threadIdx.x; i < UO * H; i += blockDim.x) {
+            const int o = i / H, k = i % H;
+            w2_s[o * w2s_stride + k] = w_hr[(long long)(o0 + o) * H + k];
+        }
+    }
+    const float* w = p.weights_in_smem ? w_s : w_hh + (long long)u0 * HO;
+    const long long row_stride = p.weights_in_smem ? ws_stride : HO;
+    const long long gate_stride = p.weights_in_smem ? (long long)upc * ws_stride : (long long)H * HO;
+    const float* w2 = p.weights_in_smem ? w2_s : (projecting ? w_hr + (long long)o0 * H : nullptr);
+    const long long w2_stride = p.weights_in_smem ? w2s_stride : H;
+    const float* b_hh = p.b_hh ? p.b_hh + (long long)dir * G * H + u0 : nullptr;
+
+    // Exchange buffers of this group, and its barrier.
+    float* hbuf = p.exchange + (long long)group * RNN_EXCHANGE_FLOATS(bt, H, HO);  // [2][bt][HO]
+    float* vbuf = hbuf + 2 * bt * HO;                                              // [bt][H]
+    unsigned int* counter = p.barrier + group;
+    unsigned int epoch = 0;
+    auto sync_group = [&]() {
+        ++epoch;
+        if (p.ctas_per_group > 1) rnn_group_barrier(counter, epoch * p.ctas_per_group);
+        else __syncthreads();
+    };
+
+    // Initial state: each CTA reads (and at the end writes) only its own
+    // slices, so h_n may alias h0 and c_n c0.
+    for (int i = threadIdx.x; i < BT * hcount; i += blockDim.x) {
+        const int b = i / hcount, k = hs0 + i % hcount;
+        hbuf[b * HO + k] = p.h0 ? p.h0[((long long)dir * B + b0 + b) * HO + k] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < BT * U; i += blockDim.x) {
+        const int b = i / U, j = i % U;
+        if (CELL == RNN_CELL_LSTM) c_s[b * upc + j] = p.c0 ? p.c0[((long long)dir * B + b0 + b) * H + u0 + j] : 0.0f;
+    }
+    for (int b = threadIdx.x; b < BT; b += blockDim.x) len_s[b] = p.lengths ? p.lengths[b0 + b] : p.seq_len;
+    sync_group();
+    // The group runs as many steps as its longest row: every CTA of the group
+    // sees the same rows, so all agree on the count (and the barrier epochs).
+    int steps = 0;
+    for (int b = 0; b < BT; ++b) steps = max(steps, len_s[b]);
+
+    const long long xp_row = (long long)D * G * H;
+    for (int s = 0; s < steps; ++s) {
+        const float* h_cur = hbuf + (s & 1) * bt * HO;
+        float* h_next = hbuf + ((s + 1) & 1) * bt * HO;
+        for (int i = threadIdx.x; i < BT * HO; i += blockDim.x) {
+            const int b = i / HO, k = i % HO;
+            v_s[b * vs_stride + k] = rnn_load_l2(h_cur + b * HO + k);
+        }
+        __syncthreads();
+
+        // Phase 1: the gate products of own units from h_{t-1}, and the cell.
+        for (int i = threadIdx.x; i < BT * U; i += blockDim.x) {
+            const int b = i / U, j = i % U, len = len_s[b];
+            const float* h = v_s + b * vs_stride;
+            if (s >= len) {  // finished: keep the state, pad the output
+                if (!two_phase) {
+                    h_next[b * HO + u0 + j] = h[u0 + j];
+                    p.y[output_index(p, s, b0 + b, dir, u0 + j)] = 0.0f;
+                }
+                continue;
+            }
+            const int t = dir ? len - 1 - s : s;
+            const float* x = p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
+            constexpr int P1 = (CELL == RNN_CELL_GRU) ? 3 : G;  // the original GRU uses 2 of these 3
+            const int phase1_gates = reset_first ? 2 : P1;
+            float acc[G];
+            for (int g = 0; g < G; ++g) acc[g] = 0.0f;
+            const float* wj = w + j * row_stride;
+            for (int k = 0; k < HO; ++k) {
+                const float hk = h[k];
+#pragma unroll
+                for (int g = 0; g < G; ++g)
+                    if (g < phase1_gates) acc[g] = fmaf(wj[g * gate_stride + k], hk, acc[g]);
+            }
+            if (b_hh)
+                for (int g = 0; g < G; ++g) acc[g] += b_hh[g * H + j];
+
+            float h_new = 0.0f;
+            if (CELL == RNN_CELL_TANH) {
+                h_new = tanhf(x[0] + acc[0]);
+            } else if (CELL == RNN_CELL_RELU) {
+                h_new = fmaxf(x[0] + acc[0], 0.0f);
+            } else if (CELL == RNN_CELL_LSTM) {
+                const float ig = rnn_sigmoid(x[0] + acc[0]);
+                const float fg = rnn_sigmoid(x[H] + acc[1 % G]);
+                const float gg = tanhf(x[2 * H] + acc[2 % G]);
+                const float og = rnn_sigmoid(x[3 * H] + acc[3 % G]);
+                const float c = fg * c_s[b * upc + j] + ig * gg;
+                c_s[b * upc + j] = c;
+                h_new = og * tanhf(c);
+                if (projecting) {
+                    vbuf[b * H + u0 + j] = h_new;
+                    continue;
+                }
+            } else {  // GRU
+                const float r = rnn_sigmoid(x[0] + acc[0]);
+                const float z = rnn_sigmoid(x[H] + acc[1 % G]);
+                const float h_prev = h[u0 + j];
+                if (reset_first) {
+                    vbuf[b * H + u0 + j] = r * h_prev;
+                    z_s[b * upc + j] = z;
+                    hp_s[b * upc + j] = h_prev;
+                    continue;
+                }
+                const float n = tanhf(x[2 * H] + r * acc[2 % G]);
+                h_new = (1.0f - z) * n + z * h_prev;
+            }
+            h_next[b * HO + u0 + j] = h_new;
+            p.y[output_index(p, t, b0 + b, dir, u0 + j)] = h_new;
+        }
+
+        // Phase 2 (LSTM projection, original GRU): a product with the
+        // full-width vector the whole group just wrote.
+        if (two_phase) {
+            sync_group();
+            for (int i = threadIdx.x; i < BT * H; i += blockDim.x) {
+                const int b = i / H, k = i % H;
+                v_s[b * vs_stride + k] = rnn_load_l2(vbuf + b * H + k);
+            }
+            __syncthreads();
+            const int owned = projecting ? UO : U;
+            for (int i = threadIdx.x; i < BT * owned; i += blockDim.x) {
+                const int b = i / owned, j = i % owned, len = len_s[b], col = hs0 + j;
+                if (s >= len) {
+                    h_next[b * HO + col] = rnn_load_l2(h_cur + b * HO + col);
+                    p.y[output_index(p, s, b0 + b, dir, col)] = 0.0f;
+                    continue;
+                }
+                const int t = dir ? len - 1 - s : s;
+                const float* v = v_s + b * vs_stride;
+                float h_new;
+                if (projecting) {
+                    const float* wo = w2 + j * w2_stride;
+                    float acc = 0.0f;
+                    for (int k = 0; k < H; ++k) acc = fmaf(wo[k], v[k], acc);
+                    h_new = acc;
+                } else {
+                    const float* wn = w + 2 * gate_stride + j * row_stride;
+                    float acc = 0.0f;
+                    for (int k = 0; k < H; ++k) acc = fmaf(wn[k], v[k], acc);
+                    if (b_hh) acc += b_hh[2 * H + j];
+                    const float* x = p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
+                    const float n = tanhf(x[2 * H] + acc);
+                    const float z = z_s[b * upc + j];
+                    h_new = (1.0f - z) * n + z * hp_s[b * upc + j];
+                }
+                h_next[b * HO + col] = h_new;
+                p.y[output_index(p, t, b0 + b, dir, col)] = h_new;
+            }
+        }
+        sync_group();
+    }
+
+    // Timesteps past every row's end (steps < T) are padding too.
+    for (int t = steps; t < p.seq_len; ++t)
+        for (int i = threadIdx.x; i < BT * hcount; i += blockDim.x)
+            p.y[output_index(p, t, b0 + i / hcount, dir, hs0 + i % hcount)] = 0.0f;
+
+    const float* h_final = hbuf + (steps & 1) * bt * HO;
+    for (int i = threadIdx.x; i < BT * hcount; i += blockDim.x) {
+        const int b = i / hcount, k = hs0 + i % hcount;
+        p.h_n[((long long)dir * B + b0 + b) * HO + k] = rnn_load_l2(h_final + b * HO + k);
+    }
+    if (CELL == RNN_CELL_LSTM && p.c_n)
+        for (int i = threadIdx.x; i < BT * U; i += blockDim.x) {
+            const int b = i / U, j = i % U;
+            p.c_n[((long long)dir * B + b0 + b) * H + u0 + j] = c_s[b * upc + j];
+        }
+}
+
+RNN_KERNEL(rnn_recurrence_tanh_f32, RecurrenceParams) { recurrence<RNN_CELL_TANH>(p); }
+RNN_KERNEL(rnn_recurrence_relu_f32, RecurrenceParams) { recurrence<RNN_CELL_RELU>(p); }
+RNN_KERNEL(rnn_recurrence_lstm_f32, RecurrenceParams) { recurrence<RNN_CELL_LSTM>(p); }
+RNN_KERNEL(rnn_recurrence_gru_f32, RecurrenceParams) { recurrence<RNN_CELL_GRU>(p); }

@@ -1,0 +1,67 @@
+//! Rust mirrors of `kernels/params.h`, field for field. Pointers are device
+//! addresses (`u64`); on the host emulation they are host addresses.
+
+/// `y[M, N] = x[M, K] · w[N, K]ᵀ + bias[N]` (see `ProjectionParams` in params.h).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProjectionParams {
+    pub x: u64,
+    pub w: u64,
+    pub bias: u64,
+    pub y: u64,
+    pub rows: i32,
+    pub cols: i32,
+    pub depth: i32,
+    pub seq_len: i32,
+    pub batch: i32,
+    pub x_batch_first: i32,
+}
+
+/// One layer's persistent recurrence (see `RecurrenceParams` in params.h).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecurrenceParams {
+    pub xp: u64,
+    pub w_hh: u64,
+    pub b_hh: u64,
+    pub w_hr: u64,
+    pub h0: u64,
+    pub c0: u64,
+    pub lengths: u64,
+    pub y: u64,
+    pub h_n: u64,
+    pub c_n: u64,
+    pub exchange: u64,
+    pub barrier: u64,
+    pub seq_len: i32,
+    pub batch: i32,
+    pub hidden: i32,
+    pub out_size: i32,
+    pub cell: i32,
+    pub linear_before_reset: i32,
+    pub y_batch_first: i32,
+    pub ctas_per_group: i32,
+    pub units_per_cta: i32,
+    pub outputs_per_cta: i32,
+    pub batch_tile: i32,
+    pub weights_in_smem: i32,
+}
+
+// The same sizes params.h asserts.
+const _: () = assert!(std::mem::size_of::<ProjectionParams>() == 56);
+const _: () = assert!(std::mem::size_of::<RecurrenceParams>() == 144);
+
+/// `RNN_CELL_*` in params.h.
+pub fn cell_code(cell: crate::CellKind) -> i32 {
+    match cell {
+        crate::CellKind::RnnTanh => 0,
+        crate::CellKind::RnnRelu => 1,
+        crate::CellKind::Lstm => 2,
+        crate::CellKind::Gru => 3,
+    }
+}
+
+/// `RNN_EXCHANGE_FLOATS` in params.h: exchange floats per group.
+pub fn exchange_floats(batch_tile: usize, hidden: usize, out_size: usize) -> usize {
+    batch_tile * (2 * out_size + hidden)
+}

@@ -1,0 +1,389 @@
+//! Launch planning: how to split a recurrence across CTAs on a given device,
+//! how big the workspace is, and the sequence of launches a forward pass
+//! makes. All of it is plain data, so the CUDA backend and the host
+//! emulation (tests) execute the very same plan.
+
+use super::layout::WeightLayout;
+use super::params::{cell_code, exchange_floats, ProjectionParams, RecurrenceParams};
+use crate::config::{CellKind, RnnConfig};
+use crate::error::{Error, Result};
+
+/// What the planner needs to know about the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLimits {
+    pub sm_count: usize,
+    /// The most dynamic shared memory one block may use (the opt-in maximum).
+    pub max_smem_per_block: usize,
+    pub max_threads_per_block: usize,
+}
+
+/// Blocks of `kernel` with `threads` threads and `smem` bytes of dynamic
+/// shared memory that fit on one SM at once (the driver's occupancy query).
+pub type Occupancy<'a> = &'a dyn Fn(&'static str, usize, usize) -> usize;
+
+/// The recurrence kernel for a cell.
+pub fn recurrence_kernel(cell: CellKind) -> &'static str {
+    match cell {
+        CellKind::RnnTanh => "rnn_recurrence_tanh_f32",
+        CellKind::RnnRelu => "rnn_recurrence_relu_f32",
+        CellKind::Lstm => "rnn_recurrence_lstm_f32",
+        CellKind::Gru => "rnn_recurrence_gru_f32",
+    }
+}
+
+pub const PROJECTION_KERNEL: &str = "rnn_input_projection_f32";
+const PROJECTION_TILE: usize = 64;
+const PROJECTION_THREADS: u32 = 256;
+const PROJECTION_SMEM: u32 = 2 * 16 * (64 + 4) * 4;
+
+/// How one layer's recurrence is split (see kernels/recurrence.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecurrencePlan {
+    pub kernel: &'static str,
+    pub ctas_per_group: usize,
+    pub units_per_cta: usize,
+    pub outputs_per_cta: usize,
+    pub batch_tile: usize,
+    pub tiles: usize,
+    pub weights_in_smem: bool,
+    pub threads: usize,
+    pub smem_bytes: usize,
+}
+
+impl RecurrencePlan {
+    /// Groups (direction, batch tile), each with its own exchange buffers and barrier.
+    pub fn groups(&self, config: &RnnConfig) -> usize {
+        config.num_directions() * self.tiles
+    }
+
+    /// A group of several CTAs waits at barriers: it must be co-resident.
+    pub fn cooperative(&self) -> bool {
+        self.ctas_per_group > 1
+    }
+}
+
+/// Shared memory of one CTA, as recurrence.cu lays it out.
+fn recurrence_smem(config: &RnnConfig, upc: usize, opc: usize, bt: usize, weights_in_smem: bool) -> usize {
+    let (g, h, ho) = (config.gates(), config.hidden_size, config.output_size());
+    let weights = if weights_in_smem {
+        g * upc * (ho + 1) + opc * (h + 1)
+    } else {
+        0
+    };
+    4 * (weights + bt * (h + 1) + 3 * bt * upc + bt)
+}
+
+fn recurrence_threads(upc: usize, opc: usize, bt: usize, limits: &DeviceLimits) -> usize {
+    let pairs = upc.max(opc) * bt;
+    pairs
+        .next_multiple_of(32)
+        .clamp(64, 512.min(limits.max_threads_per_block))
+}
+
+/// How to split a recurrence: the planner's choice, or one forced (to
+/// compare strategies on a GPU, and to test every path in emulation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Each CTA's slice of `W_hh` in shared memory for the whole sequence,
+    /// with the fewest CTAs per group that hold it (fewer CTAs, cheaper
+    /// barriers); when no split fits on chip, `W_hh` read from L2 every step
+    /// by as many CTAs as fit (up to one unit per warp lane).
+    Auto,
+    /// `ctas_per_group` CTAs per group, weights in shared memory.
+    OnChip { ctas_per_group: usize },
+    /// `ctas_per_group` CTAs per group, weights read from L2 every step.
+    OffChip { ctas_per_group: usize },
+}
+
+/// Splits one layer's recurrence over the device (see [`Strategy`]).
+pub fn plan_recurrence(
+    config: &RnnConfig,
+    batch: usize,
+    limits: &DeviceLimits,
+    occupancy: Occupancy<'_>,
+    strategy: Strategy,
+) -> Result<RecurrencePlan> {
+    let h = config.hidden_size;
+    let split = |n: usize, in_smem: bool| -> Option<RecurrencePlan> {
+        let upc = h.div_ceil(n);
+        let opc = if config.proj_size > 0 {
+            config.output_size().div_ceil(n)
+        } else {
+            0
+        };
+        fit_batch(
+            config,
+            batch,
+            limits,
+            occupancy,
+            h.div_ceil(upc),
+            upc,
+            opc,
+            in_smem,
+        )
+    };
+    let plan = match strategy {
+        Strategy::Auto => (1..=h)
+            .find_map(|n| split(n, true))
+            .or_else(|| (1..=h.div_ceil(32)).rev().find_map(|n| split(n, false))),
+        Strategy::OnChip { ctas_per_group } => split(ctas_per_group.clamp(1, h), true),
+        Strategy::OffChip { ctas_per_group } => split(ctas_per_group.clamp(1, h), false),
+    };
+    plan.ok_or_else(|| {
+        Error::Unsupported(format!(
+            "hidden_size {h}: no {strategy:?} split of the recurrence fits this device \
+             ({} bytes of shared memory per block, {} SMs)",
+            limits.max_smem_per_block, limits.sm_count
+        ))
+    })
+}
+
+/// The smallest batch tile (the most parallel split) for `n` CTAs per group
+/// that fits in shared memory and, when groups wait at barriers, on the device.
+#[allow(clippy::too_many_arguments)]
+fn fit_batch(
+    config: &RnnConfig,
+    batch: usize,
+    limits: &DeviceLimits,
+    occupancy: Occupancy<'_>,
+    n: usize,
+    upc: usize,
+    opc: usize,
+    in_smem: bool,
+) -> Option<RecurrencePlan> {
+    let kernel = recurrence_kernel(config.cell);
+    let dirs = config.num_directions();
+    let mut fallback = None;
+    for bt in 1..=batch {
+        let smem = recurrence_smem(config, upc, opc, bt, in_smem);
+        if smem > limits.max_smem_per_block {
+            break;
+        }
+        let threads = recurrence_threads(upc, opc, bt, limits);
+        let tiles = batch.div_ceil(bt);
+        let plan = RecurrencePlan {
+            kernel,
+            ctas_per_group: n,
+            units_per_cta: upc,
+            outputs_per_cta: opc,
+            batch_tile: bt,
+            tiles,
+            weights_in_smem: in_smem,
+            threads,
+            smem_bytes: smem,
+        };
+        let resident = limits.sm_count * occupancy(kernel, threads, smem);
+        if n * dirs * tiles <= resident {
+            return Some(plan);
+        }
+        // One CTA per group never waits for another: it runs in waves if it must.
+        if n == 1 && resident > 0 {
+            fallback = Some(plan);
+        }
+    }
+    fallback
+}
+
+/// Regions of the one workspace buffer, in 4-byte words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkspaceLayout {
+    /// `[T*B, D*G*H]`: the input projection of the current layer.
+    pub projection: usize,
+    /// Two `[T, B, D*Hout]` buffers for the outputs of the layers before the last.
+    pub layer_outputs: [usize; 2],
+    /// Per group, the recurrence's exchange buffers.
+    pub exchange: usize,
+    /// Per group, one u32 barrier counter.
+    pub barrier: usize,
+    /// `[B]` i32 lengths, for callers that pass them from the host.
+    pub lengths: usize,
+    pub words: usize,
+}
+
+impl WorkspaceLayout {
+    pub fn new(config: &RnnConfig, plan: &RecurrencePlan, seq_len: usize, batch: usize) -> Self {
+        let rows = seq_len * batch;
+        let mut words = 0;
+        let mut take = |n: usize| {
+            let at = words;
+            words += n;
+            at
+        };
+        let between_layers = if config.num_layers > 1 {
+            rows * config.output_width()
+        } else {
+            0
+        };
+        let second = if config.num_layers > 2 { between_layers } else { 0 };
+        let projection = take(rows * config.num_directions() * config.gates() * config.hidden_size);
+        let layer_outputs = [take(between_layers), take(second)];
+        let groups = plan.groups(config);
+        let exchange =
+            take(groups * exchange_floats(plan.batch_tile, config.hidden_size, config.output_size()));
+        let barrier = take(groups);
+        let lengths = take(batch);
+        WorkspaceLayout {
+            projection,
+            layer_outputs,
+            exchange,
+            barrier,
+            lengths,
+            words,
+        }
+    }
+}
+
+/// Device addresses of everything a forward pass touches; 0 for an absent
+/// optional tensor. Shapes as in [`crate::sequence`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardBuffers {
+    pub input: u64,
+    /// i32 `[B]`
+    pub lengths: u64,
+    pub h0: u64,
+    pub c0: u64,
+    pub output: u64,
+    pub h_n: u64,
+    pub c_n: u64,
+    /// The weights packed by [`WeightLayout`].
+    pub weights: u64,
+    /// [`WorkspaceLayout::words`] 4-byte words.
+    pub workspace: u64,
+}
+
+/// The kernel parameters of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelParams {
+    Projection(ProjectionParams),
+    Recurrence(RecurrenceParams),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub kernel: &'static str,
+    pub grid: [u32; 3],
+    pub block: u32,
+    pub smem_bytes: u32,
+    pub cooperative: bool,
+    pub params: KernelParams,
+}
+
+/// One thing a forward pass does on the stream, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Set `count` 4-byte words at `addr` to zero.
+    ZeroWords {
+        addr: u64,
+        count: usize,
+    },
+    Launch(Launch),
+}
+
+fn to_i32(what: &str, value: usize) -> Result<i32> {
+    i32::try_from(value)
+        .map_err(|_| Error::Unsupported(format!("{what} = {value} exceeds what the kernels index")))
+}
+
+/// The launches of a whole forward pass: per layer, the input projection for
+/// all timesteps, then the persistent recurrence.
+pub fn forward_steps(
+    config: &RnnConfig,
+    plan: &RecurrencePlan,
+    weights: &WeightLayout,
+    seq_len: usize,
+    batch: usize,
+    buffers: &ForwardBuffers,
+) -> Result<Vec<Step>> {
+    let ws = WorkspaceLayout::new(config, plan, seq_len, batch);
+    let word = |base: u64, offset: usize| base + 4 * offset as u64;
+    let at = |base: u64, offset: usize| if base == 0 { 0 } else { word(base, offset) };
+    let (dirs, h, ho, g) = (
+        config.num_directions(),
+        config.hidden_size,
+        config.output_size(),
+        config.gates(),
+    );
+    let rows = seq_len * batch;
+    let cols = dirs * g * h;
+    let row_tiles = rows.div_ceil(PROJECTION_TILE);
+    if row_tiles > 65_535 {
+        return Err(Error::Unsupported(format!(
+            "T*B = {rows} rows exceed one projection launch"
+        )));
+    }
+    let groups = plan.groups(config);
+    let mut steps = Vec::new();
+    for (l, offsets) in weights.layers.iter().enumerate() {
+        let last = l + 1 == config.num_layers;
+        let x = if l == 0 {
+            buffers.input
+        } else {
+            word(buffers.workspace, ws.layer_outputs[(l - 1) % 2])
+        };
+        let y = if last {
+            buffers.output
+        } else {
+            word(buffers.workspace, ws.layer_outputs[l % 2])
+        };
+        let xp = word(buffers.workspace, ws.projection);
+        steps.push(Step::Launch(Launch {
+            kernel: PROJECTION_KERNEL,
+            grid: [cols.div_ceil(PROJECTION_TILE) as u32, row_tiles as u32, 1],
+            block: PROJECTION_THREADS,
+            smem_bytes: PROJECTION_SMEM,
+            cooperative: false,
+            params: KernelParams::Projection(ProjectionParams {
+                x,
+                w: word(buffers.weights, offsets.w_ih),
+                bias: offsets.b_ih.map_or(0, |o| word(buffers.weights, o)),
+                y: xp,
+                rows: to_i32("T*B", rows)?,
+                cols: to_i32("D*G*H", cols)?,
+                depth: to_i32("input width", config.layer_input_size(l))?,
+                seq_len: to_i32("T", seq_len)?,
+                batch: to_i32("B", batch)?,
+                x_batch_first: i32::from(l == 0 && config.batch_first),
+            }),
+        }));
+        let barrier = word(buffers.workspace, ws.barrier);
+        steps.push(Step::ZeroWords {
+            addr: barrier,
+            count: groups,
+        });
+        let state = l * dirs * batch;
+        steps.push(Step::Launch(Launch {
+            kernel: plan.kernel,
+            grid: [plan.ctas_per_group as u32, plan.tiles as u32, dirs as u32],
+            block: plan.threads as u32,
+            smem_bytes: plan.smem_bytes as u32,
+            cooperative: plan.cooperative(),
+            params: KernelParams::Recurrence(RecurrenceParams {
+                xp,
+                w_hh: word(buffers.weights, offsets.w_hh),
+                b_hh: offsets.b_hh.map_or(0, |o| word(buffers.weights, o)),
+                w_hr: offsets.w_hr.map_or(0, |o| word(buffers.weights, o)),
+                h0: at(buffers.h0, state * ho),
+                c0: at(buffers.c0, state * h),
+                lengths: buffers.lengths,
+                y,
+                h_n: word(buffers.h_n, state * ho),
+                c_n: at(buffers.c_n, state * h),
+                exchange: word(buffers.workspace, ws.exchange),
+                barrier,
+                seq_len: seq_len as i32,
+                batch: batch as i32,
+                hidden: h as i32,
+                out_size: ho as i32,
+                cell: cell_code(config.cell),
+                linear_before_reset: i32::from(config.gru_linear_before_reset),
+                y_batch_first: i32::from(last && config.batch_first),
+                ctas_per_group: plan.ctas_per_group as i32,
+                units_per_cta: plan.units_per_cta as i32,
+                outputs_per_cta: plan.outputs_per_cta as i32,
+                batch_tile: plan.batch_tile as i32,
+                weights_in_smem: i32::from(plan.weights_in_smem),
+            }),
+        }));
+    }
+    Ok(steps)
+}

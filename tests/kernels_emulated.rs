@@ -1,0 +1,223 @@
+//! The CUDA kernels, run on the CPU through the host SIMT emulation
+//! (`emu/`), against the CPU reference. The launch plan is the one the CUDA
+//! backend executes; fake device limits force every path: one CTA per group,
+//! groups of several CTAs meeting at barriers (with and without the LSTM
+//! projection / original-GRU second phase), and `W_hh` read from L2 when it
+//! does not fit on chip. Outputs start as NaN, so an element no kernel wrote
+//! fails the comparison.
+
+mod common;
+
+use common::{assert_close, random_tensor, varied_configs};
+use rnn_kernels::kernels::plan::{KernelParams, WorkspaceLayout};
+use rnn_kernels::kernels::{
+    forward_steps, plan_recurrence, DeviceLimits, ForwardBuffers, RecurrencePlan, Step, Strategy,
+    WeightLayout,
+};
+use rnn_kernels::rng::SplitMix64;
+use rnn_kernels::{cpu, ForwardInput, RnnConfig, State, Tensor, Weights};
+
+/// A small device (the occupancy rule of thumb stands in for the driver's
+/// query), and the strategies that between them take every kernel path.
+const LIMITS: DeviceLimits = DeviceLimits {
+    sm_count: 16,
+    max_smem_per_block: 48 << 10,
+    max_threads_per_block: 1024,
+};
+
+fn occupancy(_: &'static str, threads: usize, smem: usize) -> usize {
+    (2048 / threads).min((96 << 10) / smem.max(1)).min(32)
+}
+
+fn plans(config: &RnnConfig, batch: usize) -> Vec<RecurrencePlan> {
+    let strategies = [
+        Strategy::Auto,
+        Strategy::OnChip { ctas_per_group: 2 },
+        Strategy::OnChip { ctas_per_group: 3 },
+        Strategy::OffChip { ctas_per_group: 1 },
+        Strategy::OffChip { ctas_per_group: 2 },
+    ];
+    strategies
+        .into_iter()
+        .map(|s| plan_recurrence(config, batch, &LIMITS, &occupancy, s).unwrap())
+        .collect()
+}
+
+/// Runs a forward pass through the emulated kernels.
+fn emulated_forward(
+    weights: &Weights<f32>,
+    plan: &RecurrencePlan,
+    args: &ForwardInput<'_, f32>,
+) -> (Tensor<f32>, Tensor<f32>, Option<Tensor<f32>>) {
+    let config = weights.config();
+    let shape = args.input.shape();
+    let (seq_len, batch) = if config.batch_first {
+        (shape[1], shape[0])
+    } else {
+        (shape[0], shape[1])
+    };
+    let layout = WeightLayout::new(config);
+    let packed = layout.pack(weights);
+    let mut workspace = vec![f32::NAN; WorkspaceLayout::new(config, plan, seq_len, batch).words];
+    let lengths: Option<Vec<i32>> = args.lengths.map(|l| l.iter().map(|&v| v as i32).collect());
+    let out_shape = if config.batch_first {
+        [batch, seq_len, config.output_width()]
+    } else {
+        [seq_len, batch, config.output_width()]
+    };
+    let mut output = Tensor::full(out_shape, f32::NAN);
+    let mut h_n = Tensor::full(rnn_kernels::sequence::h_shape(config, batch), f32::NAN);
+    let mut c_n = config
+        .has_cell_state()
+        .then(|| Tensor::full(rnn_kernels::sequence::c_shape(config, batch), f32::NAN));
+    let addr = |p: *const f32| p as u64;
+    let buffers = ForwardBuffers {
+        input: addr(args.input.data().as_ptr()),
+        lengths: lengths.as_ref().map_or(0, |l| l.as_ptr() as u64),
+        h0: args.h0.map_or(0, |t| addr(t.data().as_ptr())),
+        c0: args.c0.map_or(0, |t| addr(t.data().as_ptr())),
+        output: addr(output.data_mut().as_mut_ptr()),
+        h_n: addr(h_n.data_mut().as_mut_ptr()),
+        c_n: c_n.as_mut().map_or(0, |t| addr(t.data_mut().as_mut_ptr())),
+        weights: addr(packed.as_ptr()),
+        workspace: addr(workspace.as_mut_ptr()),
+    };
+    for step in forward_steps(config, plan, &layout, seq_len, batch, &buffers).unwrap() {
+        match step {
+            Step::ZeroWords { addr, count } => {
+                // SAFETY: the plan addresses words inside `workspace`.
+                unsafe { std::ptr::write_bytes(addr as *mut u32, 0, count) };
+            }
+            Step::Launch(launch) => {
+                let emu_launch = rnn_kernels_emu::Launch {
+                    grid: launch.grid,
+                    block: [launch.block, 1, 1],
+                    smem_bytes: launch.smem_bytes as u64,
+                    cooperative: i32::from(launch.cooperative),
+                };
+                // SAFETY: every address in the params points into the live
+                // host buffers above, sized by the same plan.
+                let result = unsafe {
+                    match &launch.params {
+                        KernelParams::Projection(p) => rnn_kernels_emu::launch(launch.kernel, &emu_launch, p),
+                        KernelParams::Recurrence(p) => rnn_kernels_emu::launch(launch.kernel, &emu_launch, p),
+                    }
+                };
+                result.unwrap();
+            }
+        }
+    }
+    (output, h_n, c_n)
+}
+
+fn check(config: &RnnConfig, seq_len: usize, lengths: Option<&[usize]>, with_state: bool, seed: u64) {
+    let batch = lengths.map_or(3, <[usize]>::len);
+    let weights64 = Weights::<f64>::random(config.clone(), seed).unwrap();
+    let weights = weights64.cast::<f32>();
+    let mut rng = SplitMix64::new(seed + 1);
+    let shape = if config.batch_first {
+        [batch, seq_len, config.input_size]
+    } else {
+        [seq_len, batch, config.input_size]
+    };
+    let input: Tensor<f32> = random_tensor(&shape, &mut rng);
+    let zeros = State::<f32>::zeros(config, batch);
+    let h0: Tensor<f32> = random_tensor(zeros.h.shape(), &mut rng);
+    let c0: Option<Tensor<f32>> = zeros.c.map(|c| random_tensor(c.shape(), &mut rng));
+    let args = ForwardInput {
+        input: &input,
+        lengths,
+        h0: with_state.then_some(&h0),
+        c0: if with_state { c0.as_ref() } else { None },
+    };
+    let (input64, h064, c064) = (
+        input.cast::<f64>(),
+        h0.cast::<f64>(),
+        c0.as_ref().map(|c| c.cast::<f64>()),
+    );
+    let args64 = ForwardInput {
+        input: &input64,
+        lengths,
+        h0: with_state.then_some(&h064),
+        c0: if with_state { c064.as_ref() } else { None },
+    };
+    let expected = cpu::forward(&weights64.cast::<f64>(), &args64).unwrap();
+    for plan in plans(config, batch) {
+        let (output, h_n, c_n) = emulated_forward(&weights, &plan, &args);
+        let what = |t: &str| format!("{} ({plan:?}): {t}", rnn_kernels::weights::describe(config));
+        assert_close(&what("output"), &output, &expected.output, 2e-5);
+        assert_close(&what("h_n"), &h_n, &expected.h_n, 2e-5);
+        if let (Some(got), Some(want)) = (&c_n, &expected.c_n) {
+            assert_close(&what("c_n"), got, want, 2e-5);
+        }
+    }
+}
+
+#[test]
+fn auto_keeps_small_weights_in_one_cta_and_splits_large_ones() {
+    let small = RnnConfig {
+        num_layers: 2,
+        ..RnnConfig::lstm(6, 48)
+    }; // 4·48·49 floats: 37 KiB
+    let auto = plan_recurrence(&small, 32, &LIMITS, &occupancy, Strategy::Auto).unwrap();
+    assert_eq!(
+        (auto.ctas_per_group, auto.weights_in_smem, auto.batch_tile),
+        (1, true, 1),
+        "{auto:?}"
+    );
+    // 4·256·257 floats = 1 MiB: at least 22 CTAs of 48 KiB.
+    let large = RnnConfig::lstm(6, 256);
+    let auto = plan_recurrence(&large, 4, &LIMITS, &occupancy, Strategy::Auto).unwrap();
+    assert!(
+        auto.weights_in_smem && auto.ctas_per_group >= 22 && auto.smem_bytes <= LIMITS.max_smem_per_block
+    );
+    assert!(
+        auto.ctas_per_group * auto.tiles <= LIMITS.sm_count * occupancy("", auto.threads, auto.smem_bytes)
+    );
+    // Too large for the whole device's shared memory: read from L2.
+    let huge = RnnConfig::lstm(6, 1024);
+    let auto = plan_recurrence(&huge, 4, &LIMITS, &occupancy, Strategy::Auto).unwrap();
+    assert!(!auto.weights_in_smem, "{auto:?}");
+}
+
+#[test]
+fn every_configuration_matches_the_reference() {
+    for (k, config) in varied_configs().into_iter().enumerate() {
+        check(&config, 5, Some(&[3, 1, 5]), k % 2 == 0, 10 + k as u64);
+    }
+}
+
+#[test]
+fn full_lengths_and_no_lengths() {
+    let config = RnnConfig {
+        num_layers: 2,
+        ..RnnConfig::gru(3, 9)
+    };
+    check(&config, 4, None, true, 40);
+    check(&config, 4, Some(&[4, 4]), false, 41);
+}
+
+#[test]
+fn odd_sizes_single_row_and_single_step() {
+    check(&RnnConfig::lstm(1, 1), 3, Some(&[3]), true, 50);
+    check(
+        &RnnConfig {
+            bidirectional: true,
+            ..RnnConfig::gru(2, 33)
+        },
+        1,
+        Some(&[1, 1]),
+        true,
+        51,
+    );
+    check(
+        &RnnConfig {
+            proj_size: 1,
+            ..RnnConfig::lstm(5, 10)
+        },
+        6,
+        Some(&[2, 6, 1, 4]),
+        true,
+        52,
+    );
+}
