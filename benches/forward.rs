@@ -1,12 +1,17 @@
 //! Forward (inference) latency over the shapes of `../shared/gpu/shapes.json`.
 //!
-//! Variants: `cpu_f32` (the reference, on shapes small enough to time in
+//! Variants: `rnn_kernels` (the CUDA path, when there is a GPU: each call
+//! timed between CUDA events with a sync, as `torch_anchor.py` times
+//! cuDNN) and `cpu_f32` (the reference, on shapes small enough to time in
 //! seconds). Each timed sample is kept, and when `BENCH_JSON_DIR` is set the
 //! medians are written to `$BENCH_JSON_DIR/rnn_kernels.json` as records
 //! `{shape, mode, dtype, variant, median_us, p10_us, p90_us, reps}`, the
 //! format `torch_anchor.py` writes for PyTorch/cuDNN, so the two line up.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaSlice;
+use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceInput, DeviceOutput};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{cpu, CellKind, ForwardInput, RnnConfig, State, Tensor, Weights};
 use serde_json::{json, Value};
@@ -42,7 +47,9 @@ impl Shape {
                 .expect("random:LO..HI");
             let (lo, hi) = (lo.parse().unwrap(), hi.parse().unwrap());
             let mut rng = SplitMix64::new(0x5EED);
-            (0..batch).map(|_| rng.int_inclusive(lo, hi)).collect()
+            let mut lengths: Vec<usize> = (0..batch).map(|_| rng.int_inclusive(lo, hi)).collect();
+            lengths[0] = hi; // as torch_anchor.py does
+            lengths
         });
         Shape {
             name: v["name"].as_str().unwrap().to_string(),
@@ -95,8 +102,9 @@ fn load_shapes() -> Vec<Shape> {
 /// Per-iteration times of every benchmark, for the JSON summary.
 static SAMPLES: Mutex<Vec<(String, &'static str, Vec<f64>)>> = Mutex::new(Vec::new());
 
-/// Times `f` through criterion and keeps each sample's per-iteration time.
-fn bench(c: &mut Criterion, shape: &Shape, variant: &'static str, mut f: impl FnMut()) {
+/// Times `call` (which returns how long one call took) through criterion,
+/// and keeps each sample's per-call time.
+fn bench(c: &mut Criterion, shape: &Shape, variant: &'static str, mut call: impl FnMut() -> Duration) {
     let mut group = c.benchmark_group(&shape.name);
     group.throughput(Throughput::Elements(shape.flops()));
     group
@@ -106,11 +114,7 @@ fn bench(c: &mut Criterion, shape: &Shape, variant: &'static str, mut f: impl Fn
     let mut per_iter_us = Vec::new();
     group.bench_function(variant, |b| {
         b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            let elapsed = start.elapsed();
+            let elapsed: Duration = (0..iters).map(|_| call()).sum();
             per_iter_us.push(elapsed.as_secs_f64() * 1e6 / iters as f64);
             elapsed
         })
@@ -138,7 +142,9 @@ fn cpu_forward(c: &mut Criterion) {
             let mut state = State::zeros(cfg, shape.batch);
             let x = x.unwrap();
             bench(c, &shape, "cpu_f32", || {
+                let start = Instant::now();
                 cpu::step(&weights, &x, &mut state).unwrap();
+                start.elapsed()
             });
         } else {
             let count = shape.seq_len * shape.batch * cfg.input_size;
@@ -154,7 +160,81 @@ fn cpu_forward(c: &mut Criterion) {
                 c0: None,
             };
             bench(c, &shape, "cpu_f32", || {
+                let start = Instant::now();
                 cpu::forward(&weights, &args).unwrap();
+                start.elapsed()
+            });
+        }
+    }
+}
+
+/// The CUDA path on every shape, through the device API (no copies).
+fn gpu_forward(c: &mut Criterion) {
+    let device = match CudaDevice::new(0) {
+        Ok(device) => device,
+        Err(e) => return eprintln!("GPU benches skipped: {e}"),
+    };
+    eprintln!("GPU: {} ({:?})", device.name(), device.limits());
+    for shape in load_shapes() {
+        let cfg = shape.config.clone();
+        let weights = Weights::<f32>::random(cfg.clone(), 1).unwrap();
+        let mut model = CudaRnn::new(&device, &weights).unwrap();
+        let stream = model.stream().clone();
+        eprintln!("{}: {:?}", shape.name, model.plan(shape.batch).unwrap());
+        let mut rng = SplitMix64::new(2);
+        let (t, b) = (shape.seq_len, shape.batch);
+        let input = stream
+            .clone_htod(&random(&mut rng, t * b * cfg.input_size))
+            .unwrap();
+        let lengths: Option<CudaSlice<i32>> = shape.lengths.as_ref().map(|l| {
+            stream
+                .clone_htod(&l.iter().map(|&v| v as i32).collect::<Vec<_>>())
+                .unwrap()
+        });
+        let zeros = |n: usize| stream.alloc_zeros::<f32>(n).unwrap();
+        let mut output = zeros(t * b * cfg.output_width());
+        let mut h = zeros(cfg.num_states() * b * cfg.output_size());
+        let mut c_state = cfg
+            .has_cell_state()
+            .then(|| zeros(cfg.num_states() * b * cfg.hidden_size));
+        let h0 = zeros(h.len());
+        let c0 = c_state.as_ref().map(|c| zeros(c.len()));
+        let context = device.context().clone();
+        let event = || context.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        let (start, end) = (event(), event());
+        let timed = |run: &mut dyn FnMut()| {
+            start.record(&stream).unwrap();
+            run();
+            end.record(&stream).unwrap();
+            end.synchronize().unwrap();
+            Duration::from_secs_f64(f64::from(start.elapsed_ms(&end).unwrap()) / 1e3)
+        };
+        if shape.step {
+            bench(c, &shape, "rnn_kernels", || {
+                timed(&mut || {
+                    model
+                        .step_device(&input, b, &mut h, c_state.as_mut(), &mut output)
+                        .unwrap()
+                })
+            });
+        } else {
+            bench(c, &shape, "rnn_kernels", || {
+                timed(&mut || {
+                    let args = DeviceInput {
+                        input: &input,
+                        seq_len: t,
+                        batch: b,
+                        lengths: lengths.as_ref(),
+                        h0: Some(&h0),
+                        c0: c0.as_ref(),
+                    };
+                    let mut out = DeviceOutput {
+                        output: &mut output,
+                        h_n: &mut h,
+                        c_n: c_state.as_mut(),
+                    };
+                    model.forward_device(&args, &mut out).unwrap()
+                })
             });
         }
     }
@@ -197,5 +277,5 @@ fn write_json(_: &mut Criterion) {
     eprintln!("wrote {} records to {}", records.len(), path.display());
 }
 
-criterion_group!(benches, cpu_forward, write_json);
+criterion_group!(benches, gpu_forward, cpu_forward, write_json);
 criterion_main!(benches);

@@ -12,8 +12,10 @@
 #include <cuda_runtime.h>
 
 // A kernel entry point: `extern "C"` so Rust finds it by name, taking its
-// parameter struct by value.
-#define RNN_KERNEL(name, Params) extern "C" __global__ void __launch_bounds__(1024) name(const Params p)
+// parameter struct by value. At most RNN_MAX_THREADS threads per block
+// (plan.rs never launches more), which lets ptxas use up to 128 registers
+// per thread: with 1024 it is capped at 64, and the LSTM recurrence spills.
+#define RNN_KERNEL(name, Params) extern "C" __global__ void __launch_bounds__(RNN_MAX_THREADS) name(const Params p)
 
 // The dynamic shared memory of the block.
 #define RNN_DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) unsigned char rnn_smem_[]; \

@@ -3,6 +3,9 @@
 // assert the size, so a change to one that misses the other fails to build.
 #pragma once
 
+// The most threads any kernel is launched with (MAX_THREADS in plan.rs).
+#define RNN_MAX_THREADS 512
+
 // Cell kinds, as src/kernels/params.rs numbers them.
 #define RNN_CELL_TANH 0
 #define RNN_CELL_RELU 1

@@ -132,7 +132,10 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
         const int b = i / U, j = i % U;
         if (CELL == RNN_CELL_LSTM) c_s[b * upc + j] = p.c0 ? p.c0[((long long)dir * B + b0 + b) * H + u0 + j] : 0.0f;
     }
-    for (int b = threadIdx.x; b < BT; b += blockDim.x) len_s[b] = p.lengths ? p.lengths[b0 + b] : p.seq_len;
+    // Lengths from a device buffer cannot be checked by the host: clamp them
+    // to 0..=T so that no value can make a kernel write out of bounds.
+    for (int b = threadIdx.x; b < BT; b += blockDim.x)
+        len_s[b] = p.lengths ? min(max(p.lengths[b0 + b], 0), p.seq_len) : p.seq_len;
     sync_group();
     // The group runs as many steps as its longest row: every CTA of the group
     // sees the same rows, so all agree on the count (and the barrier epochs).

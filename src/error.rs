@@ -46,6 +46,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     File { path: String, message: String },
 
+    /// A CUDA driver call that failed, with what was being done.
+    #[error("CUDA: {0}")]
+    Cuda(String),
+
     /// A feature this build or this machine does not provide.
     #[error("{0}")]
     Unsupported(String),

@@ -21,6 +21,7 @@ pub struct ReadmeDoctests;
 
 pub mod config;
 pub mod cpu;
+pub mod cuda;
 pub mod element;
 pub mod error;
 pub mod kernels;

@@ -71,6 +71,68 @@ fn forward_reproduces_pytorch_on_every_fixture() {
     }
 }
 
+/// Without a GPU (or without kernels in this build) `--device cuda` says why,
+/// in one line, with status 1; with one it must pass the fixtures.
+#[test]
+fn forward_on_cuda_fails_cleanly_without_a_gpu() {
+    if rnn_kernels::cuda::CudaDevice::new(0).is_ok() {
+        return; // covered by forward_on_cuda_reproduces_pytorch
+    }
+    let dir = temp_dir("no-gpu");
+    let case = fixtures_dir().join("gru_basic.safetensors");
+    let out = dir.join("out.safetensors");
+    let run = forward(&case, &case, &out, &["--device", "cuda"]);
+    assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("CUDA") || run.stderr.contains("nvcc"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{:?}", run.stderr);
+    assert!(!out.exists());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn forward_on_cuda_reproduces_pytorch() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("cuda");
+    for path in case_files() {
+        let case = Case::<f64>::load(&path);
+        let out_path = dir.join(format!("{}.safetensors", case.name));
+        let run = forward(&path, &path, &out_path, &["--device", "cuda"]);
+        assert!(run.ok, "{}: {}", case.name, run.stderr);
+        let out = TensorFile::open(&out_path).unwrap();
+        let get = |n: &str| out.float::<f64>(n).unwrap().unwrap();
+        assert_close(
+            &format!("{} cuda output", case.name),
+            &get("output"),
+            &case.output,
+            2e-5,
+        );
+        assert_close(&format!("{} cuda h_n", case.name), &get("h_n"), &case.h_n, 2e-5);
+        if let Some(c_n) = &case.c_n {
+            assert_close(&format!("{} cuda c_n", case.name), &get("c_n"), c_n, 2e-5);
+        }
+    }
+    // Bad input on the GPU path gets the same errors as on the CPU.
+    let lstm = fixtures_dir().join("lstm_l2_bi_varlen_state.safetensors");
+    let bad = input_file(&dir, "h0_shape", &lstm, vec![("h0", floats(&[2, 5, 6]))]);
+    let run = forward(
+        &lstm,
+        &bad,
+        &dir.join("bad.out.safetensors"),
+        &["--device", "cuda"],
+    );
+    assert!(
+        !run.ok && run.stderr.contains("h0: expected shape [4, 5, 6]"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn forward_takes_a_prefix_of_a_whole_model() {
     let dir = temp_dir("prefix");
@@ -296,8 +358,8 @@ fn bad_files_and_devices_fail_cleanly() {
             "out.safetensors",
         ),
         (
-            forward(&case, &case, &out, &["--device", "cuda"]),
-            "--device cuda",
+            forward(&case, &case, &out, &["--device", "cuda", "--precision", "f64"]),
+            "--precision f64",
         ),
     ];
     for (run, needle) in runs {

@@ -9,9 +9,10 @@
 //! arguments); an output file is written whole or not at all.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use rnn_kernels::cuda::{CudaDevice, CudaRnn};
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::weights::{describe, param_specs};
-use rnn_kernels::{cpu, Element, Error, ForwardInput, Result, Tensor, TensorFile, Weights};
+use rnn_kernels::{cpu, Element, Error, ForwardInput, ForwardOutput, Result, Tensor, TensorFile, Weights};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,7 +49,7 @@ enum Command {
         /// The module's name in a whole model's state_dict (e.g. `lstm`).
         #[arg(long)]
         prefix: Option<String>,
-        /// Arithmetic precision of the CPU path (the output file is f32 either way).
+        /// Arithmetic precision: f64 on the CPU only (the output file is f32 either way).
         #[arg(long, value_enum, default_value_t = Precision::F32)]
         precision: Precision,
     },
@@ -103,23 +104,30 @@ fn forward(
     prefix: Option<&str>,
     precision: Precision,
 ) -> Result<()> {
-    if let Device::Cuda = device {
-        return Err(Error::Unsupported(
-            "--device cuda: this build of rnnk has no CUDA backend yet; use --device cpu".into(),
-        ));
-    }
     let weights = Weights::<f64>::load(model, prefix)?;
     let inputs = TensorFile::open(input)?;
-    let tensors = match precision {
-        Precision::F32 => run_cpu::<f32>(&weights.cast(), &inputs)?,
-        Precision::F64 => run_cpu::<f64>(&weights, &inputs)?,
+    let tensors = match (device, precision) {
+        (Device::Cpu, Precision::F32) => run::<f32>(&inputs, |args| cpu::forward(&weights.cast(), args))?,
+        (Device::Cpu, Precision::F64) => run::<f64>(&inputs, |args| cpu::forward(&weights, args))?,
+        (Device::Cuda, Precision::F32) => {
+            let mut model = CudaRnn::new(&CudaDevice::new(0)?, &weights)?;
+            run::<f32>(&inputs, |args| model.forward(args))?
+        }
+        (Device::Cuda, Precision::F64) => {
+            return Err(Error::Unsupported(
+                "--device cuda computes in f32: drop --precision f64".into(),
+            ))
+        }
     };
     tensor_file::write(output, &tensors, HashMap::new())
 }
 
-/// Reads the inputs as `T`, runs the CPU reference, and returns the output
+/// Reads the inputs as `T`, runs `forward` on them, and returns the output
 /// tensors ready to be written in f32.
-fn run_cpu<T: Element>(weights: &Weights<T>, file: &TensorFile) -> Result<Vec<(String, OwnedTensor)>> {
+fn run<T: Element>(
+    file: &TensorFile,
+    forward: impl FnOnce(&ForwardInput<'_, T>) -> Result<ForwardOutput<T>>,
+) -> Result<Vec<(String, OwnedTensor)>> {
     let input = file.float::<T>("input")?.ok_or_else(|| Error::Missing {
         tensor: "input".into(),
         context: format!("{} must hold the input sequence", file.path().display()),
@@ -133,7 +141,7 @@ fn run_cpu<T: Element>(weights: &Weights<T>, file: &TensorFile) -> Result<Vec<(S
         h0: h0.as_ref(),
         c0: c0.as_ref(),
     };
-    let result = cpu::forward(weights, &args)?;
+    let result = forward(&args)?;
     let f32_tensor = |t: &Tensor<T>| OwnedTensor::float(t, StoredDtype::F32);
     let mut tensors = vec![
         ("output".to_string(), f32_tensor(&result.output)),

@@ -160,3 +160,19 @@ pub fn varied_configs() -> Vec<rnn_kernels::RnnConfig> {
         },
     ]
 }
+
+/// The GPU for `#[ignore = "needs a CUDA GPU"]` tests: `None` (the test
+/// then returns early, saying so) when there is none, unless
+/// `RNN_REQUIRE_GPU=1`, which makes a missing GPU a failure.
+pub fn gpu() -> Option<std::sync::Arc<rnn_kernels::cuda::CudaDevice>> {
+    match rnn_kernels::cuda::CudaDevice::new(0) {
+        Ok(device) => Some(device),
+        Err(e) if std::env::var("RNN_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("RNN_REQUIRE_GPU=1 but no usable GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}

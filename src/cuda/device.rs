@@ -1,0 +1,154 @@
+//! A CUDA device with the crate's kernels loaded: the context, the function
+//! table, and the limits the planner sizes launches by.
+
+use super::module;
+use crate::error::{Error, Result};
+use crate::kernels::DeviceLimits;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Wraps a driver error with what was being done.
+pub(crate) fn cuda_err(context: impl std::fmt::Display) -> impl FnOnce(DriverError) -> Error {
+    move |e| Error::Cuda(format!("{context}: {e}"))
+}
+
+/// One GPU with the kernels loaded. Cheap to share (`Arc`); each model makes
+/// its own stream on it.
+pub struct CudaDevice {
+    context: Arc<CudaContext>,
+    functions: HashMap<String, CudaFunction>,
+    limits: DeviceLimits,
+    name: String,
+    compute_capability: (i32, i32),
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("name", &self.name)
+            .field("compute_capability", &self.compute_capability)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal` and loads the kernels. Fails with a clear error
+    /// when this build has no kernels, when there is no driver (no
+    /// `libcuda.so`), or when there is no such GPU.
+    pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        if !module::kernels_built() {
+            return Err(Error::Unsupported(
+                "this build of rnn-kernels has no CUDA kernels: nvcc was not found when it was compiled. \
+                 Run scripts/install-nvcc (or set NVCC / CUDA_HOME) and rebuild"
+                    .into(),
+            ));
+        }
+        // cudarc panics when it cannot load the driver library: ask first.
+        // SAFETY: only probes for the library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Unsupported(
+                "no CUDA driver found (libcuda.so could not be loaded): is there an NVIDIA GPU and driver?"
+                    .into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(cuda_err("counting CUDA devices"))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Unsupported(format!(
+                "no CUDA device {ordinal}: {count} found"
+            )));
+        }
+        let context =
+            CudaContext::new(ordinal).map_err(cuda_err(format!("opening CUDA device {ordinal}")))?;
+        let name = context.name().map_err(cuda_err("reading the device name"))?;
+        let compute_capability = context
+            .compute_capability()
+            .map_err(cuda_err("reading compute capability"))?;
+        if compute_capability.0 < 8 {
+            return Err(Error::Unsupported(format!(
+                "{name} is sm_{}{}; the kernels need sm_80 (Ampere) or newer",
+                compute_capability.0, compute_capability.1
+            )));
+        }
+        let attribute = |a: CUdevice_attribute| {
+            context
+                .attribute(a)
+                .map(|v| v.max(0) as usize)
+                .map_err(cuda_err(format!("reading {a:?}")))
+        };
+        let limits = DeviceLimits {
+            sm_count: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            max_smem_per_block: attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )?,
+            max_threads_per_block: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+        };
+
+        let mut functions = HashMap::new();
+        for (file, fatbin, entry_points) in module::fatbins() {
+            let loaded = context
+                .load_module(Ptx::from_binary(fatbin.to_vec()))
+                .map_err(cuda_err(format!("loading kernels/{file}.cu for {name}")))?;
+            for kernel in entry_points.iter() {
+                let function = loaded
+                    .load_function(kernel)
+                    .map_err(cuda_err(format!("finding kernel {kernel}")))?;
+                // Allow the opt-in maximum of dynamic shared memory (above 48 KiB).
+                function
+                    .set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        limits.max_smem_per_block as i32,
+                    )
+                    .map_err(cuda_err(format!("raising {kernel}'s shared memory limit")))?;
+                functions.insert(kernel.to_string(), function);
+            }
+        }
+        Ok(Arc::new(CudaDevice {
+            context,
+            functions,
+            limits,
+            name,
+            compute_capability,
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    pub fn limits(&self) -> &DeviceLimits {
+        &self.limits
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.context
+    }
+
+    /// A new stream on this device.
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
+        self.context.new_stream().map_err(cuda_err("creating a stream"))
+    }
+
+    pub(crate) fn function(&self, kernel: &str) -> Result<&CudaFunction> {
+        self.functions
+            .get(kernel)
+            .ok_or_else(|| Error::Cuda(format!("kernel {kernel} is not in the loaded modules")))
+    }
+
+    /// Blocks of `kernel` that fit on one SM with this launch shape.
+    pub(crate) fn occupancy(&self, kernel: &'static str, threads: usize, smem: usize) -> usize {
+        self.function(kernel)
+            .and_then(|f| {
+                f.occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem, None)
+                    .map_err(cuda_err("occupancy query"))
+            })
+            .map_or(0, |n| n as usize)
+    }
+}

@@ -1,0 +1,441 @@
+//! A network on the GPU: weights uploaded once, workspace allocated once
+//! per shape and reused, every forward pass one stream-ordered sequence of
+//! launches with no allocation and no host synchronisation (so it can be
+//! captured in a CUDA graph once a call of that shape has been made).
+
+use super::device::{cuda_err, CudaDevice};
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::kernels::plan::{KernelParams, Step, WorkspaceLayout};
+use crate::kernels::{
+    forward_steps, plan_recurrence, ForwardBuffers, RecurrencePlan, Strategy, WeightLayout,
+};
+use crate::sequence::{self, ForwardInput, ForwardOutput, State};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+use crate::RnnConfig;
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+// SAFETY: plain #[repr(C)] structs of integers, mirrored by kernels/params.h
+// (sizes asserted on both sides); the kernels take them by value.
+unsafe impl DeviceRepr for crate::kernels::params::ProjectionParams {}
+unsafe impl DeviceRepr for crate::kernels::params::RecurrenceParams {}
+
+/// The device-resident inputs of a whole-sequence forward pass. Shapes as
+/// in [`crate::sequence`]; lengths are i32 and, unlike on the host path,
+/// cannot be checked without a copy: values outside `0..=T` are clamped by
+/// the kernel (0 means the row never runs: zero output, `h_n = h0`).
+pub struct DeviceInput<'a> {
+    pub input: &'a CudaSlice<f32>,
+    pub seq_len: usize,
+    pub batch: usize,
+    pub lengths: Option<&'a CudaSlice<i32>>,
+    pub h0: Option<&'a CudaSlice<f32>>,
+    pub c0: Option<&'a CudaSlice<f32>>,
+}
+
+/// Where a device forward pass writes. Every element is written.
+pub struct DeviceOutput<'a> {
+    pub output: &'a mut CudaSlice<f32>,
+    pub h_n: &'a mut CudaSlice<f32>,
+    /// Required for an LSTM, `None` otherwise.
+    pub c_n: Option<&'a mut CudaSlice<f32>>,
+}
+
+/// A recurrent network resident on one GPU, running on its own stream.
+/// `Send`: move it to the thread that uses it; for concurrency, make one
+/// per thread (each gets its own stream and workspace).
+pub struct CudaRnn {
+    device: Arc<CudaDevice>,
+    stream: Arc<CudaStream>,
+    config: RnnConfig,
+    layout: WeightLayout,
+    weights: CudaSlice<f32>,
+    workspace: Option<CudaSlice<f32>>,
+    plans: HashMap<usize, RecurrencePlan>,
+    strategy: Strategy,
+}
+
+impl CudaRnn {
+    /// Uploads `weights` (converted to f32) to `device`.
+    pub fn new<T: Element>(device: &Arc<CudaDevice>, weights: &Weights<T>) -> Result<Self> {
+        let stream = device.new_stream()?;
+        let layout = WeightLayout::new(weights.config());
+        let packed = layout.pack(weights);
+        let weights_dev = stream
+            .clone_htod(&packed)
+            .map_err(cuda_err("uploading the weights"))?;
+        Ok(CudaRnn {
+            device: device.clone(),
+            stream,
+            config: weights.config().clone(),
+            layout,
+            weights: weights_dev,
+            workspace: None,
+            plans: HashMap::new(),
+            strategy: Strategy::Auto,
+        })
+    }
+
+    pub fn config(&self) -> &RnnConfig {
+        &self.config
+    }
+
+    /// The stream every call of this model is ordered on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.device
+    }
+
+    /// Forces how the recurrence is split (for tuning and comparisons).
+    pub fn set_strategy(&mut self, strategy: Strategy) {
+        self.strategy = strategy;
+        self.plans.clear();
+    }
+
+    /// The split the recurrence uses for `batch` rows.
+    pub fn plan(&mut self, batch: usize) -> Result<RecurrencePlan> {
+        if let Some(plan) = self.plans.get(&batch) {
+            return Ok(*plan);
+        }
+        let device = &self.device;
+        let occupancy =
+            |kernel: &'static str, threads: usize, smem: usize| device.occupancy(kernel, threads, smem);
+        let plan = plan_recurrence(&self.config, batch, device.limits(), &occupancy, self.strategy)?;
+        self.plans.insert(batch, plan);
+        Ok(plan)
+    }
+
+    /// Makes sure the workspace holds a `seq_len × batch` call; allocates
+    /// only when it grows.
+    fn workspace_for(&mut self, plan: &RecurrencePlan, seq_len: usize, batch: usize) -> Result<()> {
+        let words = WorkspaceLayout::new(&self.config, plan, seq_len, batch).words;
+        if self.workspace.as_ref().is_none_or(|w| w.len() < words) {
+            // SAFETY: every region is written before it is read (barriers are
+            // zeroed by the plan, the rest is produced by earlier launches).
+            let fresh =
+                unsafe { self.stream.alloc::<f32>(words) }.map_err(cuda_err("allocating the workspace"))?;
+            self.workspace = Some(fresh);
+        }
+        Ok(())
+    }
+
+    /// Whole-sequence forward on device buffers. Checks every buffer's
+    /// length against the configuration; enqueues work on [`Self::stream`]
+    /// and returns without waiting.
+    pub fn forward_device(&mut self, input: &DeviceInput<'_>, out: &mut DeviceOutput<'_>) -> Result<()> {
+        let c = &self.config;
+        let (t, b) = (input.seq_len, input.batch);
+        if t == 0 || b == 0 {
+            return Err(Error::invalid("input", "seq_len and batch must be at least 1"));
+        }
+        let h_len = c.num_states() * b * c.output_size();
+        let c_len = c.num_states() * b * c.hidden_size;
+        check_len("input", input.input.len(), t * b * c.input_size)?;
+        check_len("output", out.output.len(), t * b * c.output_width())?;
+        check_len("h_n", out.h_n.len(), h_len)?;
+        if let Some(l) = input.lengths {
+            check_len("lengths", l.len(), b)?;
+        }
+        if let Some(h0) = input.h0 {
+            check_len("h0", h0.len(), h_len)?;
+        }
+        match (input.c0, c.has_cell_state()) {
+            (Some(c0), true) => check_len("c0", c0.len(), c_len)?,
+            (Some(_), false) => {
+                return Err(Error::invalid(
+                    "c0",
+                    format!("given, but a {} has no cell state", c.cell),
+                ))
+            }
+            _ => {}
+        }
+        match (&out.c_n, c.has_cell_state()) {
+            (Some(c_n), true) => check_len("c_n", c_n.len(), c_len)?,
+            (None, true) => {
+                return Err(Error::Missing {
+                    tensor: "c_n".into(),
+                    context: "an lstm writes its cell state".into(),
+                })
+            }
+            (Some(_), false) => {
+                return Err(Error::invalid(
+                    "c_n",
+                    format!("given, but a {} has no cell state", c.cell),
+                ))
+            }
+            (None, false) => {}
+        }
+
+        let stream = self.stream.clone();
+        // The guards record each buffer's use on the stream when dropped.
+        let (input_ptr, _input) = input.input.device_ptr(&stream);
+        let lengths = input.lengths.map(|l| l.device_ptr(&stream));
+        let h0 = input.h0.map(|h| h.device_ptr(&stream));
+        let c0 = input.c0.map(|c| c.device_ptr(&stream));
+        let (output_ptr, _output) = out.output.device_ptr_mut(&stream);
+        let (h_n_ptr, _h_n) = out.h_n.device_ptr_mut(&stream);
+        let c_n = out.c_n.as_mut().map(|c| c.device_ptr_mut(&stream));
+        let addr = |p: &Option<(u64, _)>| p.as_ref().map_or(0, |(p, _)| *p);
+        self.enqueue(
+            t,
+            b,
+            ForwardBuffers {
+                input: input_ptr,
+                lengths: addr(&lengths),
+                h0: addr(&h0),
+                c0: addr(&c0),
+                output: output_ptr,
+                h_n: h_n_ptr,
+                c_n: addr(&c_n),
+                ..ForwardBuffers::default()
+            },
+        )
+    }
+
+    /// Advances `B` streams by one step on device buffers: `x` `[B, I]`,
+    /// `h` `[L, B, Hout]` and `c` `[L, B, H]` (LSTM) updated in place, the
+    /// last layer's new `h` written to `out` `[B, Hout]`. Unidirectional
+    /// networks only.
+    pub fn step_device(
+        &mut self,
+        x: &CudaSlice<f32>,
+        batch: usize,
+        h: &mut CudaSlice<f32>,
+        c: Option<&mut CudaSlice<f32>>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let config = &self.config;
+        if config.bidirectional {
+            return Err(Error::Config(
+                "a bidirectional network cannot advance one step at a time".into(),
+            ));
+        }
+        if batch == 0 {
+            return Err(Error::invalid("x", "batch must be at least 1"));
+        }
+        check_len("x", x.len(), batch * config.input_size)?;
+        check_len("h", h.len(), config.num_states() * batch * config.output_size())?;
+        check_len("out", out.len(), batch * config.output_size())?;
+        match (&c, config.has_cell_state()) {
+            (Some(c), true) => check_len("c", c.len(), config.num_states() * batch * config.hidden_size)?,
+            (None, true) => {
+                return Err(Error::Missing {
+                    tensor: "c".into(),
+                    context: "an lstm's state".into(),
+                })
+            }
+            (Some(_), false) => {
+                return Err(Error::invalid(
+                    "c",
+                    format!("given, but a {} has no cell state", config.cell),
+                ))
+            }
+            (None, false) => {}
+        }
+        let stream = self.stream.clone();
+        let (x_ptr, _x) = x.device_ptr(&stream);
+        let (h_ptr, _h) = h.device_ptr_mut(&stream);
+        let c = c.map(|c| c.device_ptr_mut(&stream));
+        let c_ptr = c.as_ref().map_or(0, |(p, _)| *p);
+        let (out_ptr, _out) = out.device_ptr_mut(&stream);
+        // The state is read as h0/c0 and written as h_n/c_n in place: each
+        // CTA reads and writes only its own slice (recurrence.cu).
+        self.enqueue(
+            1,
+            batch,
+            ForwardBuffers {
+                input: x_ptr,
+                h0: h_ptr,
+                c0: c_ptr,
+                output: out_ptr,
+                h_n: h_ptr,
+                c_n: c_ptr,
+                ..ForwardBuffers::default()
+            },
+        )
+    }
+
+    /// Plans (once per batch size), sizes the workspace (once per shape) and
+    /// enqueues the launches on buffers already checked by the caller.
+    fn enqueue(&mut self, seq_len: usize, batch: usize, mut buffers: ForwardBuffers) -> Result<()> {
+        let plan = self.plan(batch)?;
+        self.workspace_for(&plan, seq_len, batch)?;
+        let stream = self.stream.clone();
+        let (weights, _weights) = self.weights.device_ptr(&stream);
+        let workspace = self.workspace.as_mut().expect("sized above");
+        let (workspace, _workspace) = workspace.device_ptr_mut(&stream);
+        buffers.weights = weights;
+        buffers.workspace = workspace;
+        let steps = forward_steps(&self.config, &plan, &self.layout, seq_len, batch, &buffers)?;
+        execute(&self.device, &stream, &steps)
+    }
+
+    /// Whole-sequence forward from and to host tensors (copies in, runs,
+    /// waits, copies out). Same checks and errors as [`crate::cpu::forward`].
+    pub fn forward(&mut self, args: &ForwardInput<'_, f32>) -> Result<ForwardOutput<f32>> {
+        let config = self.config.clone();
+        let dims = sequence::check_forward(&config, args)?;
+        let (t, b) = (dims.seq_len, dims.batch);
+        let upload = |data: &[f32], what: &str| {
+            self.stream
+                .clone_htod(data)
+                .map_err(cuda_err(format!("uploading {what}")))
+        };
+        let input = upload(args.input.data(), "input")?;
+        let lengths = match args.lengths {
+            Some(l) => {
+                let l: Vec<i32> = l.iter().map(|&v| v as i32).collect();
+                Some(
+                    self.stream
+                        .clone_htod(&l)
+                        .map_err(cuda_err("uploading lengths"))?,
+                )
+            }
+            None => None,
+        };
+        let h0 = args.h0.map(|h| upload(h.data(), "h0")).transpose()?;
+        let c0 = args.c0.map(|c| upload(c.data(), "c0")).transpose()?;
+        let alloc = |n: usize, what: &str| {
+            self.stream
+                .alloc_zeros::<f32>(n)
+                .map_err(cuda_err(format!("allocating {what}")))
+        };
+        let mut output = alloc(t * b * config.output_width(), "output")?;
+        let mut h_n = alloc(config.num_states() * b * config.output_size(), "h_n")?;
+        let mut c_n = config
+            .has_cell_state()
+            .then(|| alloc(config.num_states() * b * config.hidden_size, "c_n"))
+            .transpose()?;
+        self.forward_device(
+            &DeviceInput {
+                input: &input,
+                seq_len: t,
+                batch: b,
+                lengths: lengths.as_ref(),
+                h0: h0.as_ref(),
+                c0: c0.as_ref(),
+            },
+            &mut DeviceOutput {
+                output: &mut output,
+                h_n: &mut h_n,
+                c_n: c_n.as_mut(),
+            },
+        )?;
+        let out_shape = args.input.shape()[..2]
+            .iter()
+            .copied()
+            .chain([config.output_width()])
+            .collect::<Vec<_>>();
+        let download = |buf: &CudaSlice<f32>, shape: Vec<usize>, what: &str| -> Result<Tensor<f32>> {
+            let data = self
+                .stream
+                .clone_dtoh(buf)
+                .map_err(cuda_err(format!("downloading {what}")))?;
+            Tensor::new(shape, data)
+        };
+        Ok(ForwardOutput {
+            output: download(&output, out_shape, "output")?,
+            h_n: download(&h_n, sequence::h_shape(&config, b).to_vec(), "h_n")?,
+            c_n: c_n
+                .as_ref()
+                .map(|c| download(c, sequence::c_shape(&config, b).to_vec(), "c_n"))
+                .transpose()?,
+        })
+    }
+
+    /// One step for host tensors (see [`crate::cpu::step`]).
+    pub fn step(&mut self, x: &Tensor<f32>, state: &mut State<f32>) -> Result<Tensor<f32>> {
+        let batch = sequence::check_step(&self.config, x, state)?;
+        let x_dev = self
+            .stream
+            .clone_htod(x.data())
+            .map_err(cuda_err("uploading x"))?;
+        let mut h = self
+            .stream
+            .clone_htod(state.h.data())
+            .map_err(cuda_err("uploading h"))?;
+        let mut c = state
+            .c
+            .as_ref()
+            .map(|c| self.stream.clone_htod(c.data()))
+            .transpose()
+            .map_err(cuda_err("uploading c"))?;
+        let mut out = self
+            .stream
+            .alloc_zeros::<f32>(batch * self.config.output_size())
+            .map_err(cuda_err("allocating"))?;
+        self.step_device(&x_dev, batch, &mut h, c.as_mut(), &mut out)?;
+        state.h = Tensor::new(
+            state.h.shape().to_vec(),
+            self.stream.clone_dtoh(&h).map_err(cuda_err("downloading h"))?,
+        )?;
+        if let (Some(state_c), Some(c)) = (state.c.as_mut(), &c) {
+            *state_c = Tensor::new(
+                state_c.shape().to_vec(),
+                self.stream.clone_dtoh(c).map_err(cuda_err("downloading c"))?,
+            )?;
+        }
+        Tensor::new(
+            [batch, self.config.output_size()],
+            self.stream.clone_dtoh(&out).map_err(cuda_err("downloading"))?,
+        )
+    }
+}
+
+fn check_len(tensor: &str, found: usize, expected: usize) -> Result<()> {
+    if found != expected {
+        return Err(Error::invalid(
+            tensor,
+            format!("device buffer holds {found} elements, expected {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Enqueues a plan's steps on `stream`.
+fn execute(device: &CudaDevice, stream: &CudaStream, steps: &[Step]) -> Result<()> {
+    for step in steps {
+        match step {
+            Step::ZeroWords { addr, count } => {
+                // SAFETY: the plan addresses words inside the live workspace.
+                unsafe { cudarc::driver::result::memset_d8_async(*addr, 0, count * 4, stream.cu_stream()) }
+                    .map_err(cuda_err("zeroing barrier counters"))?;
+            }
+            Step::Launch(launch) => {
+                let function = device.function(launch.kernel)?;
+                let config = LaunchConfig {
+                    grid_dim: (launch.grid[0], launch.grid[1], launch.grid[2]),
+                    block_dim: (launch.block, 1, 1),
+                    shared_mem_bytes: launch.smem_bytes,
+                };
+                let mut builder = stream.launch_builder(function);
+                match &launch.params {
+                    KernelParams::Projection(p) => builder.arg(p),
+                    KernelParams::Recurrence(p) => builder.arg(p),
+                };
+                // SAFETY: the params hold addresses of live buffers whose
+                // lengths forward_device checked against the same
+                // configuration the plan was made from; a cooperative launch
+                // is used whenever the kernel's CTAs wait for each other, and
+                // the plan sized the grid from the occupancy query.
+                let launched = unsafe {
+                    if launch.cooperative {
+                        builder.launch_cooperative(config)
+                    } else {
+                        builder.launch(config)
+                    }
+                };
+                launched.map_err(cuda_err(format!("launching {} {:?}", launch.kernel, launch.grid)))?;
+            }
+        }
+    }
+    Ok(())
+}

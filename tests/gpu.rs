@@ -1,0 +1,387 @@
+//! The CUDA path against the CPU reference, on a GPU. Ignored where there is
+//! none: run with `cargo test -- --include-ignored` (`RNN_REQUIRE_GPU=1`
+//! makes a missing GPU an error, as `.gpu/run` sets it). Every output buffer
+//! starts as NaN, so an element no kernel wrote fails.
+
+mod common;
+
+use common::{assert_close, gpu, random_tensor, varied_configs};
+use cudarc::driver::CudaSlice;
+use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceInput, DeviceOutput};
+use rnn_kernels::kernels::Strategy;
+use rnn_kernels::rng::SplitMix64;
+use rnn_kernels::sequence::{c_shape, h_shape};
+use rnn_kernels::{cpu, ForwardInput, ForwardOutput, RnnConfig, State, Tensor, Weights};
+use std::sync::Arc;
+
+/// Random inputs for a shape, as f32, and the f64 reference's answer.
+struct Case {
+    weights: Weights<f64>,
+    input: Tensor<f32>,
+    lengths: Option<Vec<usize>>,
+    state: State<f32>,
+    expected: ForwardOutput<f64>,
+}
+
+impl Case {
+    fn new(config: &RnnConfig, seq_len: usize, batch: usize, varlen: bool, seed: u64) -> Case {
+        let weights = Weights::<f64>::random(config.clone(), seed).unwrap();
+        let mut rng = SplitMix64::new(seed ^ 0xC0FFEE);
+        let shape = if config.batch_first {
+            [batch, seq_len, config.input_size]
+        } else {
+            [seq_len, batch, config.input_size]
+        };
+        let input: Tensor<f32> = random_tensor(&shape, &mut rng);
+        let lengths = varlen.then(|| {
+            let mut l: Vec<usize> = (0..batch).map(|_| rng.int_inclusive(1, seq_len)).collect();
+            l[0] = seq_len;
+            if batch > 1 {
+                l[batch - 1] = 1;
+            }
+            l
+        });
+        let mut state = State::zeros(config, batch);
+        state.h = random_tensor(state.h.shape(), &mut rng);
+        state.c = state.c.map(|c| random_tensor(c.shape(), &mut rng));
+        let (input64, h64, c64) = (input.cast(), state.h.cast(), state.c.as_ref().map(|c| c.cast()));
+        let args = ForwardInput {
+            input: &input64,
+            lengths: lengths.as_deref(),
+            h0: Some(&h64),
+            c0: c64.as_ref(),
+        };
+        let expected = cpu::forward(&weights, &args).unwrap();
+        Case {
+            weights,
+            input,
+            lengths,
+            state,
+            expected,
+        }
+    }
+
+    /// Runs on the device API with NaN-poisoned outputs.
+    fn run(&self, model: &mut CudaRnn) -> ForwardOutput<f32> {
+        let config = model.config().clone();
+        let stream = model.stream().clone();
+        let shape = self.input.shape();
+        let (t, b) = if config.batch_first {
+            (shape[1], shape[0])
+        } else {
+            (shape[0], shape[1])
+        };
+        let up = |v: &[f32]| stream.clone_htod(v).unwrap();
+        let nan = |n: usize| stream.clone_htod(&vec![f32::NAN; n]).unwrap();
+        let input = up(self.input.data());
+        let lengths: Option<CudaSlice<i32>> = self.lengths.as_ref().map(|l| {
+            stream
+                .clone_htod(&l.iter().map(|&v| v as i32).collect::<Vec<_>>())
+                .unwrap()
+        });
+        let h0 = up(self.state.h.data());
+        let c0 = self.state.c.as_ref().map(|c| up(c.data()));
+        let mut output = nan(self.expected.output.len());
+        let mut h_n = nan(self.expected.h_n.len());
+        let mut c_n = self.expected.c_n.as_ref().map(|c| nan(c.len()));
+        model
+            .forward_device(
+                &DeviceInput {
+                    input: &input,
+                    seq_len: t,
+                    batch: b,
+                    lengths: lengths.as_ref(),
+                    h0: Some(&h0),
+                    c0: c0.as_ref(),
+                },
+                &mut DeviceOutput {
+                    output: &mut output,
+                    h_n: &mut h_n,
+                    c_n: c_n.as_mut(),
+                },
+            )
+            .unwrap();
+        let down =
+            |s: &CudaSlice<f32>, shape: &[usize]| Tensor::new(shape, stream.clone_dtoh(s).unwrap()).unwrap();
+        ForwardOutput {
+            output: down(&output, self.expected.output.shape()),
+            h_n: down(&h_n, &h_shape(&config, b)),
+            c_n: c_n.as_ref().map(|c| down(c, &c_shape(&config, b))),
+        }
+    }
+
+    fn check(&self, what: &str, got: &ForwardOutput<f32>, tol: f64) {
+        assert_close(&format!("{what} output"), &got.output, &self.expected.output, tol);
+        assert_close(&format!("{what} h_n"), &got.h_n, &self.expected.h_n, tol);
+        if let (Some(g), Some(e)) = (&got.c_n, &self.expected.c_n) {
+            assert_close(&format!("{what} c_n"), g, e, tol);
+        }
+    }
+}
+
+fn model(device: &Arc<CudaDevice>, case: &Case) -> CudaRnn {
+    CudaRnn::new(device, &case.weights).unwrap()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_configuration_matches_the_reference() {
+    let Some(device) = gpu() else { return };
+    for (k, config) in varied_configs().into_iter().enumerate() {
+        for (t, b, varlen) in [(7, 5, true), (1, 1, false), (12, 3, false)] {
+            let case = Case::new(&config, t, b, varlen, 100 + k as u64);
+            let got = case.run(&mut model(&device, &case));
+            case.check(
+                &format!("{} T={t} B={b}", rnn_kernels::weights::describe(&config)),
+                &got,
+                2e-5,
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn odd_sizes_long_sequences_and_wide_batches() {
+    let Some(device) = gpu() else { return };
+    let shapes: Vec<(RnnConfig, usize, usize)> = vec![
+        (RnnConfig::lstm(1, 1), 1, 1),
+        (RnnConfig::lstm(6, 33), 1000, 3),
+        (
+            RnnConfig {
+                num_layers: 2,
+                ..RnnConfig::gru(6, 100)
+            },
+            50,
+            257,
+        ),
+        (
+            RnnConfig {
+                bidirectional: true,
+                ..RnnConfig::rnn_tanh(300, 257)
+            },
+            20,
+            5,
+        ),
+        (
+            RnnConfig {
+                proj_size: 100,
+                bidirectional: true,
+                ..RnnConfig::lstm(300, 257)
+            },
+            30,
+            4,
+        ),
+        (
+            RnnConfig {
+                gru_linear_before_reset: false,
+                bidirectional: true,
+                ..RnnConfig::gru(1, 257)
+            },
+            40,
+            7,
+        ),
+        (RnnConfig::lstm(300, 1024), 30, 4),
+        (RnnConfig::gru(6, 1024), 10, 257),
+    ];
+    for (k, (config, t, b)) in shapes.into_iter().enumerate() {
+        let case = Case::new(&config, t, b, true, 200 + k as u64);
+        let got = case.run(&mut model(&device, &case));
+        case.check(
+            &format!("{} T={t} B={b}", rnn_kernels::weights::describe(&config)),
+            &got,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_split_strategy_gives_the_same_answer() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig {
+        num_layers: 2,
+        proj_size: 40,
+        ..RnnConfig::lstm(32, 160)
+    };
+    let case = Case::new(&config, 25, 9, true, 300);
+    for strategy in [
+        Strategy::Auto,
+        Strategy::OnChip { ctas_per_group: 1 },
+        Strategy::OnChip { ctas_per_group: 3 },
+        Strategy::OnChip { ctas_per_group: 16 },
+        Strategy::OffChip { ctas_per_group: 1 },
+        Strategy::OffChip { ctas_per_group: 5 },
+    ] {
+        let mut m = model(&device, &case);
+        m.set_strategy(strategy);
+        let plan = m.plan(9).unwrap();
+        case.check(&format!("{strategy:?} {plan:?}"), &case.run(&mut m), 2e-5);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn repeated_runs_are_bitwise_identical() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig {
+        num_layers: 2,
+        bidirectional: true,
+        ..RnnConfig::gru(10, 64)
+    };
+    let case = Case::new(&config, 50, 32, true, 400);
+    let mut m = model(&device, &case);
+    let first = case.run(&mut m);
+    for _ in 0..3 {
+        assert_eq!(case.run(&mut m), first);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn host_api_and_stepping_match_the_reference() {
+    let Some(device) = gpu() else { return };
+    for config in varied_configs().into_iter().filter(|c| !c.bidirectional) {
+        let case = Case::new(&config, 6, 4, false, 500);
+        let mut m = model(&device, &case);
+        let args = ForwardInput {
+            input: &case.input,
+            lengths: None,
+            h0: Some(&case.state.h),
+            c0: case.state.c.as_ref(),
+        };
+        case.check("host api", &m.forward(&args).unwrap(), 2e-5);
+        // Step by step from the same state: each step equals the whole run's row.
+        let mut state = case.state.clone();
+        let t_axis = usize::from(config.batch_first);
+        for t in 0..6 {
+            let x: Vec<f32> = (0..4)
+                .flat_map(|b| {
+                    let (tt, bb) = if t_axis == 0 { (t, b) } else { (b, t) };
+                    let row = (tt * if t_axis == 0 { 4 } else { 6 } + bb) * config.input_size;
+                    case.input.data()[row..row + config.input_size].to_vec()
+                })
+                .collect();
+            let out = m
+                .step(&Tensor::new([4, config.input_size], x).unwrap(), &mut state)
+                .unwrap();
+            for b in 0..4 {
+                let w = config.output_width();
+                let row = if t_axis == 0 { t * 4 + b } else { b * 6 + t };
+                for j in 0..w {
+                    let (g, e) = (
+                        out.data()[b * w + j] as f64,
+                        case.expected.output.data()[row * w + j],
+                    );
+                    assert!((g - e).abs() <= 2e-5, "step {t} row {b} unit {j}: {g} vs {e}");
+                }
+            }
+        }
+        assert_close("stepped h", &state.h, &case.expected.h_n, 2e-5);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn models_on_separate_threads_and_streams_agree() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig {
+        num_layers: 2,
+        ..RnnConfig::lstm(6, 64)
+    };
+    let case = Arc::new(Case::new(&config, 48, 32, true, 600));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (device, case) = (device.clone(), case.clone());
+            std::thread::spawn(move || {
+                let mut m = model(&device, &case);
+                (0..5).map(|_| case.run(&mut m)).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for h in handles {
+        for got in h.join().unwrap() {
+            case.check("threaded", &got, 2e-5);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn device_lengths_out_of_range_are_clamped_not_out_of_bounds() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig::lstm(3, 8);
+    let case = Case::new(&config, 5, 3, false, 700);
+    let mut m = model(&device, &case);
+    let stream = m.stream().clone();
+    let input = stream.clone_htod(case.input.data()).unwrap();
+    let lengths = stream.clone_htod(&[0i32, 99, -4]).unwrap();
+    let mut output = stream.clone_htod(&vec![f32::NAN; 5 * 3 * 8]).unwrap();
+    let mut h_n = stream.clone_htod(&vec![f32::NAN; 3 * 8]).unwrap();
+    let mut c_n = stream.clone_htod(&vec![f32::NAN; 3 * 8]).unwrap();
+    m.forward_device(
+        &DeviceInput {
+            input: &input,
+            seq_len: 5,
+            batch: 3,
+            lengths: Some(&lengths),
+            h0: None,
+            c0: None,
+        },
+        &mut DeviceOutput {
+            output: &mut output,
+            h_n: &mut h_n,
+            c_n: Some(&mut c_n),
+        },
+    )
+    .unwrap();
+    let out = stream.clone_dtoh(&output).unwrap();
+    let h = stream.clone_dtoh(&h_n).unwrap();
+    for t in 0..5 {
+        for j in 0..8 {
+            assert_eq!(out[(t * 3) * 8 + j], 0.0, "length 0: zero output");
+            assert_eq!(out[(t * 3 + 2) * 8 + j], 0.0, "negative length: zero output");
+        }
+    }
+    assert!(
+        h[..8].iter().chain(&h[16..]).all(|&v| v == 0.0),
+        "rows that never ran keep h0 = 0"
+    );
+    assert!(
+        h[8..16].iter().all(|v| v.is_finite()),
+        "length 99 ran all 5 steps"
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn wrong_device_buffer_sizes_are_errors() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig::gru(3, 8);
+    let mut m = CudaRnn::new(&device, &Weights::<f32>::random(config, 0).unwrap()).unwrap();
+    let stream = m.stream().clone();
+    let input = stream.alloc_zeros::<f32>(5 * 2 * 3).unwrap();
+    let mut output = stream.alloc_zeros::<f32>(5 * 2 * 8 - 1).unwrap();
+    let mut h_n = stream.alloc_zeros::<f32>(2 * 8).unwrap();
+    let err = m
+        .forward_device(
+            &DeviceInput {
+                input: &input,
+                seq_len: 5,
+                batch: 2,
+                lengths: None,
+                h0: None,
+                c0: None,
+            },
+            &mut DeviceOutput {
+                output: &mut output,
+                h_n: &mut h_n,
+                c_n: None,
+            },
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("output") && err.to_string().contains("79"),
+        "{err}"
+    );
+}
