@@ -22,11 +22,26 @@ struct Run {
     stderr: String,
 }
 
+/// The `rnnk` binary: cargo's, or on a GPU machine (where tests run from
+/// `.gpu/bin/` and `target/` did not travel) the one `pack` put in `.gpu/examples/`.
+fn rnnk_path() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_rnnk"));
+    if built.exists() {
+        return built;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let packed = exe.parent().unwrap().join("../examples/rnnk");
+    assert!(
+        packed.exists(),
+        "no rnnk binary at {} or {}",
+        built.display(),
+        packed.display()
+    );
+    packed
+}
+
 fn rnnk(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_rnnk"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(rnnk_path()).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "rnnk panicked: {stderr}");
     Run {
@@ -160,7 +175,7 @@ fn forward_takes_a_prefix_of_a_whole_model() {
 #[test]
 fn info_prints_the_configuration() {
     let path = fixtures_dir().join("lstm_proj_l2_bi_varlen.safetensors");
-    let out = Command::new(env!("CARGO_BIN_EXE_rnnk"))
+    let out = Command::new(rnnk_path())
         .args(["info", "--model", path.to_str().unwrap()])
         .output()
         .unwrap();
