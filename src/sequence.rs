@@ -127,15 +127,8 @@ where
     if let Some(h0) = args.h0 {
         check_state_shape("h0", h0.shape(), h_shape(config, batch))?;
     }
-    match (args.c0, config.has_cell_state()) {
-        (Some(c0), true) => check_state_shape("c0", c0.shape(), c_shape(config, batch))?,
-        (Some(_), false) => {
-            return Err(Error::invalid(
-                "c0",
-                format!("given, but a {} has no cell state", config.cell),
-            ))
-        }
-        (None, _) => {}
+    if let Some(c0) = cell_state_arg(config, "c0", args.c0, false)? {
+        check_state_shape("c0", c0.shape(), c_shape(config, batch))?;
     }
     Ok(SequenceDims { seq_len, batch })
 }
@@ -159,23 +152,32 @@ pub fn check_step<T: Copy>(config: &RnnConfig, x: &Tensor<T>, state: &State<T>) 
     }
     let batch = shape[0];
     check_state_shape("state.h", state.h.shape(), h_shape(config, batch))?;
-    match (&state.c, config.has_cell_state()) {
-        (Some(c), true) => check_state_shape("state.c", c.shape(), c_shape(config, batch))?,
-        (None, true) => {
-            return Err(Error::Missing {
-                tensor: "state.c".into(),
-                context: "an lstm's state has a cell state".into(),
-            })
-        }
-        (Some(_), false) => {
-            return Err(Error::invalid(
-                "state.c",
-                format!("given, but a {} has no cell state", config.cell),
-            ))
-        }
-        (None, false) => {}
+    if let Some(c) = cell_state_arg(config, "state.c", state.c.as_ref(), true)? {
+        check_state_shape("state.c", c.shape(), c_shape(config, batch))?;
     }
     Ok(batch)
+}
+
+/// A cell-state argument (`c0`, `c_n`, ...) must be absent unless the cell
+/// has one (an LSTM), and present for an LSTM when `required`. Returns it
+/// when it is there to be checked further.
+pub fn cell_state_arg<C>(
+    config: &RnnConfig,
+    name: &str,
+    given: Option<C>,
+    required: bool,
+) -> Result<Option<C>> {
+    match (given, config.has_cell_state()) {
+        (Some(_), false) => Err(Error::invalid(
+            name,
+            format!("given, but a {} has no cell state", config.cell),
+        )),
+        (None, true) if required => Err(Error::Missing {
+            tensor: name.into(),
+            context: format!("a {} has a cell state", config.cell),
+        }),
+        (given, _) => Ok(given),
+    }
 }
 
 fn check_state_shape(name: &str, found: &[usize], expected: [usize; 3]) -> Result<()> {

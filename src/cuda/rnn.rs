@@ -147,31 +147,11 @@ impl CudaRnn {
         if let Some(h0) = input.h0 {
             check_len("h0", h0.len(), h_len)?;
         }
-        match (input.c0, c.has_cell_state()) {
-            (Some(c0), true) => check_len("c0", c0.len(), c_len)?,
-            (Some(_), false) => {
-                return Err(Error::invalid(
-                    "c0",
-                    format!("given, but a {} has no cell state", c.cell),
-                ))
-            }
-            _ => {}
+        if let Some(c0) = sequence::cell_state_arg(c, "c0", input.c0, false)? {
+            check_len("c0", c0.len(), c_len)?;
         }
-        match (&out.c_n, c.has_cell_state()) {
-            (Some(c_n), true) => check_len("c_n", c_n.len(), c_len)?,
-            (None, true) => {
-                return Err(Error::Missing {
-                    tensor: "c_n".into(),
-                    context: "an lstm writes its cell state".into(),
-                })
-            }
-            (Some(_), false) => {
-                return Err(Error::invalid(
-                    "c_n",
-                    format!("given, but a {} has no cell state", c.cell),
-                ))
-            }
-            (None, false) => {}
+        if let Some(c_n) = sequence::cell_state_arg(c, "c_n", out.c_n.as_ref(), true)? {
+            check_len("c_n", c_n.len(), c_len)?;
         }
 
         let stream = self.stream.clone();
@@ -224,21 +204,8 @@ impl CudaRnn {
         check_len("x", x.len(), batch * config.input_size)?;
         check_len("h", h.len(), config.num_states() * batch * config.output_size())?;
         check_len("out", out.len(), batch * config.output_size())?;
-        match (&c, config.has_cell_state()) {
-            (Some(c), true) => check_len("c", c.len(), config.num_states() * batch * config.hidden_size)?,
-            (None, true) => {
-                return Err(Error::Missing {
-                    tensor: "c".into(),
-                    context: "an lstm's state".into(),
-                })
-            }
-            (Some(_), false) => {
-                return Err(Error::invalid(
-                    "c",
-                    format!("given, but a {} has no cell state", config.cell),
-                ))
-            }
-            (None, false) => {}
+        if let Some(c) = sequence::cell_state_arg(config, "c", c.as_ref(), true)? {
+            check_len("c", c.len(), config.num_states() * batch * config.hidden_size)?;
         }
         let stream = self.stream.clone();
         let (x_ptr, _x) = x.device_ptr(&stream);
