@@ -22,6 +22,7 @@ pub struct ReadmeDoctests;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
+pub mod dropout;
 pub mod element;
 pub mod error;
 pub mod kernels;
