@@ -402,3 +402,184 @@ fn a_failed_run_leaves_an_existing_output_untouched() {
     assert!(!forward(&case, &bad, &out, &[]).ok);
     assert_eq!(std::fs::read(&out).unwrap(), b"previous results");
 }
+
+fn backward(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "backward",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    args.extend(["--output", output.to_str().unwrap()]);
+    args.extend(extra);
+    rnnk(&args)
+}
+
+#[test]
+fn backward_reproduces_pytorch_autograd_on_every_fixture() {
+    let dir = temp_dir("backward");
+    for path in case_files() {
+        let fixture = TensorFile::open(&path).unwrap();
+        let name = common::case_name(&path);
+        for (precision, tol) in [("f32", 1e-4), ("f64", 1e-6)] {
+            let out_path = dir.join(format!("{name}-{precision}.safetensors"));
+            let run = backward(&path, &path, &out_path, &["--precision", precision]);
+            assert!(run.ok, "{name}: {}", run.stderr);
+            let out = TensorFile::open(&out_path).unwrap();
+            let mut checked = 0;
+            for expected_name in fixture.names().unwrap() {
+                let Some(key) = expected_name.strip_prefix("expected.") else {
+                    continue;
+                };
+                // expected.grad/<param> is written as grad.<param>
+                let key = key.replace("grad/", "grad.");
+                let got = out
+                    .float::<f64>(&key)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{name}: no {key}"));
+                let want = fixture.float::<f64>(&expected_name).unwrap().unwrap();
+                assert_close(&format!("{name} {precision} {key}"), &got, &want, tol);
+                checked += 1;
+            }
+            // At least output, h_n, grad_input, grad_h0 and two weight gradients.
+            assert!(checked >= 6, "{name}: only {checked} tensors checked");
+        }
+    }
+}
+
+#[test]
+fn backward_dropout_is_off_without_a_seed_and_reproducible_with_one() {
+    let dir = temp_dir("dropout");
+    let icu = fixtures_dir().join("icu_model.safetensors"); // dropout 0.2 between its 2 layers
+    let file = TensorFile::open(&icu).unwrap();
+    let input = file.float::<f64>("input").unwrap().unwrap();
+    let grad = Tensor::<f64>::full([9, 48, 64], 1.0);
+    let inputs = dir.join("inputs.safetensors");
+    let (lengths_shape, lengths) = file.integer("lengths").unwrap().unwrap();
+    let tensors = vec![
+        ("input".to_string(), OwnedTensor::float(&input, StoredDtype::F32)),
+        ("lengths".to_string(), OwnedTensor::i64(lengths_shape, &lengths)),
+        (
+            "grad_output".to_string(),
+            OwnedTensor::float(&grad, StoredDtype::F32),
+        ),
+    ];
+    tensor_file::write(&inputs, &tensors, HashMap::new()).unwrap();
+    let model = dir.join("model.safetensors");
+    // The ICU fixture's metadata has no dropout; give the model p = 0.2.
+    let weights = rnn_kernels::Weights::<f64>::load(&icu, Some("lstm")).unwrap();
+    let config = rnn_kernels::RnnConfig {
+        dropout: 0.2,
+        ..weights.config().clone()
+    };
+    let named = weights
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.clone()))
+        .collect();
+    rnn_kernels::Weights::from_named(config, named)
+        .unwrap()
+        .save(&model, StoredDtype::F32, None)
+        .unwrap();
+
+    let run_to = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let run = backward(&model, &inputs, &out, extra);
+        assert!(run.ok, "{}", run.stderr);
+        TensorFile::open(out)
+            .unwrap()
+            .float::<f64>("grad.weight_ih_l1")
+            .unwrap()
+            .unwrap()
+    };
+    let off = run_to("off.safetensors", &[]);
+    let seeded = run_to("a.safetensors", &["--dropout-seed", "7"]);
+    assert_eq!(seeded, run_to("b.safetensors", &["--dropout-seed", "7"]));
+    assert_ne!(seeded, run_to("c.safetensors", &["--dropout-seed", "8"]));
+    assert_ne!(seeded, off);
+
+    let forward_out = dir.join("forward.safetensors");
+    assert!(forward(&model, &inputs, &forward_out, &[]).ok);
+    let out_forward = TensorFile::open(&forward_out)
+        .unwrap()
+        .float::<f32>("output")
+        .unwrap();
+    let out_backward = TensorFile::open(dir.join("off.safetensors"))
+        .unwrap()
+        .float::<f32>("output")
+        .unwrap();
+    assert_eq!(
+        out_forward, out_backward,
+        "without a seed the training forward is the inference forward"
+    );
+}
+
+#[test]
+fn backward_bad_inputs_fail_with_one_clear_line() {
+    let dir = temp_dir("backward-bad");
+    let lstm = fixtures_dir().join("lstm_l2_bi_varlen_state.safetensors"); // T=7, B=5, D*Hout = 12
+    let gru = fixtures_dir().join("gru_basic.safetensors");
+    let with_grads = |name: &str, case: &Path, change: Vec<(&str, Option<OwnedTensor>)>| {
+        let file = TensorFile::open(case).unwrap();
+        let mut all: Vec<(&str, Option<OwnedTensor>)> = ["grad_output", "grad_h_n", "grad_c_n"]
+            .into_iter()
+            .filter_map(|n| {
+                file.float::<f64>(n)
+                    .unwrap()
+                    .map(|t| (n, Some(OwnedTensor::float(&t, StoredDtype::F32))))
+            })
+            .collect();
+        all.extend(change);
+        input_file(&dir, name, case, all)
+    };
+    let cases: Vec<(&str, &Path, PathBuf, &[&str], &str)> = vec![
+        (
+            "no_grad",
+            &lstm,
+            with_grads("no_grad", &lstm, vec![("grad_output", None)]),
+            &[],
+            "grad_output: missing",
+        ),
+        (
+            "grad_shape",
+            &lstm,
+            with_grads("grad_shape", &lstm, vec![("grad_output", floats(&[7, 5, 6]))]),
+            &[],
+            "grad_output: expected shape [7, 5, 12]",
+        ),
+        (
+            "grad_h_n_shape",
+            &lstm,
+            with_grads("grad_h_n_shape", &lstm, vec![("grad_h_n", floats(&[4, 5, 7]))]),
+            &[],
+            "grad_h_n: expected shape [4, 5, 6]",
+        ),
+        (
+            "grad_c_n_gru",
+            &gru,
+            with_grads("grad_c_n_gru", &gru, vec![("grad_c_n", floats(&[1, 3, 7]))]),
+            &[],
+            "grad_c_n: given, but a gru has no cell state",
+        ),
+        (
+            "cuda",
+            &gru,
+            with_grads("cuda", &gru, vec![]),
+            &["--device", "cuda"],
+            "backward --device cuda",
+        ),
+    ];
+    for (name, model, input, extra, needle) in cases {
+        let out = dir.join(format!("{name}.out.safetensors"));
+        let run = backward(model, &input, &out, extra);
+        assert!(!run.ok && run.code == Some(1), "{name}: {}", run.stderr);
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{name}: {:?}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "{name}: {:?} should contain {needle:?}",
+            run.stderr
+        );
+        assert!(!out.exists(), "{name}: no output on failure");
+    }
+}

@@ -1,14 +1,16 @@
 //! `rnnk`: run a recurrent network saved from PyTorch on safetensors inputs.
 //!
 //! ```text
-//! rnnk forward --model M.safetensors --input IN.safetensors --output OUT.safetensors
-//!              [--device cpu|cuda] [--prefix P] [--precision f32|f64]
-//! rnnk info --model M.safetensors [--prefix P]
+//! rnnk forward  --model M --input IN --output OUT [--device cpu|cuda] [--prefix P] [--precision f32|f64]
+//! rnnk backward --model M --input IN --output OUT [--device cpu|cuda] [--prefix P] [--precision f32|f64]
+//!               [--dropout-seed S]
+//! rnnk info --model M [--prefix P]
 //! ```
 //! Errors print one line on stderr and exit with status 1 (2 for bad
 //! arguments); an output file is written whole or not at all.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rnn_kernels::cpu::GradOutputs;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn};
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::weights::{describe, param_specs};
@@ -21,7 +23,7 @@ use std::process::ExitCode;
 #[command(
     name = "rnnk",
     version,
-    about = "PyTorch-compatible RNN / LSTM / GRU inference"
+    about = "PyTorch-compatible RNN / LSTM / GRU forward and backward"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,23 +37,20 @@ enum Command {
     /// The input file holds `input` [T,B,I] (or [B,T,I] when batch-first),
     /// and optionally `lengths` i64 [B], `h0` [L*D,B,Hout] and `c0` [L*D,B,H].
     /// The output file gets `output`, `h_n` and, for an LSTM, `c_n`, in f32.
-    Forward {
-        /// Weights by PyTorch names; `__metadata__` may hold `cell`,
-        /// `batch_first` and `gru_linear_before_reset`.
+    Forward(Run),
+    /// Run a training forward pass and backpropagate through it.
+    ///
+    /// The input file holds what `forward` takes plus `grad_output` (the
+    /// shape of `output`) and optionally `grad_h_n` and `grad_c_n`. The output
+    /// file gets `output`, `h_n`, `c_n` (LSTM), `grad_input`, `grad_h0`,
+    /// `grad_c0` (LSTM) and `grad.<name>` for every parameter, in f32.
+    Backward {
+        #[command(flatten)]
+        run: Run,
+        /// Apply the model's inter-layer dropout with masks from this seed
+        /// (without it, dropout is off).
         #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
-        #[arg(long, value_enum, default_value_t = Device::Cpu)]
-        device: Device,
-        /// The module's name in a whole model's state_dict (e.g. `lstm`).
-        #[arg(long)]
-        prefix: Option<String>,
-        /// Arithmetic precision: f64 on the CPU only (the output file is f32 either way).
-        #[arg(long, value_enum, default_value_t = Precision::F32)]
-        precision: Precision,
+        dropout_seed: Option<u64>,
     },
     /// Print the configuration and parameters found in a model file.
     Info {
@@ -60,6 +59,26 @@ enum Command {
         #[arg(long)]
         prefix: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct Run {
+    /// Weights by PyTorch names; `__metadata__` may hold `cell`,
+    /// `batch_first` and `gru_linear_before_reset`.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// The module's name in a whole model's state_dict (e.g. `lstm`).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Arithmetic precision: f64 on the CPU only (the output file is f32 either way).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,16 +94,9 @@ enum Precision {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Forward {
-            model,
-            input,
-            output,
-            device,
-            prefix,
-            precision,
-        } => forward(&model, &input, &output, device, prefix.as_deref(), precision),
+    let result = match Cli::parse().command {
+        Command::Forward(run) => forward(&run),
+        Command::Backward { run, dropout_seed } => backward(&run, dropout_seed),
         Command::Info { model, prefix } => info(&model, prefix.as_deref()),
     };
     match result {
@@ -96,64 +108,129 @@ fn main() -> ExitCode {
     }
 }
 
-fn forward(
-    model: &PathBuf,
-    input: &PathBuf,
-    output: &PathBuf,
-    device: Device,
-    prefix: Option<&str>,
-    precision: Precision,
-) -> Result<()> {
-    let weights = Weights::<f64>::load(model, prefix)?;
-    let inputs = TensorFile::open(input)?;
-    let tensors = match (device, precision) {
-        (Device::Cpu, Precision::F32) => run::<f32>(&inputs, |args| cpu::forward(&weights.cast(), args))?,
-        (Device::Cpu, Precision::F64) => run::<f64>(&inputs, |args| cpu::forward(&weights, args))?,
+type Outputs = Vec<(String, OwnedTensor)>;
+
+fn forward(run: &Run) -> Result<()> {
+    let weights = Weights::<f64>::load(&run.model, run.prefix.as_deref())?;
+    let file = TensorFile::open(&run.input)?;
+    let tensors = match (run.device, run.precision) {
+        (Device::Cpu, Precision::F32) => cpu_forward::<f32>(&weights.cast(), &file)?,
+        (Device::Cpu, Precision::F64) => cpu_forward::<f64>(&weights, &file)?,
         (Device::Cuda, Precision::F32) => {
             let mut model = CudaRnn::new(&CudaDevice::new(0)?, &weights)?;
-            run::<f32>(&inputs, |args| model.forward(args))?
+            let inputs = Inputs::<f32>::read(&file)?;
+            forward_outputs(&model.forward(&inputs.args())?)
         }
-        (Device::Cuda, Precision::F64) => {
-            return Err(Error::Unsupported(
-                "--device cuda computes in f32: drop --precision f64".into(),
-            ))
-        }
+        (Device::Cuda, Precision::F64) => return Err(f64_on_cuda()),
     };
-    tensor_file::write(output, &tensors, HashMap::new())
+    tensor_file::write(&run.output, &tensors, HashMap::new())
 }
 
-/// Reads the inputs as `T`, runs `forward` on them, and returns the output
-/// tensors ready to be written in f32.
-fn run<T: Element>(
-    file: &TensorFile,
-    forward: impl FnOnce(&ForwardInput<'_, T>) -> Result<ForwardOutput<T>>,
-) -> Result<Vec<(String, OwnedTensor)>> {
-    let input = file.float::<T>("input")?.ok_or_else(|| Error::Missing {
-        tensor: "input".into(),
-        context: format!("{} must hold the input sequence", file.path().display()),
-    })?;
-    let lengths = read_lengths(file)?;
-    let h0 = file.float::<T>("h0")?;
-    let c0 = file.float::<T>("c0")?;
-    let args = ForwardInput {
-        input: &input,
-        lengths: lengths.as_deref(),
-        h0: h0.as_ref(),
-        c0: c0.as_ref(),
+fn cpu_forward<T: Element>(weights: &Weights<T>, file: &TensorFile) -> Result<Outputs> {
+    let inputs = Inputs::<T>::read(file)?;
+    Ok(forward_outputs(&cpu::forward(weights, &inputs.args())?))
+}
+
+fn backward(run: &Run, dropout_seed: Option<u64>) -> Result<()> {
+    let weights = Weights::<f64>::load(&run.model, run.prefix.as_deref())?;
+    let file = TensorFile::open(&run.input)?;
+    let tensors = match (run.device, run.precision) {
+        (Device::Cpu, Precision::F32) => cpu_backward::<f32>(&weights.cast(), &file, dropout_seed)?,
+        (Device::Cpu, Precision::F64) => cpu_backward::<f64>(&weights, &file, dropout_seed)?,
+        (Device::Cuda, Precision::F32) => {
+            return Err(Error::Unsupported(
+                "backward --device cuda: the GPU backward is not implemented yet; use --device cpu".into(),
+            ))
+        }
+        (Device::Cuda, Precision::F64) => return Err(f64_on_cuda()),
     };
-    let result = forward(&args)?;
-    let f32_tensor = |t: &Tensor<T>| OwnedTensor::float(t, StoredDtype::F32);
-    let mut tensors = vec![
-        ("output".to_string(), f32_tensor(&result.output)),
-        ("h_n".to_string(), f32_tensor(&result.h_n)),
-    ];
-    if let Some(c_n) = &result.c_n {
-        tensors.push(("c_n".to_string(), f32_tensor(c_n)));
+    tensor_file::write(&run.output, &tensors, HashMap::new())
+}
+
+fn cpu_backward<T: Element>(
+    weights: &Weights<T>,
+    file: &TensorFile,
+    dropout_seed: Option<u64>,
+) -> Result<Outputs> {
+    let inputs = Inputs::<T>::read(file)?;
+    let grad_output = required::<T>(file, "grad_output", "the gradient of output")?;
+    let grad_h_n = file.float::<T>("grad_h_n")?;
+    let grad_c_n = file.float::<T>("grad_c_n")?;
+    let args = inputs.args();
+    let (result, reserve) = cpu::forward_train(weights, &args, dropout_seed)?;
+    let grads = GradOutputs {
+        output: &grad_output,
+        h_n: grad_h_n.as_ref(),
+        c_n: grad_c_n.as_ref(),
+    };
+    let gradients = cpu::backward(weights, &args, &reserve, &grads)?;
+    let mut tensors = forward_outputs(&result);
+    tensors.push(f32_tensor("grad_input", &gradients.input));
+    tensors.push(f32_tensor("grad_h0", &gradients.h0));
+    if let Some(c0) = &gradients.c0 {
+        tensors.push(f32_tensor("grad_c0", c0));
+    }
+    for (name, grad) in gradients.weights.named_parameters() {
+        tensors.push(f32_tensor(&format!("grad.{name}"), grad));
     }
     Ok(tensors)
 }
 
-/// `lengths`: a 1-D i64 (or i32) tensor of positive values, if present.
+fn f64_on_cuda() -> Error {
+    Error::Unsupported("--device cuda computes in f32: drop --precision f64".into())
+}
+
+/// What a forward pass takes, read from the input file as `T`.
+struct Inputs<T> {
+    input: Tensor<T>,
+    lengths: Option<Vec<usize>>,
+    h0: Option<Tensor<T>>,
+    c0: Option<Tensor<T>>,
+}
+
+impl<T: Element> Inputs<T> {
+    fn read(file: &TensorFile) -> Result<Self> {
+        Ok(Inputs {
+            input: required(file, "input", "the input sequence")?,
+            lengths: read_lengths(file)?,
+            h0: file.float::<T>("h0")?,
+            c0: file.float::<T>("c0")?,
+        })
+    }
+
+    fn args(&self) -> ForwardInput<'_, T> {
+        ForwardInput {
+            input: &self.input,
+            lengths: self.lengths.as_deref(),
+            h0: self.h0.as_ref(),
+            c0: self.c0.as_ref(),
+        }
+    }
+}
+
+fn required<T: Element>(file: &TensorFile, name: &str, what: &str) -> Result<Tensor<T>> {
+    file.float::<T>(name)?.ok_or_else(|| Error::Missing {
+        tensor: name.into(),
+        context: format!("{} must hold {what}", file.path().display()),
+    })
+}
+
+fn f32_tensor<T: Element>(name: &str, t: &Tensor<T>) -> (String, OwnedTensor) {
+    (name.to_string(), OwnedTensor::float(t, StoredDtype::F32))
+}
+
+fn forward_outputs<T: Element>(result: &ForwardOutput<T>) -> Outputs {
+    let mut tensors = vec![
+        f32_tensor("output", &result.output),
+        f32_tensor("h_n", &result.h_n),
+    ];
+    if let Some(c_n) = &result.c_n {
+        tensors.push(f32_tensor("c_n", c_n));
+    }
+    tensors
+}
+
+/// `lengths`: a 1-D i64 (or i32) tensor of non-negative values, if present.
 fn read_lengths(file: &TensorFile) -> Result<Option<Vec<usize>>> {
     let Some((shape, values)) = file.integer("lengths")? else {
         return Ok(None);
