@@ -15,18 +15,16 @@
 //! `lstm.*` and the head under `head.1.*` and `head.3.*`. Without it the
 //! weights are random (seeded), which shows the plumbing, not a prediction.
 
+mod icu;
+
 use clap::Parser;
+use icu::{Head, FEATURES, HIDDEN};
 use rnn_kernels::cuda::{CudaDevice, CudaRnn};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{cpu, Error, ForwardInput, Result, RnnConfig, Tensor, TensorFile, Weights};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-
-const FEATURES: usize = 6;
-const HIDDEN: usize = 64;
-const HEAD_HIDDEN: usize = 32;
-const MAX_HOURS: usize = 48;
 
 #[derive(Parser)]
 struct Args {
@@ -72,60 +70,9 @@ impl Backend {
     }
 }
 
-/// `Linear(in, out)`: `y = W x + b` with `W` `[out, in]`.
-struct Linear {
-    weight: Tensor<f32>,
-    bias: Tensor<f32>,
-}
-
-impl Linear {
-    fn load(file: &TensorFile, name: &str, inputs: usize, outputs: usize) -> Result<Self> {
-        let get = |part: &str, shape: Vec<usize>| -> Result<Tensor<f32>> {
-            let full = format!("{name}.{part}");
-            let t = file.float::<f32>(&full)?.ok_or_else(|| Error::Missing {
-                tensor: full.clone(),
-                context: "the ICU model's head".into(),
-            })?;
-            if t.shape() != shape.as_slice() {
-                return Err(Error::Shape {
-                    tensor: full,
-                    expected: format!("{shape:?}"),
-                    found: rnn_kernels::error::ShapeDisplay(t.shape().to_vec()),
-                });
-            }
-            Ok(t)
-        };
-        Ok(Linear {
-            weight: get("weight", vec![outputs, inputs])?,
-            bias: get("bias", vec![outputs])?,
-        })
-    }
-
-    /// PyTorch's default `nn.Linear` initialisation: uniform ±1/√in.
-    fn random(inputs: usize, outputs: usize, rng: &mut SplitMix64) -> Self {
-        let bound = 1.0 / (inputs as f64).sqrt();
-        let mut draw = |n| (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect();
-        Linear {
-            weight: Tensor::new([outputs, inputs], draw(outputs * inputs)).unwrap(),
-            bias: Tensor::new([outputs], draw(outputs)).unwrap(),
-        }
-    }
-
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let inputs = x.len();
-        self.weight
-            .data()
-            .chunks(inputs)
-            .zip(self.bias.data())
-            .map(|(row, b)| b + row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>())
-            .collect()
-    }
-}
-
 struct Model {
     lstm: Weights<f32>,
-    hidden: Linear,
-    output: Linear,
+    head: Head,
 }
 
 impl Model {
@@ -173,22 +120,15 @@ impl Model {
         }
         Ok(Model {
             lstm,
-            hidden: Linear::load(&file, "head.1", HIDDEN, HEAD_HIDDEN)?,
-            output: Linear::load(&file, "head.3", HEAD_HIDDEN, 1)?,
+            head: Head::load(&file)?,
         })
     }
 
     fn random(seed: u64) -> Self {
-        let config = RnnConfig {
-            num_layers: 2,
-            batch_first: true,
-            ..RnnConfig::lstm(FEATURES, HIDDEN)
-        };
         let mut rng = SplitMix64::new(seed ^ 0x4EAD);
         Model {
-            lstm: Weights::random(config, seed).expect("a valid configuration"),
-            hidden: Linear::random(HIDDEN, HEAD_HIDDEN, &mut rng),
-            output: Linear::random(HEAD_HIDDEN, 1, &mut rng),
+            lstm: Weights::random(icu::lstm_config(), seed).expect("a valid configuration"),
+            head: Head::random(&mut rng),
         }
     }
 
@@ -204,50 +144,11 @@ impl Model {
         Ok(last_layer
             .chunks(HIDDEN)
             .map(|h| {
-                let hidden: Vec<f32> = self.hidden.apply(h).into_iter().map(|v| v.max(0.0)).collect();
-                let logit = self.output.apply(&hidden)[0];
-                1.0 / (1.0 + (-logit).exp())
+                let (logit, _) = self.head.logit(h);
+                icu::sigmoid(logit)
             })
             .collect())
     }
-}
-
-/// Hourly vitals, standardised as a training pipeline would feed them:
-/// heart rate, systolic pressure, respiratory rate, SpO2, temperature,
-/// lactate. About one patient in six deteriorates over the stay.
-fn synthetic_cohort(patients: usize, seed: u64) -> (Tensor<f32>, Vec<usize>) {
-    const MEAN: [f64; FEATURES] = [85.0, 120.0, 18.0, 96.0, 37.0, 1.5];
-    const STD: [f64; FEATURES] = [15.0, 20.0, 4.0, 3.0, 0.7, 1.0];
-    // Per hour, for a deteriorating patient: tachycardia, falling pressure,
-    // faster breathing, falling saturation, fever, rising lactate.
-    const DRIFT: [f64; FEATURES] = [0.8, -0.9, 0.25, -0.15, 0.03, 0.08];
-    let mut rng = SplitMix64::new(seed);
-    let mut data = vec![0.0f32; patients * MAX_HOURS * FEATURES];
-    let mut lengths = Vec::with_capacity(patients);
-    for stay in data.chunks_mut(MAX_HOURS * FEATURES) {
-        let hours = rng.int_inclusive(12, MAX_HOURS);
-        lengths.push(hours);
-        let deteriorating = rng.next_f64() < 1.0 / 6.0;
-        let baseline: Vec<f64> = (0..FEATURES)
-            .map(|f| MEAN[f] + 0.5 * STD[f] * rng.normal())
-            .collect();
-        // Rows past `hours` stay zero: padding, never read.
-        for (hour, row) in stay.chunks_mut(FEATURES).take(hours).enumerate() {
-            for (f, value) in row.iter_mut().enumerate() {
-                let drift = if deteriorating {
-                    DRIFT[f] * hour as f64
-                } else {
-                    0.0
-                };
-                let raw = baseline[f] + drift + 0.3 * STD[f] * rng.normal();
-                *value = ((raw - MEAN[f]) / STD[f]) as f32;
-            }
-        }
-    }
-    (
-        Tensor::new([patients, MAX_HOURS, FEATURES], data).unwrap(),
-        lengths,
-    )
 }
 
 fn run(args: Args) -> Result<()> {
@@ -261,7 +162,8 @@ fn run(args: Args) -> Result<()> {
             format!("random weights (seed {})", args.seed),
         ),
     };
-    let (vitals, lengths) = synthetic_cohort(args.patients, args.seed);
+    let cohort = icu::synthetic_cohort(args.patients, args.seed);
+    let (vitals, lengths) = (cohort.vitals, cohort.lengths);
     let (mut backend, backend_line) = Backend::choose(args.device, &model.lstm)?;
 
     // The first call sizes the GPU's workspace; time the second, as a service would run.

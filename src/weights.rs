@@ -213,6 +213,29 @@ impl<T: Element> Weights<T> {
             .collect()
     }
 
+    /// Every parameter with its PyTorch name, mutable in place (for an
+    /// optimizer step): shapes cannot change, values can.
+    pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut Tensor<T>)> {
+        let dirs = self.config.num_directions();
+        let mut out = Vec::new();
+        for (index, layer_weights) in self.layers.iter_mut().enumerate() {
+            let name = |kind| param_name(kind, index / dirs, index % dirs);
+            let LayerWeights {
+                weight_ih,
+                weight_hh,
+                bias_ih,
+                bias_hh,
+                weight_hr,
+            } = layer_weights;
+            out.push((name(ParamKind::WeightIh), weight_ih));
+            out.push((name(ParamKind::WeightHh), weight_hh));
+            out.extend(bias_ih.as_mut().map(|t| (name(ParamKind::BiasIh), t)));
+            out.extend(bias_hh.as_mut().map(|t| (name(ParamKind::BiasHh), t)));
+            out.extend(weight_hr.as_mut().map(|t| (name(ParamKind::WeightHr), t)));
+        }
+        out
+    }
+
     /// The same weights in another float type.
     pub fn cast<U: Element>(&self) -> Weights<U> {
         let cast = |t: &Option<Tensor<T>>| t.as_ref().map(Tensor::cast);

@@ -348,3 +348,28 @@ fn integer_and_float_tensors_read_back_with_dtype_errors() {
         .contains("not an integer type"));
     assert!(file.float::<f32>("absent").unwrap().is_none());
 }
+
+#[test]
+fn mutable_parameters_come_in_pytorch_order_and_update_in_place() {
+    let config = RnnConfig {
+        num_layers: 2,
+        bidirectional: true,
+        proj_size: 2,
+        ..RnnConfig::lstm(3, 4)
+    };
+    let mut weights = Weights::<f64>::random(config, 1).unwrap();
+    let names: Vec<String> = weights.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let mut_names: Vec<String> = weights
+        .named_parameters_mut()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, mut_names);
+    for (_, t) in weights.named_parameters_mut() {
+        t.data_mut().iter_mut().for_each(|v| *v = 0.5);
+    }
+    assert!(weights
+        .named_parameters()
+        .iter()
+        .all(|(_, t)| t.data().iter().all(|&v| v == 0.5)));
+}
