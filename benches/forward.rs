@@ -1,4 +1,6 @@
-//! Forward (inference) latency over the shapes of `../shared/gpu/shapes.json`.
+//! Latency over the shapes of `../shared/gpu/shapes.json`, in the modes of
+//! that file: `infer` (forward only) and `train` (the forward that keeps
+//! what backward needs, then backward for input, initial state and weights).
 //!
 //! Variants: `rnn_kernels` (the CUDA path, when there is a GPU: each call
 //! timed between CUDA events with a sync, as `torch_anchor.py` times
@@ -11,6 +13,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
+use rnn_kernels::cpu::GradOutputs;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceInput, DeviceOutput};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{cpu, CellKind, ForwardInput, RnnConfig, State, Tensor, Weights};
@@ -99,20 +102,36 @@ fn load_shapes() -> Vec<Shape> {
         .collect()
 }
 
-/// Per-iteration times of every benchmark, for the JSON summary.
-static SAMPLES: Mutex<Vec<(String, &'static str, Vec<f64>)>> = Mutex::new(Vec::new());
+/// One benchmark's per-call times (µs), for the JSON summary.
+struct Samples {
+    shape: String,
+    mode: &'static str,
+    variant: &'static str,
+    per_call_us: Vec<f64>,
+}
+
+static SAMPLES: Mutex<Vec<Samples>> = Mutex::new(Vec::new());
+
+/// Criterion's samples per benchmark: each one a batch of calls.
+const SAMPLES_PER_BENCH: usize = 10;
 
 /// Times `call` (which returns how long one call took) through criterion,
 /// and keeps each sample's per-call time.
-fn bench(c: &mut Criterion, shape: &Shape, variant: &'static str, mut call: impl FnMut() -> Duration) {
+fn bench(
+    c: &mut Criterion,
+    shape: &Shape,
+    mode: &'static str,
+    variant: &'static str,
+    mut call: impl FnMut() -> Duration,
+) {
     let mut group = c.benchmark_group(&shape.name);
     group.throughput(Throughput::Elements(shape.flops()));
     group
-        .sample_size(10)
+        .sample_size(SAMPLES_PER_BENCH)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
     let mut per_iter_us = Vec::new();
-    group.bench_function(variant, |b| {
+    group.bench_function(format!("{variant}/{mode}"), |b| {
         b.iter_custom(|iters| {
             let elapsed: Duration = (0..iters).map(|_| call()).sum();
             per_iter_us.push(elapsed.as_secs_f64() * 1e6 / iters as f64);
@@ -120,10 +139,14 @@ fn bench(c: &mut Criterion, shape: &Shape, variant: &'static str, mut call: impl
         })
     });
     group.finish();
-    SAMPLES
-        .lock()
-        .unwrap()
-        .push((shape.name.clone(), variant, per_iter_us));
+    // Criterion calls the routine during warm-up too: the measured samples are the last ones.
+    let measured = per_iter_us.split_off(per_iter_us.len().saturating_sub(SAMPLES_PER_BENCH));
+    SAMPLES.lock().unwrap().push(Samples {
+        shape: shape.name.clone(),
+        mode,
+        variant,
+        per_call_us: measured,
+    });
 }
 
 /// The reference is timed where one call takes well under a second.
@@ -141,7 +164,7 @@ fn cpu_forward(c: &mut Criterion) {
             );
             let mut state = State::zeros(cfg, shape.batch);
             let x = x.unwrap();
-            bench(c, &shape, "cpu_f32", || {
+            bench(c, &shape, "infer", "cpu_f32", || {
                 let start = Instant::now();
                 cpu::step(&weights, &x, &mut state).unwrap();
                 start.elapsed()
@@ -159,7 +182,7 @@ fn cpu_forward(c: &mut Criterion) {
                 h0: None,
                 c0: None,
             };
-            bench(c, &shape, "cpu_f32", || {
+            bench(c, &shape, "infer", "cpu_f32", || {
                 let start = Instant::now();
                 cpu::forward(&weights, &args).unwrap();
                 start.elapsed()
@@ -210,7 +233,7 @@ fn gpu_forward(c: &mut Criterion) {
             Duration::from_secs_f64(f64::from(start.elapsed_ms(&end).unwrap()) / 1e3)
         };
         if shape.step {
-            bench(c, &shape, "rnn_kernels", || {
+            bench(c, &shape, "infer", "rnn_kernels", || {
                 timed(&mut || {
                     model
                         .step_device(&input, b, &mut h, c_state.as_mut(), &mut output)
@@ -218,7 +241,7 @@ fn gpu_forward(c: &mut Criterion) {
                 })
             });
         } else {
-            bench(c, &shape, "rnn_kernels", || {
+            bench(c, &shape, "infer", "rnn_kernels", || {
                 timed(&mut || {
                     let args = DeviceInput {
                         input: &input,
@@ -240,6 +263,43 @@ fn gpu_forward(c: &mut Criterion) {
     }
 }
 
+/// Training (forward keeping the reserve, then backward) on the CPU reference.
+fn cpu_train(c: &mut Criterion) {
+    for shape in load_shapes()
+        .into_iter()
+        .filter(|s| !s.step && 3 * s.flops() <= CPU_MAX_FLOPS)
+    {
+        let cfg = &shape.config;
+        let weights = Weights::<f32>::random(cfg.clone(), 1).unwrap();
+        let mut rng = SplitMix64::new(3);
+        let count = shape.seq_len * shape.batch * cfg.input_size;
+        let input = Tensor::new(
+            [shape.seq_len, shape.batch, cfg.input_size],
+            random(&mut rng, count),
+        )
+        .unwrap();
+        let args = ForwardInput {
+            input: &input,
+            lengths: shape.lengths.as_deref(),
+            h0: None,
+            c0: None,
+        };
+        // PyTorch's anchor backpropagates output.sum(): a gradient of ones.
+        let ones = Tensor::full([shape.seq_len, shape.batch, cfg.output_width()], 1.0f32);
+        bench(c, &shape, "train", "cpu_f32", || {
+            let start = Instant::now();
+            let (_, reserve) = cpu::forward_train(&weights, &args, None).unwrap();
+            let grads = GradOutputs {
+                output: &ones,
+                h_n: None,
+                c_n: None,
+            };
+            cpu::backward(&weights, &args, &reserve, &grads).unwrap();
+            start.elapsed()
+        });
+    }
+}
+
 fn random(rng: &mut SplitMix64, count: usize) -> Vec<f32> {
     (0..count).map(|_| rng.normal() as f32).collect()
 }
@@ -257,12 +317,12 @@ fn write_json(_: &mut Criterion) {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(_, _, samples)| !samples.is_empty())
-        .map(|(shape, variant, samples)| {
-            let mut sorted = samples.clone();
+        .filter(|s| !s.per_call_us.is_empty())
+        .map(|s| {
+            let mut sorted = s.per_call_us.clone();
             sorted.sort_by(f64::total_cmp);
             json!({
-                "shape": shape, "mode": "infer", "dtype": "f32", "variant": variant,
+                "shape": s.shape, "mode": s.mode, "dtype": "f32", "variant": s.variant,
                 "median_us": percentile(&sorted, 0.5), "p10_us": percentile(&sorted, 0.1),
                 "p90_us": percentile(&sorted, 0.9), "reps": sorted.len(),
             })
@@ -277,5 +337,5 @@ fn write_json(_: &mut Criterion) {
     eprintln!("wrote {} records to {}", records.len(), path.display());
 }
 
-criterion_group!(benches, gpu_forward, cpu_forward, write_json);
+criterion_group!(benches, gpu_forward, cpu_forward, cpu_train, write_json);
 criterion_main!(benches);
