@@ -17,7 +17,8 @@
 //   each step instead (weights_in_smem = 0): slower, same answer.
 // - Per step the only exchange is h_t: each CTA writes its slice to a double
 //   buffer in global memory (L2) and the group meets at a counter barrier.
-//   A group of one CTA needs only __syncthreads. The LSTM projection and the
+//   A group of one CTA keeps that buffer in shared memory instead and needs
+//   only __syncthreads: no L2 round trip per step. The LSTM projection and the
 //   original GRU need a full-width vector mid-step (o⊙tanh c, r⊙h): they
 //   exchange it too, a second barrier per step.
 // - Variable lengths need no sorting: row b runs steps 0..len_b (the reverse
@@ -80,13 +81,18 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     const int b0 = tile * bt, BT = min(bt, B - b0);
     const int group = dir * gridDim.y + tile;
 
+    // A group of one CTA exchanges nothing: its h buffers live in shared memory.
+    const bool local = p.ctas_per_group == 1;
+
     // Shared memory, in floats (plan.rs mirrors these sizes).
     RNN_DYNAMIC_SMEM(float, smem);
     const int ws_stride = HO + 1, w2s_stride = H + 1, vs_stride = H + 1;  // +1: no bank conflicts
     float* w_s = smem;                                                      // [G·upc][HO+1]
     float* w2_s = w_s + (p.weights_in_smem ? G * upc * ws_stride : 0);      // [opc][H+1]
-    float* v_s = w2_s + (p.weights_in_smem && projecting ? opc * w2s_stride : 0);  // [bt][H+1]
-    float* c_s = v_s + bt * vs_stride;                                      // [bt][upc] cell state
+    // Groups of several CTAs stage the exchanged vectors in v_s [bt][H+1];
+    // a group of one keeps the exchange buffers themselves here.
+    float* v_s = w2_s + (p.weights_in_smem && projecting ? opc * w2s_stride : 0);
+    float* c_s = v_s + (local ? RNN_EXCHANGE_FLOATS(bt, H, HO) : bt * vs_stride);  // [bt][upc] cell state
     float* z_s = c_s + bt * upc;                                            // [bt][upc] GRU z
     float* hp_s = z_s + bt * upc;                                           // [bt][upc] GRU h_{t-1}
     int* len_s = reinterpret_cast<int*>(hp_s + bt * upc);                   // [bt]
@@ -111,9 +117,11 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     const long long w2_stride = p.weights_in_smem ? w2s_stride : H;
     const float* b_hh = p.b_hh ? p.b_hh + (long long)dir * G * H + u0 : nullptr;
 
-    // Exchange buffers of this group, and its barrier.
-    float* hbuf = p.exchange + (long long)group * RNN_EXCHANGE_FLOATS(bt, H, HO);  // [2][bt][HO]
-    float* vbuf = hbuf + 2 * bt * HO;                                              // [bt][H]
+    // Exchange buffers of this group (global, or shared when local), and its barrier.
+    float* hbuf = local ? v_s : p.exchange + (long long)group * RNN_EXCHANGE_FLOATS(bt, H, HO);  // [2][bt][HO]
+    float* vbuf = hbuf + 2 * bt * HO;                                                             // [bt][H]
+    // Exchanged values written by other CTAs must bypass L1; shared ones need no care.
+    auto load_exchanged = [&](const float* q) { return local ? *q : rnn_load_l2(q); };
     unsigned int* counter = p.barrier + group;
     unsigned int epoch = 0;
     auto sync_group = [&]() {
@@ -146,16 +154,18 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     for (int s = 0; s < steps; ++s) {
         const float* h_cur = hbuf + (s & 1) * bt * HO;
         float* h_next = hbuf + ((s + 1) & 1) * bt * HO;
-        for (int i = threadIdx.x; i < BT * HO; i += blockDim.x) {
-            const int b = i / HO, k = i % HO;
-            v_s[b * vs_stride + k] = rnn_load_l2(h_cur + b * HO + k);
+        if (!local) {
+            for (int i = threadIdx.x; i < BT * HO; i += blockDim.x) {
+                const int b = i / HO, k = i % HO;
+                v_s[b * vs_stride + k] = rnn_load_l2(h_cur + b * HO + k);
+            }
+            __syncthreads();
         }
-        __syncthreads();
 
         // Phase 1: the gate products of own units from h_{t-1}, and the cell.
         for (int i = threadIdx.x; i < BT * U; i += blockDim.x) {
             const int b = i / U, j = i % U, len = len_s[b];
-            const float* h = v_s + b * vs_stride;
+            const float* h = local ? h_cur + b * HO : v_s + b * vs_stride;
             if (s >= len) {  // finished: keep the state, pad the output
                 if (!two_phase) {
                     h_next[b * HO + u0 + j] = h[u0 + j];
@@ -217,21 +227,23 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
         // full-width vector the whole group just wrote.
         if (two_phase) {
             sync_group();
-            for (int i = threadIdx.x; i < BT * H; i += blockDim.x) {
-                const int b = i / H, k = i % H;
-                v_s[b * vs_stride + k] = rnn_load_l2(vbuf + b * H + k);
+            if (!local) {
+                for (int i = threadIdx.x; i < BT * H; i += blockDim.x) {
+                    const int b = i / H, k = i % H;
+                    v_s[b * vs_stride + k] = rnn_load_l2(vbuf + b * H + k);
+                }
+                __syncthreads();
             }
-            __syncthreads();
             const int owned = projecting ? UO : U;
             for (int i = threadIdx.x; i < BT * owned; i += blockDim.x) {
                 const int b = i / owned, j = i % owned, len = len_s[b], col = hs0 + j;
                 if (s >= len) {
-                    h_next[b * HO + col] = rnn_load_l2(h_cur + b * HO + col);
+                    h_next[b * HO + col] = load_exchanged(h_cur + b * HO + col);
                     p.y[output_index(p, s, b0 + b, dir, col)] = 0.0f;
                     continue;
                 }
                 const int t = dir ? len - 1 - s : s;
-                const float* v = v_s + b * vs_stride;
+                const float* v = local ? vbuf + b * H : v_s + b * vs_stride;
                 float h_new;
                 if (projecting) {
                     const float* wo = w2 + j * w2_stride;
@@ -263,7 +275,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     const float* h_final = hbuf + (steps & 1) * bt * HO;
     for (int i = threadIdx.x; i < BT * hcount; i += blockDim.x) {
         const int b = i / hcount, k = hs0 + i % hcount;
-        p.h_n[((long long)dir * B + b0 + b) * HO + k] = rnn_load_l2(h_final + b * HO + k);
+        p.h_n[((long long)dir * B + b0 + b) * HO + k] = load_exchanged(h_final + b * HO + k);
     }
     if (CELL == RNN_CELL_LSTM && p.c_n)
         for (int i = threadIdx.x; i < BT * U; i += blockDim.x) {

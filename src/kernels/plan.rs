@@ -62,22 +62,39 @@ impl RecurrencePlan {
     }
 }
 
-/// Shared memory of one CTA, as recurrence.cu lays it out.
-fn recurrence_smem(config: &RnnConfig, upc: usize, opc: usize, bt: usize, weights_in_smem: bool) -> usize {
+/// Shared memory of one CTA, as recurrence.cu lays it out. A group of one
+/// CTA (`n == 1`) keeps its exchange buffers there; larger groups stage the
+/// exchanged vector.
+fn recurrence_smem(
+    config: &RnnConfig,
+    n: usize,
+    upc: usize,
+    opc: usize,
+    bt: usize,
+    weights_in_smem: bool,
+) -> usize {
     let (g, h, ho) = (config.gates(), config.hidden_size, config.output_size());
     let weights = if weights_in_smem {
         g * upc * (ho + 1) + opc * (h + 1)
     } else {
         0
     };
-    4 * (weights + bt * (h + 1) + 3 * bt * upc + bt)
+    let vectors = if n == 1 {
+        exchange_floats(bt, h, ho)
+    } else {
+        bt * (h + 1)
+    };
+    4 * (weights + vectors + 3 * bt * upc + bt)
 }
+
+/// `RNN_MAX_THREADS` in params.h: the kernels' `__launch_bounds__`.
+pub const MAX_THREADS: usize = 512;
 
 fn recurrence_threads(upc: usize, opc: usize, bt: usize, limits: &DeviceLimits) -> usize {
     let pairs = upc.max(opc) * bt;
     pairs
         .next_multiple_of(32)
-        .clamp(64, 512.min(limits.max_threads_per_block))
+        .clamp(64, MAX_THREADS.min(limits.max_threads_per_block))
 }
 
 /// How to split a recurrence: the planner's choice, or one forced (to
@@ -155,7 +172,7 @@ fn fit_batch(
     let dirs = config.num_directions();
     let mut fallback = None;
     for bt in 1..=batch {
-        let smem = recurrence_smem(config, upc, opc, bt, in_smem);
+        let smem = recurrence_smem(config, n, upc, opc, bt, in_smem);
         if smem > limits.max_smem_per_block {
             break;
         }
