@@ -35,6 +35,11 @@ __device__ __forceinline__ void rnn_spin_pause() { __nanosleep(20); }
 
 __device__ __forceinline__ float rnn_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// Gates per hidden unit of an RNN_CELL_* kind.
+__device__ __forceinline__ int rnn_cell_gates(int cell) {
+    return cell == RNN_CELL_LSTM ? 4 : cell == RNN_CELL_GRU ? 3 : 1;
+}
+
 // Waits until `count` CTAs in all have arrived at `counter` (a counter that
 // only grows during the launch: the caller passes epoch * ctas). Every
 // global write the CTA made before is visible to the others after it.

@@ -46,6 +46,7 @@ struct RecurrenceParams {
     float* c_n;             // [D, B, H] or null; may alias c0
     float* exchange;        // workspace: per group, RNN_EXCHANGE_FLOATS(batch_tile, hidden, out_size)
     unsigned int* barrier;  // [groups] arrival counters, zero at launch
+    float* reserve;         // training: what backward needs (see recurrence.cu), else null
     int seq_len;
     int batch;
     int hidden;
@@ -60,8 +61,99 @@ struct RecurrenceParams {
     int weights_in_smem;      // 1: W_hh (and W_hr) slices stay in shared memory for all steps
 };
 
+// Backpropagation through one layer's recurrence, persistent, reverse time:
+// see recurrence_backward.cu. Same split as the forward (RecurrenceParams).
+struct RecurrenceBackwardParams {
+    const float* w_hh;      // [D, G * H, HO]
+    const float* w_hr;      // [D, HO, H] or null
+    const float* reserve;   // the layer's training reserve (recurrence.cu)
+    const float* y;         // the layer's output [T, B, D * HO] (or [B, T, ...], y_batch_first)
+    const float* h0;        // [D, B, HO] or null
+    const float* c0;        // [D, B, H] or null
+    const int* lengths;     // [B] or null
+    const float* dy;        // gradient of y, laid out like y
+    const float* dh_n;      // [D, B, HO] or null
+    const float* dc_n;      // [D, B, H] or null
+    float* d_gi;            // [T * B, D * G * H]: gradient of x·W_ihᵀ + b_ih, zero past each row's end
+    float* d_gh;            // [T * B, D * G * H]: gradient of W_hh·h + b_hh (original GRU: the n rows saw r⊙h)
+    float* d_h;             // [T * B, D * HO]: gradient of each step's projected h (LSTM projection), else null
+    float* dh0;             // [D, B, HO]
+    float* dc0;             // [D, B, H] or null
+    float* exchange;        // per group RNN_BACKWARD_EXCHANGE_FLOATS(batch_tile, G * H, H, HO)
+    unsigned int* barrier;  // [groups], zero at launch
+    int seq_len;
+    int batch;
+    int hidden;
+    int out_size;
+    int cell;
+    int linear_before_reset;
+    int y_batch_first;
+    int ctas_per_group;
+    int units_per_cta;
+    int outputs_per_cta;
+    int batch_tile;
+    int weights_in_smem;
+};
+
+// Exchange floats per group of the backward recurrence: double buffers of
+// the gate gradients [bt][G*H], the projected h gradient [bt][HO] and the
+// original GRU's candidate gradient [bt][H].
+#define RNN_BACKWARD_EXCHANGE_FLOATS(bt, gh, h, ho) (2 * (bt) * ((gh) + (ho) + (h)))
+
+// C(m, n) [+]= Σ_k A(m, k) · B(k, n) with arbitrary strides, so that one
+// kernel serves every product of training: A(m, k) = a[m*a_m + k*a_k],
+// B(k, n) = b[k*b_k + n*b_n], C(m, n) = c[m*c_m + n]. Each C element is one
+// thread's sum in k order: bitwise reproducible.
+struct GemmParams {
+    const float* a;
+    const float* b;
+    float* c;
+    long long a_m, a_k;
+    long long b_k, b_n;
+    long long c_m;
+    int m, n, k;
+    int accumulate;  // 1: C += A·B, 0: C = A·B
+};
+
+// What rnn_gather_states_f32 builds, per (t, b, direction), for the weight
+// gradients of one layer (zero past each row's end):
+#define RNN_GATHER_H_PREV 0    // the state the step at t read: [T*B, D*HO]
+#define RNN_GATHER_RESET_H 1   // original GRU: r ⊙ h_prev, what W_hn multiplied: [T*B, D*H]
+#define RNN_GATHER_H_FULL 2    // LSTM projection: o ⊙ tanh(c), what W_hr multiplied: [T*B, D*H]
+
+struct GatherParams {
+    const float* y;        // the layer's output, time-major [T, B, D*HO]
+    const float* h0;       // [D, B, HO] or null
+    const float* reserve;  // the layer's training reserve
+    const int* lengths;    // [B] or null
+    float* out;
+    int seq_len, batch, hidden, out_size, dirs, cell, what, pad_;
+};
+
+// dst[j, i, :] = src[i, j, :] for src [A, B, W]: time-major <-> batch-first.
+struct PermuteParams {
+    const float* src;
+    float* dst;
+    int a, b, width, pad_;
+};
+
+// dst = src ⊙ mask for a layer's output, time-major [T, B, W]: the mask of
+// src/dropout.rs, bit for bit (element index (t*B + b)*W + col).
+struct DropoutParams {
+    const float* src;
+    float* dst;
+    double p;
+    unsigned long long seed;
+    int layer, seq_len, batch, width;
+};
+
+static_assert(sizeof(GemmParams) == 80, "mirror of src/kernels/params.rs");
+static_assert(sizeof(GatherParams) == 72, "mirror of src/kernels/params.rs");
+static_assert(sizeof(PermuteParams) == 32, "mirror of src/kernels/params.rs");
+static_assert(sizeof(DropoutParams) == 48, "mirror of src/kernels/params.rs");
 static_assert(sizeof(ProjectionParams) == 56, "mirror of src/kernels/params.rs");
-static_assert(sizeof(RecurrenceParams) == 144, "mirror of src/kernels/params.rs");
+static_assert(sizeof(RecurrenceParams) == 152, "mirror of src/kernels/params.rs");
+static_assert(sizeof(RecurrenceBackwardParams) == 184, "mirror of src/kernels/params.rs");
 
 // Floats of exchange workspace per group: h double buffer [2][Bt][HO] plus
 // the second phase's vector [Bt][H].

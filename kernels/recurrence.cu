@@ -64,6 +64,18 @@ __device__ __forceinline__ long long output_index(const RecurrenceParams& p, int
     return row * (gridDim.z * p.out_size) + (long long)dir * p.out_size + col;
 }
 
+// Training reserve of a layer: gate activations [T*B, D*G*H] (LSTM i,f,g,o;
+// GRU r,z,n; RNN h'), then one H-vector per step [T*B, D, H]: the LSTM's c,
+// or the PyTorch GRU's W_hn·h + b_hn. This returns the gates of (t, b, dir).
+__device__ __forceinline__ float* x_reserve(const RecurrenceParams& p, int t, int b, int dir, int G) {
+    return p.reserve + ((long long)t * p.batch + b) * gridDim.z * G * p.hidden + (long long)dir * G * p.hidden;
+}
+
+__device__ __forceinline__ float* reserve_aux(const RecurrenceParams& p, int t, int b, int dir) {
+    const long long gates = (long long)p.seq_len * p.batch * gridDim.z * rnn_cell_gates(p.cell) * p.hidden;
+    return p.reserve + gates + (((long long)t * p.batch + b) * gridDim.z + dir) * p.hidden;
+}
+
 template <int CELL>
 __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     constexpr int G = Cell<CELL>::gates;
@@ -189,11 +201,16 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
             if (b_hh)
                 for (int g = 0; g < G; ++g) acc[g] += b_hh[g * H + j];
 
+            // Training keeps the gate activations (and one auxiliary vector) for backward.
+            float* kept = p.reserve ? x_reserve(p, t, b0 + b, dir, G) + u0 + j : nullptr;
+            float* kept_aux = p.reserve ? reserve_aux(p, t, b0 + b, dir) + u0 + j : nullptr;
             float h_new = 0.0f;
             if (CELL == RNN_CELL_TANH) {
                 h_new = tanhf(x[0] + acc[0]);
+                if (kept) kept[0] = h_new;
             } else if (CELL == RNN_CELL_RELU) {
                 h_new = fmaxf(x[0] + acc[0], 0.0f);
+                if (kept) kept[0] = h_new;
             } else if (CELL == RNN_CELL_LSTM) {
                 const float ig = rnn_sigmoid(x[0] + acc[0]);
                 const float fg = rnn_sigmoid(x[H] + acc[1 % G]);
@@ -202,6 +219,10 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                 const float c = fg * c_s[b * upc + j] + ig * gg;
                 c_s[b * upc + j] = c;
                 h_new = og * tanhf(c);
+                if (kept) {
+                    kept[0] = ig, kept[H] = fg, kept[2 * H] = gg, kept[3 * H] = og;
+                    kept_aux[0] = c;
+                }
                 if (projecting) {
                     vbuf[b * H + u0 + j] = h_new;
                     continue;
@@ -210,6 +231,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                 const float r = rnn_sigmoid(x[0] + acc[0]);
                 const float z = rnn_sigmoid(x[H] + acc[1 % G]);
                 const float h_prev = h[u0 + j];
+                if (kept) kept[0] = r, kept[H] = z;
                 if (reset_first) {
                     vbuf[b * H + u0 + j] = r * h_prev;
                     z_s[b * upc + j] = z;
@@ -218,6 +240,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                 }
                 const float n = tanhf(x[2 * H] + r * acc[2 % G]);
                 h_new = (1.0f - z) * n + z * h_prev;
+                if (kept) kept[2 * H] = n, kept_aux[0] = acc[2 % G];
             }
             h_next[b * HO + u0 + j] = h_new;
             p.y[output_index(p, t, b0 + b, dir, u0 + j)] = h_new;
@@ -257,6 +280,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                     if (b_hh) acc += b_hh[2 * H + j];
                     const float* x = p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
                     const float n = tanhf(x[2 * H] + acc);
+                    if (p.reserve) x_reserve(p, t, b0 + b, dir, G)[2 * H + u0 + j] = n;
                     const float z = z_s[b * upc + j];
                     h_new = (1.0f - z) * n + z * hp_s[b * upc + j];
                 }

@@ -2,12 +2,23 @@
 //! without spilling registers, and the entry points the planner launches.
 
 use rnn_kernels::cuda::module;
-use rnn_kernels::kernels::plan::{recurrence_kernel, PROJECTION_KERNEL};
+use rnn_kernels::kernels::plan::PROJECTION_KERNEL;
+use rnn_kernels::kernels::Pass;
 use rnn_kernels::CellKind;
 
+/// Every kernel a plan can launch (inference and training).
 fn planned_kernels() -> Vec<&'static str> {
-    let mut names: Vec<&str> = CellKind::ALL.into_iter().map(recurrence_kernel).collect();
-    names.push(PROJECTION_KERNEL);
+    let mut names: Vec<&str> = [Pass::Forward, Pass::Backward]
+        .into_iter()
+        .flat_map(|pass| CellKind::ALL.into_iter().map(move |cell| pass.kernel(cell)))
+        .collect();
+    names.extend([
+        PROJECTION_KERNEL,
+        "rnn_gemm_f32",
+        "rnn_gather_states_f32",
+        "rnn_permute_f32",
+        "rnn_dropout_f32",
+    ]);
     names
 }
 

@@ -9,10 +9,9 @@
 mod common;
 
 use common::{assert_close, random_tensor, varied_configs};
-use rnn_kernels::kernels::plan::{KernelParams, WorkspaceLayout};
+use rnn_kernels::kernels::plan::WorkspaceLayout;
 use rnn_kernels::kernels::{
-    forward_steps, plan_recurrence, DeviceLimits, ForwardBuffers, RecurrencePlan, Step, Strategy,
-    WeightLayout,
+    forward_steps, plan_recurrence, DeviceLimits, ForwardBuffers, RecurrencePlan, Strategy, WeightLayout,
 };
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{cpu, ForwardInput, RnnConfig, State, Tensor, Weights};
@@ -82,31 +81,7 @@ fn emulated_forward(
         weights: addr(packed.as_ptr()),
         workspace: addr(workspace.as_mut_ptr()),
     };
-    for step in forward_steps(config, plan, &layout, seq_len, batch, &buffers).unwrap() {
-        match step {
-            Step::ZeroWords { addr, count } => {
-                // SAFETY: the plan addresses words inside `workspace`.
-                unsafe { std::ptr::write_bytes(addr as *mut u32, 0, count) };
-            }
-            Step::Launch(launch) => {
-                let emu_launch = rnn_kernels_emu::Launch {
-                    grid: launch.grid,
-                    block: [launch.block, 1, 1],
-                    smem_bytes: launch.smem_bytes as u64,
-                    cooperative: i32::from(launch.cooperative),
-                };
-                // SAFETY: every address in the params points into the live
-                // host buffers above, sized by the same plan.
-                let result = unsafe {
-                    match &launch.params {
-                        KernelParams::Projection(p) => rnn_kernels_emu::launch(launch.kernel, &emu_launch, p),
-                        KernelParams::Recurrence(p) => rnn_kernels_emu::launch(launch.kernel, &emu_launch, p),
-                    }
-                };
-                result.unwrap();
-            }
-        }
-    }
+    common::run_emulated(&forward_steps(config, plan, &layout, seq_len, batch, &buffers).unwrap());
     (output, h_n, c_n)
 }
 

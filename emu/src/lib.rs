@@ -28,12 +28,12 @@ pub fn kernel_names() -> impl Iterator<Item = &'static str> {
     KERNELS.iter().map(|(name, _)| *name)
 }
 
-/// Runs kernel `name` with its parameter struct `params`.
+/// Runs kernel `name` with its parameter struct at `params`.
 ///
 /// # Safety
-/// `params` must be the kernel's parameter struct, and every pointer in it
-/// must be valid for what the kernel reads and writes (host memory here).
-pub unsafe fn launch<P>(name: &str, launch: &Launch, params: &P) -> Result<(), String> {
+/// `params` must point to the kernel's parameter struct, and every pointer
+/// in it must be valid for what the kernel reads and writes (host memory).
+pub unsafe fn launch(name: &str, launch: &Launch, params: *const c_void) -> Result<(), String> {
     let (_, entry) = KERNELS
         .iter()
         .find(|(n, _)| *n == name)
@@ -42,6 +42,6 @@ pub unsafe fn launch<P>(name: &str, launch: &Launch, params: &P) -> Result<(), S
         return Err(format!("invalid launch {launch:?}"));
     }
     // SAFETY: the caller vouches for params; the launch geometry was checked.
-    unsafe { entry(launch, params as *const P as *const c_void) };
+    unsafe { entry(launch, params) };
     Ok(())
 }

@@ -24,6 +24,11 @@ use std::sync::Arc;
 // (sizes asserted on both sides); the kernels take them by value.
 unsafe impl DeviceRepr for crate::kernels::params::ProjectionParams {}
 unsafe impl DeviceRepr for crate::kernels::params::RecurrenceParams {}
+unsafe impl DeviceRepr for crate::kernels::params::RecurrenceBackwardParams {}
+unsafe impl DeviceRepr for crate::kernels::params::GemmParams {}
+unsafe impl DeviceRepr for crate::kernels::params::GatherParams {}
+unsafe impl DeviceRepr for crate::kernels::params::PermuteParams {}
+unsafe impl DeviceRepr for crate::kernels::params::DropoutParams {}
 
 /// The device-resident inputs of a whole-sequence forward pass. Shapes as
 /// in [`crate::sequence`]; lengths are i32 and, unlike on the host path,
@@ -371,10 +376,11 @@ fn check_len(tensor: &str, found: usize, expected: usize) -> Result<()> {
 fn execute(device: &CudaDevice, stream: &CudaStream, steps: &[Step]) -> Result<()> {
     for step in steps {
         match step {
-            Step::ZeroWords { addr, count } => {
+            Step::FillWords { addr, count, value } => {
                 // SAFETY: the plan addresses words inside the live workspace.
-                unsafe { cudarc::driver::result::memset_d8_async(*addr, 0, count * 4, stream.cu_stream()) }
-                    .map_err(cuda_err("zeroing barrier counters"))?;
+                unsafe { cudarc::driver::sys::cuMemsetD32Async(*addr, *value, *count, stream.cu_stream()) }
+                    .result()
+                    .map_err(cuda_err("filling workspace words"))?;
             }
             Step::Launch(launch) => {
                 let function = device.function(launch.kernel)?;
@@ -387,6 +393,11 @@ fn execute(device: &CudaDevice, stream: &CudaStream, steps: &[Step]) -> Result<(
                 match &launch.params {
                     KernelParams::Projection(p) => builder.arg(p),
                     KernelParams::Recurrence(p) => builder.arg(p),
+                    KernelParams::RecurrenceBackward(p) => builder.arg(p),
+                    KernelParams::Gemm(p) => builder.arg(p),
+                    KernelParams::Gather(p) => builder.arg(p),
+                    KernelParams::Permute(p) => builder.arg(p),
+                    KernelParams::Dropout(p) => builder.arg(p),
                 };
                 // SAFETY: the params hold addresses of live buffers whose
                 // lengths forward_device checked against the same

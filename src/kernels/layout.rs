@@ -5,7 +5,9 @@
 
 use crate::config::RnnConfig;
 use crate::element::Element;
-use crate::weights::Weights;
+use crate::error::Result;
+use crate::tensor::Tensor;
+use crate::weights::{ParamKind, Weights};
 
 /// Offsets (in elements) of one layer's parameters in the packed buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,5 +83,23 @@ impl WeightLayout {
             }
         }
         packed
+    }
+
+    /// Weights (or their gradients) from a buffer packed in this layout.
+    pub fn unpack(&self, config: &RnnConfig, packed: &[f32]) -> Result<Weights<f32>> {
+        Weights::from_fn(config.clone(), |spec| {
+            let offsets = &self.layers[spec.layer];
+            let base = match spec.kind {
+                ParamKind::WeightIh => Some(offsets.w_ih),
+                ParamKind::WeightHh => Some(offsets.w_hh),
+                ParamKind::BiasIh => offsets.b_ih,
+                ParamKind::BiasHh => offsets.b_hh,
+                ParamKind::WeightHr => offsets.w_hr,
+            }
+            .expect("the layout has every parameter of its configuration");
+            let count: usize = spec.shape.iter().product();
+            let at = base + spec.direction * count;
+            Tensor::new(spec.shape.clone(), packed[at..at + count].to_vec())
+        })
     }
 }

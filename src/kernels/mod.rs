@@ -6,8 +6,10 @@
 pub mod layout;
 pub mod params;
 pub mod plan;
+pub mod train;
 
 pub use layout::WeightLayout;
 pub use plan::{
-    forward_steps, plan_recurrence, DeviceLimits, ForwardBuffers, Launch, RecurrencePlan, Step, Strategy,
+    forward_steps, plan_pass, plan_recurrence, DeviceLimits, ForwardBuffers, Launch, Pass, RecurrencePlan,
+    Step, Strategy,
 };

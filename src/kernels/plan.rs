@@ -4,7 +4,10 @@
 //! emulation (tests) execute the very same plan.
 
 use super::layout::WeightLayout;
-use super::params::{cell_code, exchange_floats, ProjectionParams, RecurrenceParams};
+use super::params::{
+    cell_code, exchange_floats, DropoutParams, GatherParams, GemmParams, PermuteParams, ProjectionParams,
+    RecurrenceBackwardParams, RecurrenceParams,
+};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
 
@@ -23,11 +26,48 @@ pub type Occupancy<'a> = &'a dyn Fn(&'static str, usize, usize) -> usize;
 
 /// The recurrence kernel for a cell.
 pub fn recurrence_kernel(cell: CellKind) -> &'static str {
-    match cell {
-        CellKind::RnnTanh => "rnn_recurrence_tanh_f32",
-        CellKind::RnnRelu => "rnn_recurrence_relu_f32",
-        CellKind::Lstm => "rnn_recurrence_lstm_f32",
-        CellKind::Gru => "rnn_recurrence_gru_f32",
+    Pass::Forward.kernel(cell)
+}
+
+/// Which recurrence a plan is for: the forward, or its backpropagation
+/// (recurrence_backward.cu), which splits the same way but keeps other
+/// things in shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    Backward,
+}
+
+impl Pass {
+    pub fn kernel(self, cell: CellKind) -> &'static str {
+        match (self, cell) {
+            (Pass::Forward, CellKind::RnnTanh) => "rnn_recurrence_tanh_f32",
+            (Pass::Forward, CellKind::RnnRelu) => "rnn_recurrence_relu_f32",
+            (Pass::Forward, CellKind::Lstm) => "rnn_recurrence_lstm_f32",
+            (Pass::Forward, CellKind::Gru) => "rnn_recurrence_gru_f32",
+            (Pass::Backward, CellKind::RnnTanh) => "rnn_recurrence_backward_tanh_f32",
+            (Pass::Backward, CellKind::RnnRelu) => "rnn_recurrence_backward_relu_f32",
+            (Pass::Backward, CellKind::Lstm) => "rnn_recurrence_backward_lstm_f32",
+            (Pass::Backward, CellKind::Gru) => "rnn_recurrence_backward_gru_f32",
+        }
+    }
+
+    /// Shared memory of one CTA, as the kernel lays it out.
+    fn smem(self, config: &RnnConfig, n: usize, upc: usize, opc: usize, bt: usize, in_smem: bool) -> usize {
+        match self {
+            Pass::Forward => recurrence_smem(config, n, upc, opc, bt, in_smem),
+            Pass::Backward => {
+                let (gh, ho) = (config.gates() * config.hidden_size, config.output_size());
+                let projecting = config.proj_size > 0;
+                let hpc = if projecting { opc } else { upc };
+                let weights = if in_smem {
+                    hpc * (gh + 1) + if projecting { upc * (ho + 1) } else { 0 }
+                } else {
+                    0
+                };
+                4 * (weights + bt * (gh.max(ho) + 1) + bt * hpc + 5 * bt * upc + bt)
+            }
+        }
     }
 }
 
@@ -120,6 +160,18 @@ pub fn plan_recurrence(
     occupancy: Occupancy<'_>,
     strategy: Strategy,
 ) -> Result<RecurrencePlan> {
+    plan_pass(Pass::Forward, config, batch, limits, occupancy, strategy)
+}
+
+/// Splits a recurrence's forward or backward pass over the device.
+pub fn plan_pass(
+    pass: Pass,
+    config: &RnnConfig,
+    batch: usize,
+    limits: &DeviceLimits,
+    occupancy: Occupancy<'_>,
+    strategy: Strategy,
+) -> Result<RecurrencePlan> {
     let h = config.hidden_size;
     let split = |n: usize, in_smem: bool| -> Option<RecurrencePlan> {
         let upc = h.div_ceil(n);
@@ -128,16 +180,13 @@ pub fn plan_recurrence(
         } else {
             0
         };
-        fit_batch(
-            config,
-            batch,
-            limits,
-            occupancy,
-            h.div_ceil(upc),
+        let split = Split {
+            n: h.div_ceil(upc),
             upc,
             opc,
             in_smem,
-        )
+        };
+        fit_batch(pass, config, batch, limits, occupancy, split)
     };
     let plan = match strategy {
         Strategy::Auto => (1..=h)
@@ -155,24 +204,30 @@ pub fn plan_recurrence(
     })
 }
 
-/// The smallest batch tile (the most parallel split) for `n` CTAs per group
-/// that fits in shared memory and, when groups wait at barriers, on the device.
-#[allow(clippy::too_many_arguments)]
-fn fit_batch(
-    config: &RnnConfig,
-    batch: usize,
-    limits: &DeviceLimits,
-    occupancy: Occupancy<'_>,
+/// `n` CTAs per group, each with `upc` units and `opc` projected outputs.
+struct Split {
     n: usize,
     upc: usize,
     opc: usize,
     in_smem: bool,
+}
+
+/// The smallest batch tile (the most parallel split) for a split that fits
+/// in shared memory and, when groups wait at barriers, on the device.
+fn fit_batch(
+    pass: Pass,
+    config: &RnnConfig,
+    batch: usize,
+    limits: &DeviceLimits,
+    occupancy: Occupancy<'_>,
+    split: Split,
 ) -> Option<RecurrencePlan> {
-    let kernel = recurrence_kernel(config.cell);
+    let Split { n, upc, opc, in_smem } = split;
+    let kernel = pass.kernel(config.cell);
     let dirs = config.num_directions();
     let mut fallback = None;
     for bt in 1..=batch {
-        let smem = recurrence_smem(config, n, upc, opc, bt, in_smem);
+        let smem = pass.smem(config, n, upc, opc, bt, in_smem);
         if smem > limits.max_smem_per_block {
             break;
         }
@@ -269,13 +324,33 @@ pub struct ForwardBuffers {
 }
 
 /// The kernel parameters of one launch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum KernelParams {
     Projection(ProjectionParams),
     Recurrence(RecurrenceParams),
+    RecurrenceBackward(RecurrenceBackwardParams),
+    Gemm(GemmParams),
+    Gather(GatherParams),
+    Permute(PermuteParams),
+    Dropout(DropoutParams),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl KernelParams {
+    /// The parameter struct itself, for launchers that pass it by address.
+    pub fn as_ptr(&self) -> *const std::ffi::c_void {
+        match self {
+            KernelParams::Projection(p) => p as *const _ as *const _,
+            KernelParams::Recurrence(p) => p as *const _ as *const _,
+            KernelParams::RecurrenceBackward(p) => p as *const _ as *const _,
+            KernelParams::Gemm(p) => p as *const _ as *const _,
+            KernelParams::Gather(p) => p as *const _ as *const _,
+            KernelParams::Permute(p) => p as *const _ as *const _,
+            KernelParams::Dropout(p) => p as *const _ as *const _,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Launch {
     pub kernel: &'static str,
     pub grid: [u32; 3],
@@ -286,12 +361,16 @@ pub struct Launch {
 }
 
 /// One thing a forward pass does on the stream, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// A step list is built and read once per call: boxing the launches would
+// only add an allocation per launch.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Step {
-    /// Set `count` 4-byte words at `addr` to zero.
-    ZeroWords {
+    /// Set `count` 4-byte words at `addr` to the bits `value`.
+    FillWords {
         addr: u64,
         count: usize,
+        value: u32,
     },
     Launch(Launch),
 }
@@ -312,6 +391,66 @@ pub fn forward_steps(
     buffers: &ForwardBuffers,
 ) -> Result<Vec<Step>> {
     let ws = WorkspaceLayout::new(config, plan, seq_len, batch);
+    let word = |offset: usize| buffers.workspace + 4 * offset as u64;
+    let mut steps = Vec::new();
+    for l in 0..config.num_layers {
+        let last = l + 1 == config.num_layers;
+        let layer = LayerLaunch {
+            layer: l,
+            x: if l == 0 {
+                buffers.input
+            } else {
+                word(ws.layer_outputs[(l - 1) % 2])
+            },
+            x_batch_first: l == 0 && config.batch_first,
+            y: if last {
+                buffers.output
+            } else {
+                word(ws.layer_outputs[l % 2])
+            },
+            y_batch_first: last && config.batch_first,
+            projection: word(ws.projection),
+            exchange: word(ws.exchange),
+            barrier: word(ws.barrier),
+            reserve: 0,
+        };
+        steps.extend(forward_layer_launches(
+            config, plan, weights, seq_len, batch, &layer, buffers,
+        )?);
+    }
+    Ok(steps)
+}
+
+/// Where one layer's forward reads and writes (device addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerLaunch {
+    pub layer: usize,
+    /// The layer's input, `[T, B, in]` or batch-first.
+    pub x: u64,
+    pub x_batch_first: bool,
+    /// The layer's output, `[T, B, D*Hout]` or batch-first.
+    pub y: u64,
+    pub y_batch_first: bool,
+    /// `[T*B, D*G*H]` workspace for the input projection.
+    pub projection: u64,
+    pub exchange: u64,
+    pub barrier: u64,
+    /// Training: where the recurrence keeps its gate activations; else 0.
+    pub reserve: u64,
+}
+
+/// One layer's launches: the input projection, zeroing the barriers, the
+/// recurrence. Initial and final states, lengths and weights come from
+/// `buffers` (the layer's slices are found here).
+pub(crate) fn forward_layer_launches(
+    config: &RnnConfig,
+    plan: &RecurrencePlan,
+    weights: &WeightLayout,
+    seq_len: usize,
+    batch: usize,
+    layer: &LayerLaunch,
+    buffers: &ForwardBuffers,
+) -> Result<[Step; 3]> {
     let word = |base: u64, offset: usize| base + 4 * offset as u64;
     let at = |base: u64, offset: usize| if base == 0 { 0 } else { word(base, offset) };
     let (dirs, h, ho, g) = (
@@ -328,79 +467,66 @@ pub fn forward_steps(
             "T*B = {rows} rows exceed one projection launch"
         )));
     }
-    let groups = plan.groups(config);
-    let mut steps = Vec::new();
-    for (l, offsets) in weights.layers.iter().enumerate() {
-        let last = l + 1 == config.num_layers;
-        let x = if l == 0 {
-            buffers.input
-        } else {
-            word(buffers.workspace, ws.layer_outputs[(l - 1) % 2])
-        };
-        let y = if last {
-            buffers.output
-        } else {
-            word(buffers.workspace, ws.layer_outputs[l % 2])
-        };
-        let xp = word(buffers.workspace, ws.projection);
-        steps.push(Step::Launch(Launch {
-            kernel: PROJECTION_KERNEL,
-            grid: [cols.div_ceil(PROJECTION_TILE) as u32, row_tiles as u32, 1],
-            block: PROJECTION_THREADS,
-            smem_bytes: PROJECTION_SMEM,
-            cooperative: false,
-            params: KernelParams::Projection(ProjectionParams {
-                x,
-                w: word(buffers.weights, offsets.w_ih),
-                bias: offsets.b_ih.map_or(0, |o| word(buffers.weights, o)),
-                y: xp,
-                rows: to_i32("T*B", rows)?,
-                cols: to_i32("D*G*H", cols)?,
-                depth: to_i32("input width", config.layer_input_size(l))?,
-                seq_len: to_i32("T", seq_len)?,
-                batch: to_i32("B", batch)?,
-                x_batch_first: i32::from(l == 0 && config.batch_first),
-            }),
-        }));
-        let barrier = word(buffers.workspace, ws.barrier);
-        steps.push(Step::ZeroWords {
-            addr: barrier,
-            count: groups,
-        });
-        let state = l * dirs * batch;
-        steps.push(Step::Launch(Launch {
-            kernel: plan.kernel,
-            grid: [plan.ctas_per_group as u32, plan.tiles as u32, dirs as u32],
-            block: plan.threads as u32,
-            smem_bytes: plan.smem_bytes as u32,
-            cooperative: plan.cooperative(),
-            params: KernelParams::Recurrence(RecurrenceParams {
-                xp,
-                w_hh: word(buffers.weights, offsets.w_hh),
-                b_hh: offsets.b_hh.map_or(0, |o| word(buffers.weights, o)),
-                w_hr: offsets.w_hr.map_or(0, |o| word(buffers.weights, o)),
-                h0: at(buffers.h0, state * ho),
-                c0: at(buffers.c0, state * h),
-                lengths: buffers.lengths,
-                y,
-                h_n: word(buffers.h_n, state * ho),
-                c_n: at(buffers.c_n, state * h),
-                exchange: word(buffers.workspace, ws.exchange),
-                barrier,
-                seq_len: seq_len as i32,
-                batch: batch as i32,
-                hidden: h as i32,
-                out_size: ho as i32,
-                cell: cell_code(config.cell),
-                linear_before_reset: i32::from(config.gru_linear_before_reset),
-                y_batch_first: i32::from(last && config.batch_first),
-                ctas_per_group: plan.ctas_per_group as i32,
-                units_per_cta: plan.units_per_cta as i32,
-                outputs_per_cta: plan.outputs_per_cta as i32,
-                batch_tile: plan.batch_tile as i32,
-                weights_in_smem: i32::from(plan.weights_in_smem),
-            }),
-        }));
-    }
-    Ok(steps)
+    let l = layer.layer;
+    let offsets = weights.layers[l];
+    let projection = Step::Launch(Launch {
+        kernel: PROJECTION_KERNEL,
+        grid: [cols.div_ceil(PROJECTION_TILE) as u32, row_tiles as u32, 1],
+        block: PROJECTION_THREADS,
+        smem_bytes: PROJECTION_SMEM,
+        cooperative: false,
+        params: KernelParams::Projection(ProjectionParams {
+            x: layer.x,
+            w: word(buffers.weights, offsets.w_ih),
+            bias: offsets.b_ih.map_or(0, |o| word(buffers.weights, o)),
+            y: layer.projection,
+            rows: to_i32("T*B", rows)?,
+            cols: to_i32("D*G*H", cols)?,
+            depth: to_i32("input width", config.layer_input_size(l))?,
+            seq_len: to_i32("T", seq_len)?,
+            batch: to_i32("B", batch)?,
+            x_batch_first: i32::from(layer.x_batch_first),
+        }),
+    });
+    let zero_barriers = Step::FillWords {
+        addr: layer.barrier,
+        count: plan.groups(config),
+        value: 0,
+    };
+    let state = l * dirs * batch;
+    let recurrence = Step::Launch(Launch {
+        kernel: plan.kernel,
+        grid: [plan.ctas_per_group as u32, plan.tiles as u32, dirs as u32],
+        block: plan.threads as u32,
+        smem_bytes: plan.smem_bytes as u32,
+        cooperative: plan.cooperative(),
+        params: KernelParams::Recurrence(RecurrenceParams {
+            xp: layer.projection,
+            w_hh: word(buffers.weights, offsets.w_hh),
+            b_hh: offsets.b_hh.map_or(0, |o| word(buffers.weights, o)),
+            w_hr: offsets.w_hr.map_or(0, |o| word(buffers.weights, o)),
+            h0: at(buffers.h0, state * ho),
+            c0: at(buffers.c0, state * h),
+            lengths: buffers.lengths,
+            y: layer.y,
+            h_n: word(buffers.h_n, state * ho),
+            c_n: at(buffers.c_n, state * h),
+            exchange: layer.exchange,
+            barrier: layer.barrier,
+            reserve: layer.reserve,
+            seq_len: seq_len as i32,
+            batch: batch as i32,
+            hidden: h as i32,
+            out_size: ho as i32,
+            cell: cell_code(config.cell),
+            linear_before_reset: i32::from(config.gru_linear_before_reset),
+            y_batch_first: i32::from(layer.y_batch_first),
+            ctas_per_group: plan.ctas_per_group as i32,
+            units_per_cta: plan.units_per_cta as i32,
+            outputs_per_cta: plan.outputs_per_cta as i32,
+            batch_tile: plan.batch_tile as i32,
+            weights_in_smem: i32::from(plan.weights_in_smem),
+        }),
+    });
+    Ok([projection, zero_barriers, recurrence])
 }

@@ -176,3 +176,29 @@ pub fn gpu() -> Option<std::sync::Arc<rnn_kernels::cuda::CudaDevice>> {
         }
     }
 }
+
+/// Executes a launch plan on the host SIMT emulation. Every address in it
+/// must point into live host memory the caller owns.
+pub fn run_emulated(steps: &[rnn_kernels::kernels::Step]) {
+    use rnn_kernels::kernels::Step;
+    for step in steps {
+        match *step {
+            Step::FillWords { addr, count, value } => {
+                // SAFETY: the caller's plan addresses its own host buffers.
+                unsafe { std::slice::from_raw_parts_mut(addr as *mut u32, count).fill(value) };
+            }
+            Step::Launch(launch) => {
+                let emu_launch = rnn_kernels_emu::Launch {
+                    grid: launch.grid,
+                    block: [launch.block, 1, 1],
+                    smem_bytes: launch.smem_bytes as u64,
+                    cooperative: i32::from(launch.cooperative),
+                };
+                // SAFETY: as above; the params are the kernel's own struct.
+                let result =
+                    unsafe { rnn_kernels_emu::launch(launch.kernel, &emu_launch, launch.params.as_ptr()) };
+                result.unwrap();
+            }
+        }
+    }
+}
