@@ -4,8 +4,9 @@
 //!
 //! Variants: `rnn_kernels` (the CUDA path, when there is a GPU: each call
 //! timed between CUDA events with a sync, as `torch_anchor.py` times
-//! cuDNN) and `cpu_f32` (the reference, on shapes small enough to time in
-//! seconds). Each timed sample is kept, and when `BENCH_JSON_DIR` is set the
+//! cuDNN), `rnn_kernels_host_copies` (GPU training through the host API,
+//! copies included, timed on the wall clock) and `cpu_f32` (the reference,
+//! on shapes small enough to time in seconds). Each timed sample is kept, and when `BENCH_JSON_DIR` is set the
 //! medians are written to `$BENCH_JSON_DIR/rnn_kernels.json` as records
 //! `{shape, mode, dtype, variant, median_us, p10_us, p90_us, reps}`, the
 //! format `torch_anchor.py` writes for PyTorch/cuDNN, so the two line up.
@@ -263,6 +264,42 @@ fn gpu_forward(c: &mut Criterion) {
     }
 }
 
+/// Training on the GPU through the host API (`forward_train` then
+/// `backward`): copies in and out are included, so the variant says so.
+fn gpu_train(c: &mut Criterion) {
+    let Ok(device) = CudaDevice::new(0) else { return };
+    for shape in load_shapes().into_iter().filter(|s| !s.step) {
+        let cfg = &shape.config;
+        let weights = Weights::<f32>::random(cfg.clone(), 1).unwrap();
+        let mut model = CudaRnn::new(&device, &weights).unwrap();
+        let mut rng = SplitMix64::new(3);
+        let count = shape.seq_len * shape.batch * cfg.input_size;
+        let input = Tensor::new(
+            [shape.seq_len, shape.batch, cfg.input_size],
+            random(&mut rng, count),
+        )
+        .unwrap();
+        let args = ForwardInput {
+            input: &input,
+            lengths: shape.lengths.as_deref(),
+            h0: None,
+            c0: None,
+        };
+        let ones = Tensor::full([shape.seq_len, shape.batch, cfg.output_width()], 1.0f32);
+        bench(c, &shape, "train", "rnn_kernels_host_copies", || {
+            let start = Instant::now();
+            let (_, state) = model.forward_train(&args, None).unwrap();
+            let grads = GradOutputs {
+                output: &ones,
+                h_n: None,
+                c_n: None,
+            };
+            model.backward(&state, &grads).unwrap();
+            start.elapsed()
+        });
+    }
+}
+
 /// Training (forward keeping the reserve, then backward) on the CPU reference.
 fn cpu_train(c: &mut Criterion) {
     for shape in load_shapes()
@@ -337,5 +374,12 @@ fn write_json(_: &mut Criterion) {
     eprintln!("wrote {} records to {}", records.len(), path.display());
 }
 
-criterion_group!(benches, gpu_forward, cpu_forward, cpu_train, write_json);
+criterion_group!(
+    benches,
+    gpu_forward,
+    gpu_train,
+    cpu_forward,
+    cpu_train,
+    write_json
+);
 criterion_main!(benches);

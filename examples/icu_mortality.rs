@@ -18,10 +18,9 @@
 mod icu;
 
 use clap::Parser;
-use icu::{Head, FEATURES, HIDDEN};
-use rnn_kernels::cuda::{CudaDevice, CudaRnn};
+use icu::{Backend, DeviceChoice, Head, FEATURES, HIDDEN};
 use rnn_kernels::rng::SplitMix64;
-use rnn_kernels::{cpu, Error, ForwardInput, Result, RnnConfig, Tensor, TensorFile, Weights};
+use rnn_kernels::{Error, ForwardInput, Result, RnnConfig, Tensor, TensorFile, Weights};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -37,37 +36,6 @@ struct Args {
     seed: u64,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-/// Where the LSTM runs.
-enum Backend {
-    Cpu,
-    Cuda(Box<CudaRnn>),
-}
-
-impl Backend {
-    /// The GPU if asked for (or if `auto` finds one), else the CPU, with a
-    /// line saying which and why.
-    fn choose(choice: DeviceChoice, lstm: &Weights<f32>) -> Result<(Backend, String)> {
-        if choice == DeviceChoice::Cpu {
-            return Ok((Backend::Cpu, "CPU reference, f32".into()));
-        }
-        match CudaDevice::new(0).and_then(|device| Ok((CudaRnn::new(&device, lstm)?, device))) {
-            Ok((model, device)) => Ok((
-                Backend::Cuda(Box::new(model)),
-                format!("CUDA on {}, f32", device.name()),
-            )),
-            Err(e) if choice == DeviceChoice::Cuda => Err(e),
-            Err(e) => Ok((Backend::Cpu, format!("CPU reference, f32 (no GPU: {e})"))),
-        }
-    }
 }
 
 struct Model {
@@ -134,11 +102,7 @@ impl Model {
 
     /// Probabilities for `vitals` `[B, T, 6]` with `lengths` hours each.
     fn predict(&self, backend: &mut Backend, vitals: &Tensor<f32>, lengths: &[usize]) -> Result<Vec<f32>> {
-        let args = ForwardInput::new(vitals).lengths(lengths);
-        let out = match backend {
-            Backend::Cpu => cpu::forward(&self.lstm, &args)?,
-            Backend::Cuda(model) => model.forward(&args)?,
-        };
+        let out = backend.forward(&self.lstm, &ForwardInput::new(vitals).lengths(lengths))?;
         let batch = lengths.len();
         let last_layer = &out.h_n.data()[batch * HIDDEN..]; // h_n[-1]
         Ok(last_layer

@@ -13,8 +13,8 @@
 mod icu;
 
 use clap::Parser;
-use icu::{Head, HIDDEN};
-use rnn_kernels::cpu::{self, GradOutputs};
+use icu::{Backend, DeviceChoice, Head, HIDDEN};
+use rnn_kernels::cpu::GradOutputs;
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::weights::config_metadata;
@@ -39,6 +39,8 @@ struct Args {
     /// Where to save the trained model (PyTorch names, f32).
     #[arg(long, default_value = "trained_icu.safetensors")]
     out: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
 }
 
 /// Adam (Kingma & Ba), as `torch.optim.Adam` with default betas and eps.
@@ -123,14 +125,17 @@ fn auroc(scores: &[f32], labels: &[f32]) -> f64 {
 struct Model {
     lstm: Weights<f32>,
     head: Head,
+    backend: Backend,
 }
 
 impl Model {
     /// Probabilities of `rows` of the cohort (inference: no dropout).
-    fn predict(&self, cohort: &icu::Cohort, rows: &[usize]) -> Result<Vec<f32>> {
+    fn predict(&mut self, cohort: &icu::Cohort, rows: &[usize]) -> Result<Vec<f32>> {
         let vitals = gather(&cohort.vitals, rows);
         let lengths: Vec<usize> = rows.iter().map(|&r| cohort.lengths[r]).collect();
-        let out = cpu::forward(&self.lstm, &ForwardInput::new(&vitals).lengths(&lengths))?;
+        let out = self
+            .backend
+            .forward(&self.lstm, &ForwardInput::new(&vitals).lengths(&lengths))?;
         let last = &out.h_n.data()[rows.len() * HIDDEN..];
         Ok(last
             .chunks(HIDDEN)
@@ -151,7 +156,7 @@ impl Model {
         let vitals = gather(&cohort.vitals, rows);
         let lengths: Vec<usize> = rows.iter().map(|&r| cohort.lengths[r]).collect();
         let args = ForwardInput::new(&vitals).lengths(&lengths);
-        let (out, reserve) = cpu::forward_train(&self.lstm, &args, Some(seed))?;
+        let (out, state) = self.backend.forward_train(&self.lstm, &args, seed)?;
         let batch = rows.len();
         let mut grad_h_n = Tensor::<f32>::zeros(out.h_n.shape());
         let (mut g_hidden, mut g_output) = (self.head.hidden.zeros_like(), self.head.output.zeros_like());
@@ -178,7 +183,7 @@ impl Model {
             h_n: Some(&grad_h_n),
             c_n: None,
         };
-        let lstm_grads = cpu::backward(&self.lstm, &args, &reserve, &grads)?.weights;
+        let lstm_grads = self.backend.backward(&self.lstm, &args, &state, &grads)?.weights;
 
         let head = &mut self.head;
         let mut params: Vec<&mut Tensor<f32>> = self
@@ -200,6 +205,7 @@ impl Model {
             .collect();
         grads.extend([&g_hidden.weight, &g_hidden.bias, &g_output.weight, &g_output.bias]);
         adam.update(params, grads);
+        self.backend.sync_weights(&self.lstm)?;
         Ok(loss / batch as f32)
     }
 
@@ -252,12 +258,14 @@ fn run(args: Args) -> Result<()> {
         train.len(),
         held_out.len()
     );
-    println!("backend: CPU reference, f32 (the GPU backward is not implemented yet)");
-
     let mut rng = SplitMix64::new(args.seed);
+    let lstm = Weights::random(icu::lstm_config(), args.seed)?;
+    let (backend, backend_line) = Backend::choose(args.device, &lstm)?;
+    println!("backend: {backend_line}");
     let mut model = Model {
-        lstm: Weights::random(icu::lstm_config(), args.seed)?,
+        lstm,
         head: Head::random(&mut rng),
+        backend,
     };
     let mut adam = Adam::new(args.lr);
     let start = Instant::now();

@@ -158,6 +158,40 @@ pub fn check_step<T: Copy>(config: &RnnConfig, x: &Tensor<T>, state: &State<T>) 
     Ok(batch)
 }
 
+/// Checks the gradients a backward pass receives against the forward's
+/// dimensions: `grad_output` shaped like the output, `grad_h_n` like `h_n`,
+/// `grad_c_n` like `c_n` and only for an LSTM.
+pub fn check_grad_outputs<T: Copy>(
+    config: &RnnConfig,
+    dims: SequenceDims,
+    grad_output: &Tensor<T>,
+    grad_h_n: Option<&Tensor<T>>,
+    grad_c_n: Option<&Tensor<T>>,
+) -> Result<()> {
+    let (layout, leading) = if config.batch_first {
+        ("[B, T, D*Hout]", [dims.batch, dims.seq_len])
+    } else {
+        ("[T, B, D*Hout]", [dims.seq_len, dims.batch])
+    };
+    let expected = [leading[0], leading[1], config.output_width()];
+    if grad_output.shape() != expected {
+        return Err(Error::shape(
+            "grad_output",
+            format!("{expected:?} ({layout})"),
+            grad_output.shape(),
+        ));
+    }
+    let h_shape = h_shape(config, dims.batch);
+    if let Some(g) = grad_h_n.filter(|g| g.shape() != h_shape) {
+        return Err(Error::shape("grad_h_n", format!("{h_shape:?}"), g.shape()));
+    }
+    let c_shape = c_shape(config, dims.batch);
+    if let Some(g) = cell_state_arg(config, "grad_c_n", grad_c_n, false)?.filter(|g| g.shape() != c_shape) {
+        return Err(Error::shape("grad_c_n", format!("{c_shape:?}"), g.shape()));
+    }
+    Ok(())
+}
+
 /// A cell-state argument (`c0`, `c_n`, ...) must be absent unless the cell
 /// has one (an LSTM), and present for an LSTM when `required`. Returns it
 /// when it is there to be checked further.

@@ -385,3 +385,177 @@ fn wrong_device_buffer_sizes_are_errors() {
         "{err}"
     );
 }
+
+/// A training step on the GPU against the CPU reference's forward_train and
+/// backward (f64), for one configuration.
+fn check_training(
+    device: &Arc<CudaDevice>,
+    config: &RnnConfig,
+    seq_len: usize,
+    batch: usize,
+    dropout_seed: Option<u64>,
+    seed: u64,
+) {
+    let case = Case::new(config, seq_len, batch, true, seed);
+    let mut rng = SplitMix64::new(seed ^ 0xBAC);
+    let grad_output: Tensor<f32> = random_tensor(case.expected.output.shape(), &mut rng);
+    let grad_h_n: Tensor<f32> = random_tensor(case.expected.h_n.shape(), &mut rng);
+    let grad_c_n: Option<Tensor<f32>> = case
+        .expected
+        .c_n
+        .as_ref()
+        .map(|c| random_tensor(c.shape(), &mut rng));
+    let args = ForwardInput {
+        input: &case.input,
+        lengths: case.lengths.as_deref(),
+        h0: Some(&case.state.h),
+        c0: case.state.c.as_ref(),
+    };
+    let grads = rnn_kernels::cpu::GradOutputs {
+        output: &grad_output,
+        h_n: Some(&grad_h_n),
+        c_n: grad_c_n.as_ref(),
+    };
+
+    let w64 = case.weights.cast::<f32>().cast::<f64>();
+    let (x64, h64, c64) = (
+        case.input.cast::<f64>(),
+        case.state.h.cast::<f64>(),
+        case.state.c.as_ref().map(|c| c.cast::<f64>()),
+    );
+    let (go64, gh64, gc64) = (
+        grad_output.cast::<f64>(),
+        grad_h_n.cast::<f64>(),
+        grad_c_n.as_ref().map(|c| c.cast::<f64>()),
+    );
+    let args64 = ForwardInput {
+        input: &x64,
+        lengths: case.lengths.as_deref(),
+        h0: Some(&h64),
+        c0: c64.as_ref(),
+    };
+    let (expected, reserve) = cpu::forward_train(&w64, &args64, dropout_seed).unwrap();
+    let grads64 = rnn_kernels::cpu::GradOutputs {
+        output: &go64,
+        h_n: Some(&gh64),
+        c_n: gc64.as_ref(),
+    };
+    let expected_grads = cpu::backward(&w64, &args64, &reserve, &grads64).unwrap();
+
+    let mut m = model(device, &case);
+    let (out, state) = m.forward_train(&args, dropout_seed).unwrap();
+    let what = |t: &str| {
+        format!(
+            "{} T={seq_len} B={batch} train: {t}",
+            rnn_kernels::weights::describe(config)
+        )
+    };
+    assert_close(&what("output"), &out.output, &expected.output, 2e-5);
+    assert_close(&what("h_n"), &out.h_n, &expected.h_n, 2e-5);
+    let got = m.backward(&state, &grads).unwrap();
+    let tol = 1e-4 * (1.0 + seq_len as f64 / 50.0);
+    assert_close(&what("grad_input"), &got.input, &expected_grads.input, tol);
+    assert_close(&what("grad_h0"), &got.h0, &expected_grads.h0, tol);
+    if let (Some(g), Some(e)) = (&got.c0, &expected_grads.c0) {
+        assert_close(&what("grad_c0"), g, e, tol);
+    }
+    for ((name, g), (_, e)) in got
+        .weights
+        .named_parameters()
+        .into_iter()
+        .zip(expected_grads.weights.named_parameters())
+    {
+        // Weight gradients sum over T*B terms: scale the tolerance with them.
+        let scale = e.data().iter().fold(1.0f64, |a, v| a.max(v.abs()));
+        assert_close(&what(&format!("grad.{name}")), g, e, tol * scale);
+    }
+    assert_eq!(
+        m.reserve_bytes(seq_len, batch, dropout_seed.is_some() && config.dropout > 0.0)
+            .unwrap(),
+        state.reserve_bytes()
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn training_matches_the_reference_for_every_configuration() {
+    let Some(device) = gpu() else { return };
+    for (k, config) in varied_configs().into_iter().enumerate() {
+        check_training(&device, &config, 7, 5, None, 800 + k as u64);
+    }
+    let dropout = RnnConfig {
+        num_layers: 3,
+        dropout: 0.3,
+        ..RnnConfig::lstm(6, 64)
+    };
+    check_training(&device, &dropout, 48, 32, Some(5), 820);
+    check_training(
+        &device,
+        &RnnConfig {
+            num_layers: 2,
+            ..RnnConfig::lstm(6, 64)
+        },
+        48,
+        32,
+        None,
+        821,
+    );
+    check_training(
+        &device,
+        &RnnConfig {
+            bidirectional: true,
+            num_layers: 2,
+            ..RnnConfig::gru(10, 64)
+        },
+        50,
+        32,
+        None,
+        822,
+    );
+    check_training(
+        &device,
+        &RnnConfig {
+            proj_size: 100,
+            ..RnnConfig::lstm(300, 257)
+        },
+        20,
+        4,
+        None,
+        823,
+    );
+    check_training(&device, &RnnConfig::lstm(32, 512), 30, 8, None, 824);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn training_gradients_are_bitwise_reproducible() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig {
+        num_layers: 2,
+        bidirectional: true,
+        dropout: 0.2,
+        ..RnnConfig::lstm(10, 96)
+    };
+    let case = Case::new(&config, 40, 16, true, 900);
+    let grad_output = Tensor::full(case.expected.output.shape(), 1.0f32);
+    let grads = rnn_kernels::cpu::GradOutputs {
+        output: &grad_output,
+        h_n: None,
+        c_n: None,
+    };
+    let args = ForwardInput {
+        input: &case.input,
+        lengths: case.lengths.as_deref(),
+        h0: None,
+        c0: None,
+    };
+    let mut m = model(&device, &case);
+    let run = |m: &mut CudaRnn| {
+        let (_, state) = m.forward_train(&args, Some(3)).unwrap();
+        m.backward(&state, &grads).unwrap()
+    };
+    let first = run(&mut m);
+    for _ in 0..3 {
+        assert_eq!(run(&mut m), first, "gradients differ between identical runs");
+    }
+}

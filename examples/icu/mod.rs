@@ -2,8 +2,10 @@
 //! configuration and its MLP head) and a synthetic cohort of hourly vitals.
 #![allow(dead_code)] // each example uses its own part
 
+use rnn_kernels::cpu::{self, GradOutputs, Gradients};
+use rnn_kernels::cuda::{CudaDevice, CudaRnn, CudaTrainingState};
 use rnn_kernels::rng::SplitMix64;
-use rnn_kernels::{Error, Result, RnnConfig, Tensor, TensorFile};
+use rnn_kernels::{Error, ForwardInput, ForwardOutput, Result, RnnConfig, Tensor, TensorFile, Weights};
 
 pub const FEATURES: usize = 6;
 pub const HIDDEN: usize = 64;
@@ -176,5 +178,95 @@ pub fn synthetic_cohort(patients: usize, seed: u64) -> Cohort {
         vitals: Tensor::new([patients, MAX_HOURS, FEATURES], data).unwrap(),
         lengths,
         deteriorating,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Where the LSTM runs: the CPU reference, or the GPU.
+pub enum Backend {
+    Cpu,
+    Cuda(Box<CudaRnn>),
+}
+
+/// What a training forward keeps for its backward, on either backend.
+pub enum TrainingState {
+    Cpu(cpu::Reserve<f32>),
+    Cuda(Box<CudaTrainingState>),
+}
+
+impl Backend {
+    /// The GPU if asked for (or if `auto` finds one), else the CPU, with a
+    /// line saying which and why.
+    pub fn choose(choice: DeviceChoice, lstm: &Weights<f32>) -> Result<(Backend, String)> {
+        if choice == DeviceChoice::Cpu {
+            return Ok((Backend::Cpu, "CPU reference, f32".into()));
+        }
+        match CudaDevice::new(0).and_then(|device| Ok((CudaRnn::new(&device, lstm)?, device))) {
+            Ok((model, device)) => Ok((
+                Backend::Cuda(Box::new(model)),
+                format!("CUDA on {}, f32", device.name()),
+            )),
+            Err(e) if choice == DeviceChoice::Cuda => Err(e),
+            Err(e) => Ok((Backend::Cpu, format!("CPU reference, f32 (no GPU: {e})"))),
+        }
+    }
+
+    pub fn forward(
+        &mut self,
+        lstm: &Weights<f32>,
+        args: &ForwardInput<'_, f32>,
+    ) -> Result<ForwardOutput<f32>> {
+        match self {
+            Backend::Cpu => cpu::forward(lstm, args),
+            Backend::Cuda(model) => model.forward(args),
+        }
+    }
+
+    pub fn forward_train(
+        &mut self,
+        lstm: &Weights<f32>,
+        args: &ForwardInput<'_, f32>,
+        seed: u64,
+    ) -> Result<(ForwardOutput<f32>, TrainingState)> {
+        Ok(match self {
+            Backend::Cpu => {
+                let (out, reserve) = cpu::forward_train(lstm, args, Some(seed))?;
+                (out, TrainingState::Cpu(reserve))
+            }
+            Backend::Cuda(model) => {
+                let (out, state) = model.forward_train(args, Some(seed))?;
+                (out, TrainingState::Cuda(Box::new(state)))
+            }
+        })
+    }
+
+    pub fn backward(
+        &mut self,
+        lstm: &Weights<f32>,
+        args: &ForwardInput<'_, f32>,
+        state: &TrainingState,
+        grads: &GradOutputs<'_, f32>,
+    ) -> Result<Gradients<f32>> {
+        match (self, state) {
+            (Backend::Cpu, TrainingState::Cpu(reserve)) => cpu::backward(lstm, args, reserve, grads),
+            (Backend::Cuda(model), TrainingState::Cuda(state)) => model.backward(state, grads),
+            _ => Err(Error::Unsupported(
+                "a training state from the other backend".into(),
+            )),
+        }
+    }
+
+    /// After an optimizer step on the host copy: the GPU's copy follows.
+    pub fn sync_weights(&mut self, lstm: &Weights<f32>) -> Result<()> {
+        match self {
+            Backend::Cpu => Ok(()),
+            Backend::Cuda(model) => model.set_weights(lstm),
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! arguments); an output file is written whole or not at all.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rnn_kernels::cpu::GradOutputs;
+use rnn_kernels::cpu::{GradOutputs, Gradients};
 use rnn_kernels::cuda::{CudaDevice, CudaRnn};
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::weights::{describe, param_specs};
@@ -138,9 +138,11 @@ fn backward(run: &Run, dropout_seed: Option<u64>) -> Result<()> {
         (Device::Cpu, Precision::F32) => cpu_backward::<f32>(&weights.cast(), &file, dropout_seed)?,
         (Device::Cpu, Precision::F64) => cpu_backward::<f64>(&weights, &file, dropout_seed)?,
         (Device::Cuda, Precision::F32) => {
-            return Err(Error::Unsupported(
-                "backward --device cuda: the GPU backward is not implemented yet; use --device cpu".into(),
-            ))
+            let mut model = CudaRnn::new(&CudaDevice::new(0)?, &weights)?;
+            backward_with::<f32>(&file, |args, grads| {
+                let (result, state) = model.forward_train(args, dropout_seed)?;
+                Ok((result, model.backward(&state, grads)?))
+            })?
         }
         (Device::Cuda, Precision::F64) => return Err(f64_on_cuda()),
     };
@@ -152,18 +154,28 @@ fn cpu_backward<T: Element>(
     file: &TensorFile,
     dropout_seed: Option<u64>,
 ) -> Result<Outputs> {
+    backward_with::<T>(file, |args, grads| {
+        let (result, reserve) = cpu::forward_train(weights, args, dropout_seed)?;
+        Ok((result, cpu::backward(weights, args, &reserve, grads)?))
+    })
+}
+
+/// Reads the inputs and incoming gradients, runs `train` (a training forward
+/// and its backward, on some device) and returns every output tensor.
+fn backward_with<T: Element>(
+    file: &TensorFile,
+    train: impl FnOnce(&ForwardInput<'_, T>, &GradOutputs<'_, T>) -> Result<(ForwardOutput<T>, Gradients<T>)>,
+) -> Result<Outputs> {
     let inputs = Inputs::<T>::read(file)?;
     let grad_output = required::<T>(file, "grad_output", "the gradient of output")?;
     let grad_h_n = file.float::<T>("grad_h_n")?;
     let grad_c_n = file.float::<T>("grad_c_n")?;
-    let args = inputs.args();
-    let (result, reserve) = cpu::forward_train(weights, &args, dropout_seed)?;
     let grads = GradOutputs {
         output: &grad_output,
         h_n: grad_h_n.as_ref(),
         c_n: grad_c_n.as_ref(),
     };
-    let gradients = cpu::backward(weights, &args, &reserve, &grads)?;
+    let (result, gradients) = train(&inputs.args(), &grads)?;
     let mut tensors = forward_outputs(&result);
     tensors.push(f32_tensor("grad_input", &gradients.input));
     tensors.push(f32_tensor("grad_h0", &gradients.h0));

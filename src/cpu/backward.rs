@@ -86,39 +86,9 @@ pub fn backward<T: Element>(
             "was not produced by a forward pass of these inputs",
         ));
     }
-    if grads.output.shape()
-        != args.input.shape()[..2]
-            .iter()
-            .copied()
-            .chain([config.output_width()])
-            .collect::<Vec<_>>()
-    {
-        let expected = if config.batch_first {
-            "[B, T, D*Hout]"
-        } else {
-            "[T, B, D*Hout]"
-        };
-        let dims = if config.batch_first {
-            [batch, seq_len]
-        } else {
-            [seq_len, batch]
-        };
-        return Err(Error::shape(
-            "grad_output",
-            format!("{:?} ({expected})", [dims[0], dims[1], config.output_width()]),
-            grads.output.shape(),
-        ));
-    }
+    sequence::check_grad_outputs(config, dims, grads.output, grads.h_n, grads.c_n)?;
     let h_shape = sequence::h_shape(config, batch);
     let c_shape = sequence::c_shape(config, batch);
-    if let Some(g) = grads.h_n.filter(|g| g.shape() != h_shape) {
-        return Err(Error::shape("grad_h_n", format!("{h_shape:?}"), g.shape()));
-    }
-    if let Some(g) =
-        sequence::cell_state_arg(config, "grad_c_n", grads.c_n, false)?.filter(|g| g.shape() != c_shape)
-    {
-        return Err(Error::shape("grad_c_n", format!("{c_shape:?}"), g.shape()));
-    }
 
     let (hidden, out_size, dirs) = (config.hidden_size, config.output_size(), config.num_directions());
     let zeros_h = Tensor::zeros(h_shape);

@@ -4,6 +4,8 @@
 mod device;
 pub mod module;
 mod rnn;
+mod train;
 
 pub use device::CudaDevice;
 pub use rnn::{CudaRnn, DeviceInput, DeviceOutput};
+pub use train::CudaTrainingState;

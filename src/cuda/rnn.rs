@@ -55,14 +55,14 @@ pub struct DeviceOutput<'a> {
 /// `Send`: move it to the thread that uses it; for concurrency, make one
 /// per thread (each gets its own stream and workspace).
 pub struct CudaRnn {
-    device: Arc<CudaDevice>,
-    stream: Arc<CudaStream>,
-    config: RnnConfig,
-    layout: WeightLayout,
-    weights: CudaSlice<f32>,
-    workspace: Option<CudaSlice<f32>>,
+    pub(super) device: Arc<CudaDevice>,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) config: RnnConfig,
+    pub(super) layout: WeightLayout,
+    pub(super) weights: CudaSlice<f32>,
+    pub(super) workspace: Option<CudaSlice<f32>>,
     plans: HashMap<usize, RecurrencePlan>,
-    strategy: Strategy,
+    pub(super) strategy: Strategy,
 }
 
 impl CudaRnn {
@@ -88,6 +88,22 @@ impl CudaRnn {
 
     pub fn config(&self) -> &RnnConfig {
         &self.config
+    }
+
+    /// Replaces the weights (after an optimizer step, say) in place: same
+    /// configuration, same device buffer, ordered on this model's stream.
+    pub fn set_weights<T: Element>(&mut self, weights: &Weights<T>) -> Result<()> {
+        if weights.config() != &self.config {
+            return Err(Error::Config(format!(
+                "set_weights: the model is {}, the new weights are {}",
+                crate::weights::describe(&self.config),
+                crate::weights::describe(weights.config())
+            )));
+        }
+        let packed = self.layout.pack(weights);
+        self.stream
+            .memcpy_htod(&packed, &mut self.weights)
+            .map_err(cuda_err("uploading the weights"))
     }
 
     /// The stream every call of this model is ordered on.
@@ -121,7 +137,11 @@ impl CudaRnn {
     /// Makes sure the workspace holds a `seq_len × batch` call; allocates
     /// only when it grows.
     fn workspace_for(&mut self, plan: &RecurrencePlan, seq_len: usize, batch: usize) -> Result<()> {
-        let words = WorkspaceLayout::new(&self.config, plan, seq_len, batch).words;
+        self.workspace_words(WorkspaceLayout::new(&self.config, plan, seq_len, batch).words)
+    }
+
+    /// Makes sure the workspace holds `words` 4-byte words; allocates only when it grows.
+    pub(super) fn workspace_words(&mut self, words: usize) -> Result<()> {
         if self.workspace.as_ref().is_none_or(|w| w.len() < words) {
             // SAFETY: every region is written before it is read (barriers are
             // zeroed by the plan, the rest is produced by earlier launches).
@@ -362,7 +382,7 @@ impl CudaRnn {
     }
 }
 
-fn check_len(tensor: &str, found: usize, expected: usize) -> Result<()> {
+pub(super) fn check_len(tensor: &str, found: usize, expected: usize) -> Result<()> {
     if found != expected {
         return Err(Error::invalid(
             tensor,
@@ -373,7 +393,7 @@ fn check_len(tensor: &str, found: usize, expected: usize) -> Result<()> {
 }
 
 /// Enqueues a plan's steps on `stream`.
-fn execute(device: &CudaDevice, stream: &CudaStream, steps: &[Step]) -> Result<()> {
+pub(super) fn execute(device: &CudaDevice, stream: &CudaStream, steps: &[Step]) -> Result<()> {
     for step in steps {
         match step {
             Step::FillWords { addr, count, value } => {
