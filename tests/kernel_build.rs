@@ -75,3 +75,13 @@ fn every_planned_kernel_exists_in_the_fatbins_and_the_emulation() {
         }
     }
 }
+
+/// The GPU handles move to the threads that use them; the device is shared.
+#[test]
+fn gpu_types_are_send_and_the_device_is_shared() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync>() {}
+    send::<rnn_kernels::cuda::CudaRnn>();
+    send::<rnn_kernels::cuda::CudaTrainingState>();
+    shared::<std::sync::Arc<rnn_kernels::cuda::CudaDevice>>();
+}
