@@ -403,6 +403,28 @@ fn a_failed_run_leaves_an_existing_output_untouched() {
     assert_eq!(std::fs::read(&out).unwrap(), b"previous results");
 }
 
+/// Compares every `expected.*` tensor of a fixture with the output file of
+/// `rnnk backward` (where `expected.grad/<param>` is `grad.<param>`);
+/// returns how many were compared.
+fn check_against_fixture(fixture: &TensorFile, out_path: &Path, label: &str, tol: f64) -> usize {
+    let out = TensorFile::open(out_path).unwrap();
+    let mut checked = 0;
+    for expected_name in fixture.names().unwrap() {
+        let Some(key) = expected_name.strip_prefix("expected.") else {
+            continue;
+        };
+        let key = key.replace("grad/", "grad.");
+        let got = out
+            .float::<f64>(&key)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{label}: no {key}"));
+        let want = fixture.float::<f64>(&expected_name).unwrap().unwrap();
+        assert_close(&format!("{label} {key}"), &got, &want, tol);
+        checked += 1;
+    }
+    checked
+}
+
 fn backward(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Run {
     let mut args = vec![
         "backward",
@@ -426,22 +448,7 @@ fn backward_reproduces_pytorch_autograd_on_every_fixture() {
             let out_path = dir.join(format!("{name}-{precision}.safetensors"));
             let run = backward(&path, &path, &out_path, &["--precision", precision]);
             assert!(run.ok, "{name}: {}", run.stderr);
-            let out = TensorFile::open(&out_path).unwrap();
-            let mut checked = 0;
-            for expected_name in fixture.names().unwrap() {
-                let Some(key) = expected_name.strip_prefix("expected.") else {
-                    continue;
-                };
-                // expected.grad/<param> is written as grad.<param>
-                let key = key.replace("grad/", "grad.");
-                let got = out
-                    .float::<f64>(&key)
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("{name}: no {key}"));
-                let want = fixture.float::<f64>(&expected_name).unwrap().unwrap();
-                assert_close(&format!("{name} {precision} {key}"), &got, &want, tol);
-                checked += 1;
-            }
+            let checked = check_against_fixture(&fixture, &out_path, &format!("{name} {precision}"), tol);
             // At least output, h_n, grad_input, grad_h0 and two weight gradients.
             assert!(checked >= 6, "{name}: only {checked} tensors checked");
         }
@@ -530,19 +537,7 @@ fn backward_on_cuda_reproduces_pytorch_autograd() {
         let out_path = dir.join(format!("{name}.safetensors"));
         let run = backward(&path, &path, &out_path, &["--device", "cuda"]);
         assert!(run.ok, "{name}: {}", run.stderr);
-        let out = TensorFile::open(&out_path).unwrap();
-        for expected_name in fixture.names().unwrap() {
-            let Some(key) = expected_name.strip_prefix("expected.") else {
-                continue;
-            };
-            let key = key.replace("grad/", "grad.");
-            let got = out
-                .float::<f64>(&key)
-                .unwrap()
-                .unwrap_or_else(|| panic!("{name}: no {key}"));
-            let want = fixture.float::<f64>(&expected_name).unwrap().unwrap();
-            assert_close(&format!("{name} cuda {key}"), &got, &want, 1e-4);
-        }
+        check_against_fixture(&fixture, &out_path, &format!("{name} cuda"), 1e-4);
     }
 }
 

@@ -10,7 +10,7 @@ use crate::kernels::plan::{KernelParams, Step, WorkspaceLayout};
 use crate::kernels::{
     forward_steps, plan_recurrence, ForwardBuffers, RecurrencePlan, Strategy, WeightLayout,
 };
-use crate::sequence::{self, ForwardInput, ForwardOutput, State};
+use crate::sequence::{self, ForwardInput, ForwardOutput, SequenceDims, State};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use crate::RnnConfig;
@@ -49,6 +49,21 @@ pub struct DeviceOutput<'a> {
     pub h_n: &'a mut CudaSlice<f32>,
     /// Required for an LSTM, `None` otherwise.
     pub c_n: Option<&'a mut CudaSlice<f32>>,
+}
+
+/// A forward call's inputs on the device (owned, for the host-tensor API).
+pub(super) struct DeviceInputs {
+    pub input: CudaSlice<f32>,
+    pub lengths: Option<CudaSlice<i32>>,
+    pub h0: Option<CudaSlice<f32>>,
+    pub c0: Option<CudaSlice<f32>>,
+}
+
+/// A forward call's outputs on the device (owned, for the host-tensor API).
+pub(super) struct DeviceOutputs {
+    pub output: CudaSlice<f32>,
+    pub h_n: CudaSlice<f32>,
+    pub c_n: Option<CudaSlice<f32>>,
 }
 
 /// A recurrent network resident on one GPU, running on its own stream.
@@ -273,72 +288,94 @@ impl CudaRnn {
     /// Whole-sequence forward from and to host tensors (copies in, runs,
     /// waits, copies out). Same checks and errors as [`crate::cpu::forward`].
     pub fn forward(&mut self, args: &ForwardInput<'_, f32>) -> Result<ForwardOutput<f32>> {
-        let config = self.config.clone();
-        let dims = sequence::check_forward(&config, args)?;
-        let (t, b) = (dims.seq_len, dims.batch);
-        let upload = |data: &[f32], what: &str| {
-            self.stream
-                .clone_htod(data)
-                .map_err(cuda_err(format!("uploading {what}")))
-        };
-        let input = upload(args.input.data(), "input")?;
-        let lengths = match args.lengths {
-            Some(l) => {
-                let l: Vec<i32> = l.iter().map(|&v| v as i32).collect();
-                Some(
-                    self.stream
-                        .clone_htod(&l)
-                        .map_err(cuda_err("uploading lengths"))?,
-                )
-            }
-            None => None,
-        };
-        let h0 = args.h0.map(|h| upload(h.data(), "h0")).transpose()?;
-        let c0 = args.c0.map(|c| upload(c.data(), "c0")).transpose()?;
-        let alloc = |n: usize, what: &str| {
-            self.stream
-                .alloc_zeros::<f32>(n)
-                .map_err(cuda_err(format!("allocating {what}")))
-        };
-        let mut output = alloc(t * b * config.output_width(), "output")?;
-        let mut h_n = alloc(config.num_states() * b * config.output_size(), "h_n")?;
-        let mut c_n = config
-            .has_cell_state()
-            .then(|| alloc(config.num_states() * b * config.hidden_size, "c_n"))
-            .transpose()?;
+        let dims = sequence::check_forward(&self.config, args)?;
+        let inputs = self.upload_inputs(args)?;
+        let mut outputs = self.alloc_outputs(dims)?;
         self.forward_device(
             &DeviceInput {
-                input: &input,
-                seq_len: t,
-                batch: b,
-                lengths: lengths.as_ref(),
-                h0: h0.as_ref(),
-                c0: c0.as_ref(),
+                input: &inputs.input,
+                seq_len: dims.seq_len,
+                batch: dims.batch,
+                lengths: inputs.lengths.as_ref(),
+                h0: inputs.h0.as_ref(),
+                c0: inputs.c0.as_ref(),
             },
             &mut DeviceOutput {
-                output: &mut output,
-                h_n: &mut h_n,
-                c_n: c_n.as_mut(),
+                output: &mut outputs.output,
+                h_n: &mut outputs.h_n,
+                c_n: outputs.c_n.as_mut(),
             },
         )?;
-        let out_shape = args.input.shape()[..2]
+        self.download_outputs(&outputs, args.input.shape(), dims)
+    }
+
+    pub(super) fn upload<T: DeviceRepr>(&self, data: &[T], what: &str) -> Result<CudaSlice<T>> {
+        self.stream
+            .clone_htod(data)
+            .map_err(cuda_err(format!("uploading {what}")))
+    }
+
+    pub(super) fn alloc_zeros(&self, len: usize, what: &str) -> Result<CudaSlice<f32>> {
+        self.stream
+            .alloc_zeros::<f32>(len)
+            .map_err(cuda_err(format!("allocating {what}")))
+    }
+
+    /// Copies `buf` back as a tensor of `shape` (waits for the stream).
+    pub(super) fn download(&self, buf: &CudaSlice<f32>, shape: &[usize], what: &str) -> Result<Tensor<f32>> {
+        Tensor::new(
+            shape,
+            self.stream
+                .clone_dtoh(buf)
+                .map_err(cuda_err(format!("downloading {what}")))?,
+        )
+    }
+
+    /// A forward call's host inputs, copied to the device.
+    pub(super) fn upload_inputs(&self, args: &ForwardInput<'_, f32>) -> Result<DeviceInputs> {
+        let lengths: Option<Vec<i32>> = args.lengths.map(|l| l.iter().map(|&v| v as i32).collect());
+        Ok(DeviceInputs {
+            input: self.upload(args.input.data(), "input")?,
+            lengths: lengths.map(|l| self.upload(&l, "lengths")).transpose()?,
+            h0: args.h0.map(|h| self.upload(h.data(), "h0")).transpose()?,
+            c0: args.c0.map(|c| self.upload(c.data(), "c0")).transpose()?,
+        })
+    }
+
+    /// Device buffers for a forward call's outputs.
+    pub(super) fn alloc_outputs(&self, dims: SequenceDims) -> Result<DeviceOutputs> {
+        let c = &self.config;
+        let b = dims.batch;
+        Ok(DeviceOutputs {
+            output: self.alloc_zeros(dims.seq_len * b * c.output_width(), "output")?,
+            h_n: self.alloc_zeros(c.num_states() * b * c.output_size(), "h_n")?,
+            c_n: c
+                .has_cell_state()
+                .then(|| self.alloc_zeros(c.num_states() * b * c.hidden_size, "c_n"))
+                .transpose()?,
+        })
+    }
+
+    /// The outputs as host tensors; `input_shape` gives the layout of `output`.
+    pub(super) fn download_outputs(
+        &self,
+        outputs: &DeviceOutputs,
+        input_shape: &[usize],
+        dims: SequenceDims,
+    ) -> Result<ForwardOutput<f32>> {
+        let c = &self.config;
+        let out_shape: Vec<usize> = input_shape[..2]
             .iter()
             .copied()
-            .chain([config.output_width()])
-            .collect::<Vec<_>>();
-        let download = |buf: &CudaSlice<f32>, shape: Vec<usize>, what: &str| -> Result<Tensor<f32>> {
-            let data = self
-                .stream
-                .clone_dtoh(buf)
-                .map_err(cuda_err(format!("downloading {what}")))?;
-            Tensor::new(shape, data)
-        };
+            .chain([c.output_width()])
+            .collect();
         Ok(ForwardOutput {
-            output: download(&output, out_shape, "output")?,
-            h_n: download(&h_n, sequence::h_shape(&config, b).to_vec(), "h_n")?,
-            c_n: c_n
+            output: self.download(&outputs.output, &out_shape, "output")?,
+            h_n: self.download(&outputs.h_n, &sequence::h_shape(c, dims.batch), "h_n")?,
+            c_n: outputs
+                .c_n
                 .as_ref()
-                .map(|c| download(c, sequence::c_shape(&config, b).to_vec(), "c_n"))
+                .map(|c_n| self.download(c_n, &sequence::c_shape(c, dims.batch), "c_n"))
                 .transpose()?,
         })
     }
@@ -346,39 +383,16 @@ impl CudaRnn {
     /// One step for host tensors (see [`crate::cpu::step`]).
     pub fn step(&mut self, x: &Tensor<f32>, state: &mut State<f32>) -> Result<Tensor<f32>> {
         let batch = sequence::check_step(&self.config, x, state)?;
-        let x_dev = self
-            .stream
-            .clone_htod(x.data())
-            .map_err(cuda_err("uploading x"))?;
-        let mut h = self
-            .stream
-            .clone_htod(state.h.data())
-            .map_err(cuda_err("uploading h"))?;
-        let mut c = state
-            .c
-            .as_ref()
-            .map(|c| self.stream.clone_htod(c.data()))
-            .transpose()
-            .map_err(cuda_err("uploading c"))?;
-        let mut out = self
-            .stream
-            .alloc_zeros::<f32>(batch * self.config.output_size())
-            .map_err(cuda_err("allocating"))?;
+        let x_dev = self.upload(x.data(), "x")?;
+        let mut h = self.upload(state.h.data(), "h")?;
+        let mut c = state.c.as_ref().map(|c| self.upload(c.data(), "c")).transpose()?;
+        let mut out = self.alloc_zeros(batch * self.config.output_size(), "the step's output")?;
         self.step_device(&x_dev, batch, &mut h, c.as_mut(), &mut out)?;
-        state.h = Tensor::new(
-            state.h.shape().to_vec(),
-            self.stream.clone_dtoh(&h).map_err(cuda_err("downloading h"))?,
-        )?;
+        state.h = self.download(&h, state.h.shape(), "h")?;
         if let (Some(state_c), Some(c)) = (state.c.as_mut(), &c) {
-            *state_c = Tensor::new(
-                state_c.shape().to_vec(),
-                self.stream.clone_dtoh(c).map_err(cuda_err("downloading c"))?,
-            )?;
+            *state_c = self.download(c, state_c.shape(), "c")?;
         }
-        Tensor::new(
-            [batch, self.config.output_size()],
-            self.stream.clone_dtoh(&out).map_err(cuda_err("downloading"))?,
-        )
+        self.download(&out, &[batch, self.config.output_size()], "the step's output")
     }
 }
 

@@ -3,14 +3,13 @@
 //! launches). Host tensors in and out; the reserve stays on the device.
 
 use super::device::cuda_err;
-use super::rnn::{execute, CudaRnn};
+use super::rnn::{execute, CudaRnn, DeviceInputs};
 use crate::cpu::{GradOutputs, Gradients};
 use crate::dropout::Dropout;
 use crate::error::{Error, Result};
 use crate::kernels::train::{backward_steps, forward_train_steps, TrainingBuffers, TrainingLayout};
 use crate::kernels::{plan_pass, Pass, RecurrencePlan};
 use crate::sequence::{self, ForwardInput, ForwardOutput, SequenceDims};
-use crate::tensor::Tensor;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 /// What a training forward leaves on the device for its backward: the
@@ -24,10 +23,7 @@ pub struct CudaTrainingState {
     backward: RecurrencePlan,
     layout: TrainingLayout,
     reserve: CudaSlice<f32>,
-    input: CudaSlice<f32>,
-    lengths: Option<CudaSlice<i32>>,
-    h0: Option<CudaSlice<f32>>,
-    c0: Option<CudaSlice<f32>>,
+    inputs: DeviceInputs,
 }
 
 impl CudaTrainingState {
@@ -81,39 +77,17 @@ impl CudaRnn {
         let layout = TrainingLayout::new(&config, &forward, &backward, t, b, dropout.is_some());
         self.workspace_words(layout.workspace_words)?;
         let stream = self.stream.clone();
-        let upload = |data: &[f32], what: &str| {
-            stream
-                .clone_htod(data)
-                .map_err(cuda_err(format!("uploading {what}")))
-        };
-        let alloc = |n: usize, what: &str| {
-            stream
-                .alloc_zeros::<f32>(n)
-                .map_err(cuda_err(format!("allocating {what}")))
-        };
-        let input = upload(args.input.data(), "input")?;
-        let lengths = args
-            .lengths
-            .map(|l| stream.clone_htod(&l.iter().map(|&v| v as i32).collect::<Vec<_>>()))
-            .transpose()
-            .map_err(cuda_err("uploading lengths"))?;
-        let h0 = args.h0.map(|h| upload(h.data(), "h0")).transpose()?;
-        let c0 = args.c0.map(|c| upload(c.data(), "c0")).transpose()?;
-        let mut reserve = alloc(layout.reserve_words, "the training reserve")?;
-        let mut output = alloc(t * b * config.output_width(), "output")?;
-        let mut h_n = alloc(config.num_states() * b * config.output_size(), "h_n")?;
-        let mut c_n = config
-            .has_cell_state()
-            .then(|| alloc(config.num_states() * b * config.hidden_size, "c_n"))
-            .transpose()?;
+        let inputs = self.upload_inputs(args)?;
+        let mut outputs = self.alloc_outputs(dims)?;
+        let mut reserve = self.alloc_zeros(layout.reserve_words, "the training reserve")?;
         {
-            let (input_ptr, _g1) = input.device_ptr(&stream);
-            let lengths_ptr = lengths.as_ref().map(|l| l.device_ptr(&stream));
-            let h0_ptr = h0.as_ref().map(|h| h.device_ptr(&stream));
-            let c0_ptr = c0.as_ref().map(|c| c.device_ptr(&stream));
-            let (output_ptr, _g2) = output.device_ptr_mut(&stream);
-            let (h_n_ptr, _g3) = h_n.device_ptr_mut(&stream);
-            let c_n_ptr = c_n.as_mut().map(|c| c.device_ptr_mut(&stream));
+            let (input_ptr, _g1) = inputs.input.device_ptr(&stream);
+            let lengths_ptr = inputs.lengths.as_ref().map(|l| l.device_ptr(&stream));
+            let h0_ptr = inputs.h0.as_ref().map(|h| h.device_ptr(&stream));
+            let c0_ptr = inputs.c0.as_ref().map(|c| c.device_ptr(&stream));
+            let (output_ptr, _g2) = outputs.output.device_ptr_mut(&stream);
+            let (h_n_ptr, _g3) = outputs.h_n.device_ptr_mut(&stream);
+            let c_n_ptr = outputs.c_n.as_mut().map(|c| c.device_ptr_mut(&stream));
             let (reserve_ptr, _g4) = reserve.device_ptr_mut(&stream);
             let (weights_ptr, _g5) = self.weights.device_ptr(&stream);
             let workspace = self.workspace.as_mut().expect("sized above");
@@ -136,27 +110,7 @@ impl CudaRnn {
                 forward_train_steps(&config, &forward, &self.layout, &layout, t, b, dropout, &buffers)?;
             execute(&self.device, &stream, &steps)?;
         }
-        let download = |buf: &CudaSlice<f32>, shape: Vec<usize>, what: &str| -> Result<Tensor<f32>> {
-            Tensor::new(
-                shape,
-                stream
-                    .clone_dtoh(buf)
-                    .map_err(cuda_err(format!("downloading {what}")))?,
-            )
-        };
-        let out_shape = args.input.shape()[..2]
-            .iter()
-            .copied()
-            .chain([config.output_width()])
-            .collect();
-        let result = ForwardOutput {
-            output: download(&output, out_shape, "output")?,
-            h_n: download(&h_n, sequence::h_shape(&config, b).to_vec(), "h_n")?,
-            c_n: c_n
-                .as_ref()
-                .map(|c| download(c, sequence::c_shape(&config, b).to_vec(), "c_n"))
-                .transpose()?,
-        };
+        let result = self.download_outputs(&outputs, args.input.shape(), dims)?;
         let state = CudaTrainingState {
             dims,
             input_shape: args.input.shape().to_vec(),
@@ -165,10 +119,7 @@ impl CudaRnn {
             backward,
             layout,
             reserve,
-            input,
-            lengths,
-            h0,
-            c0,
+            inputs,
         };
         Ok((result, state))
     }
@@ -198,31 +149,21 @@ impl CudaRnn {
         let (t, b) = (dims.seq_len, dims.batch);
         self.workspace_words(state.layout.workspace_words)?;
         let stream = self.stream.clone();
-        let upload = |data: &[f32], what: &str| {
-            stream
-                .clone_htod(data)
-                .map_err(cuda_err(format!("uploading {what}")))
-        };
-        let alloc = |n: usize, what: &str| {
-            stream
-                .alloc_zeros::<f32>(n)
-                .map_err(cuda_err(format!("allocating {what}")))
-        };
-        let grad_output = upload(grads.output.data(), "grad_output")?;
-        let grad_h_n = grads.h_n.map(|g| upload(g.data(), "grad_h_n")).transpose()?;
-        let grad_c_n = grads.c_n.map(|g| upload(g.data(), "grad_c_n")).transpose()?;
-        let mut grad_input = alloc(state.input.len(), "grad_input")?;
-        let mut grad_h0 = alloc(config.num_states() * b * config.output_size(), "grad_h0")?;
+        let grad_output = self.upload(grads.output.data(), "grad_output")?;
+        let grad_h_n = grads.h_n.map(|g| self.upload(g.data(), "grad_h_n")).transpose()?;
+        let grad_c_n = grads.c_n.map(|g| self.upload(g.data(), "grad_c_n")).transpose()?;
+        let mut grad_input = self.alloc_zeros(state.inputs.input.len(), "grad_input")?;
+        let mut grad_h0 = self.alloc_zeros(config.num_states() * b * config.output_size(), "grad_h0")?;
         let mut grad_c0 = config
             .has_cell_state()
-            .then(|| alloc(config.num_states() * b * config.hidden_size, "grad_c0"))
+            .then(|| self.alloc_zeros(config.num_states() * b * config.hidden_size, "grad_c0"))
             .transpose()?;
-        let mut grad_weights = alloc(self.layout.len, "weight gradients")?;
+        let mut grad_weights = self.alloc_zeros(self.layout.len, "weight gradients")?;
         {
-            let (input, _g1) = state.input.device_ptr(&stream);
-            let lengths = state.lengths.as_ref().map(|l| l.device_ptr(&stream));
-            let h0 = state.h0.as_ref().map(|s| s.device_ptr(&stream));
-            let c0 = state.c0.as_ref().map(|s| s.device_ptr(&stream));
+            let (input, _g1) = state.inputs.input.device_ptr(&stream);
+            let lengths = state.inputs.lengths.as_ref().map(|l| l.device_ptr(&stream));
+            let h0 = state.inputs.h0.as_ref().map(|s| s.device_ptr(&stream));
+            let c0 = state.inputs.c0.as_ref().map(|s| s.device_ptr(&stream));
             let (reserve, _g2) = state.reserve.device_ptr(&stream);
             let (go, _g3) = grad_output.device_ptr(&stream);
             let ghn = grad_h_n.as_ref().map(|s| s.device_ptr(&stream));
@@ -264,21 +205,17 @@ impl CudaRnn {
             )?;
             execute(&self.device, &stream, &steps)?;
         }
-        let download = |buf: &CudaSlice<f32>, what: &str| {
-            stream
-                .clone_dtoh(buf)
-                .map_err(cuda_err(format!("downloading {what}")))
-        };
+        let packed = stream
+            .clone_dtoh(&grad_weights)
+            .map_err(cuda_err("downloading weight gradients"))?;
         Ok(Gradients {
-            input: Tensor::new(state.input_shape.clone(), download(&grad_input, "grad_input")?)?,
-            h0: Tensor::new(sequence::h_shape(&config, b), download(&grad_h0, "grad_h0")?)?,
+            input: self.download(&grad_input, &state.input_shape, "grad_input")?,
+            h0: self.download(&grad_h0, &sequence::h_shape(&config, b), "grad_h0")?,
             c0: grad_c0
                 .as_ref()
-                .map(|g| Tensor::new(sequence::c_shape(&config, b), download(g, "grad_c0")?))
+                .map(|g| self.download(g, &sequence::c_shape(&config, b), "grad_c0"))
                 .transpose()?,
-            weights: self
-                .layout
-                .unpack(&config, &download(&grad_weights, "weight gradients")?)?,
+            weights: self.layout.unpack(&config, &packed)?,
         })
     }
 }
