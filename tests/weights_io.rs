@@ -373,3 +373,35 @@ fn mutable_parameters_come_in_pytorch_order_and_update_in_place() {
         .iter()
         .all(|(_, t)| t.data().iter().all(|&v| v == 0.5)));
 }
+
+/// Damaged files give errors, never panics: every truncation point of the
+/// header and many single-byte corruptions of a real fixture.
+#[test]
+fn damaged_files_are_errors_not_panics() {
+    let original = std::fs::read(common::fixtures_dir().join("lstm_proj_l2_bi_varlen.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    let path = temp_path("damaged.safetensors");
+    let mut rng = rnn_kernels::rng::SplitMix64::new(9);
+    let mut variants: Vec<Vec<u8>> = (0..8 + header_len)
+        .step_by(7)
+        .map(|n| original[..n].to_vec())
+        .collect();
+    for _ in 0..300 {
+        let mut bytes = original.clone();
+        let at = rng.int_inclusive(0, 8 + header_len - 1);
+        bytes[at] = rng.next_u64() as u8;
+        variants.push(bytes);
+    }
+    for bytes in variants {
+        std::fs::write(&path, &bytes).unwrap();
+        let outcome = std::panic::catch_unwind(|| {
+            let Ok(file) = TensorFile::open(&path) else { return };
+            let _ = Weights::<f32>::from_tensor_file(&file, None);
+            for name in file.names().unwrap_or_default() {
+                let _ = file.float::<f64>(&name);
+                let _ = file.integer(&name);
+            }
+        });
+        assert!(outcome.is_ok(), "a damaged file made the loader panic");
+    }
+}
