@@ -4,9 +4,8 @@
 //!
 //! Variants: `rnn_kernels` (the CUDA path, when there is a GPU: each call
 //! timed between CUDA events with a sync, as `torch_anchor.py` times
-//! cuDNN), `rnn_kernels_host_copies` (GPU training through the host API,
-//! copies included, timed on the wall clock) and `cpu_f32` (the reference,
-//! on shapes small enough to time in seconds). Each timed sample is kept, and when `BENCH_JSON_DIR` is set the
+//! cuDNN) and `cpu_f32` (the reference, on shapes small enough to time in
+//! seconds). Each timed sample is kept, and when `BENCH_JSON_DIR` is set the
 //! medians are written to `$BENCH_JSON_DIR/rnn_kernels.json` as records
 //! `{shape, mode, dtype, variant, median_us, p10_us, p90_us, reps}`, the
 //! format `torch_anchor.py` writes for PyTorch/cuDNN, so the two line up.
@@ -15,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
 use rnn_kernels::cpu::GradOutputs;
-use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceInput, DeviceOutput};
+use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceGradOutputs, DeviceGradients, DeviceInput, DeviceOutput};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{cpu, CellKind, ForwardInput, RnnConfig, State, Tensor, Weights};
 use serde_json::{json, Value};
@@ -264,38 +263,82 @@ fn gpu_forward(c: &mut Criterion) {
     }
 }
 
-/// Training on the GPU through the host API (`forward_train` then
-/// `backward`): copies in and out are included, so the variant says so.
+/// Training on the GPU through the device API: the forward that keeps the
+/// reserve, then backward for input, initial state and every weight, with
+/// `output.sum()`'s gradient, as torch_anchor.py's train mode does.
 fn gpu_train(c: &mut Criterion) {
     let Ok(device) = CudaDevice::new(0) else { return };
     for shape in load_shapes().into_iter().filter(|s| !s.step) {
-        let cfg = &shape.config;
+        let cfg = shape.config.clone();
         let weights = Weights::<f32>::random(cfg.clone(), 1).unwrap();
         let mut model = CudaRnn::new(&device, &weights).unwrap();
+        let stream = model.stream().clone();
+        let (t, b) = (shape.seq_len, shape.batch);
         let mut rng = SplitMix64::new(3);
-        let count = shape.seq_len * shape.batch * cfg.input_size;
-        let input = Tensor::new(
-            [shape.seq_len, shape.batch, cfg.input_size],
-            random(&mut rng, count),
-        )
-        .unwrap();
-        let args = ForwardInput {
-            input: &input,
-            lengths: shape.lengths.as_deref(),
-            h0: None,
-            c0: None,
-        };
-        let ones = Tensor::full([shape.seq_len, shape.batch, cfg.output_width()], 1.0f32);
-        bench(c, &shape, "train", "rnn_kernels_host_copies", || {
-            let start = Instant::now();
-            let (_, state) = model.forward_train(&args, None).unwrap();
-            let grads = GradOutputs {
+        let input = stream
+            .clone_htod(&random(&mut rng, t * b * cfg.input_size))
+            .unwrap();
+        let lengths: Option<CudaSlice<i32>> = shape.lengths.as_ref().map(|l| {
+            stream
+                .clone_htod(&l.iter().map(|&v| v as i32).collect::<Vec<_>>())
+                .unwrap()
+        });
+        let zeros = |n: usize| stream.alloc_zeros::<f32>(n).unwrap();
+        let (h_len, c_len) = (
+            cfg.num_states() * b * cfg.output_size(),
+            cfg.num_states() * b * cfg.hidden_size,
+        );
+        let lstm = cfg.has_cell_state();
+        let (mut output, mut h_n, mut c_n) = (
+            zeros(t * b * cfg.output_width()),
+            zeros(h_len),
+            lstm.then(|| zeros(c_len)),
+        );
+        let mut reserve = zeros(model.reserve_bytes(t, b, false).unwrap() / 4);
+        let ones = stream
+            .clone_htod(&vec![1.0f32; t * b * cfg.output_width()])
+            .unwrap();
+        let (mut grad_input, mut grad_h0) = (zeros(t * b * cfg.input_size), zeros(h_len));
+        let mut grad_c0 = lstm.then(|| zeros(c_len));
+        let mut grad_weights = zeros(model.gradient_len());
+        let context = device.context().clone();
+        let event = || context.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        let (start, end) = (event(), event());
+        bench(c, &shape, "train", "rnn_kernels", || {
+            let args = DeviceInput {
+                input: &input,
+                seq_len: t,
+                batch: b,
+                lengths: lengths.as_ref(),
+                h0: None,
+                c0: None,
+            };
+            start.record(&stream).unwrap();
+            let mut out = DeviceOutput {
+                output: &mut output,
+                h_n: &mut h_n,
+                c_n: c_n.as_mut(),
+            };
+            model
+                .forward_train_device(&args, &mut out, &mut reserve, None)
+                .unwrap();
+            let grads = DeviceGradOutputs {
                 output: &ones,
                 h_n: None,
                 c_n: None,
             };
-            model.backward(&state, &grads).unwrap();
-            start.elapsed()
+            let mut into = DeviceGradients {
+                input: &mut grad_input,
+                h0: &mut grad_h0,
+                c0: grad_c0.as_mut(),
+                weights: &mut grad_weights,
+            };
+            model
+                .backward_device(&args, &reserve, None, &grads, &mut into)
+                .unwrap();
+            end.record(&stream).unwrap();
+            end.synchronize().unwrap();
+            Duration::from_secs_f64(f64::from(start.elapsed_ms(&end).unwrap()) / 1e3)
         });
     }
 }

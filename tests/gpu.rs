@@ -559,3 +559,57 @@ fn training_gradients_are_bitwise_reproducible() {
         assert_eq!(run(&mut m), first, "gradients differ between identical runs");
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn device_training_checks_its_buffers() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig {
+        num_layers: 2,
+        ..RnnConfig::lstm(3, 8)
+    };
+    let mut m = CudaRnn::new(&device, &Weights::<f32>::random(config, 0).unwrap()).unwrap();
+    let stream = m.stream().clone();
+    let zeros = |n: usize| stream.alloc_zeros::<f32>(n).unwrap();
+    let input = zeros(5 * 2 * 3);
+    let args = DeviceInput {
+        input: &input,
+        seq_len: 5,
+        batch: 2,
+        lengths: None,
+        h0: None,
+        c0: None,
+    };
+    let (mut output, mut h_n, mut c_n) = (zeros(5 * 2 * 8), zeros(2 * 2 * 8), zeros(2 * 2 * 8));
+    let words = m.reserve_bytes(5, 2, false).unwrap() / 4;
+    let mut short = zeros(words - 1);
+    let mut out = DeviceOutput {
+        output: &mut output,
+        h_n: &mut h_n,
+        c_n: Some(&mut c_n),
+    };
+    let err = m
+        .forward_train_device(&args, &mut out, &mut short, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("reserve"), "{err}");
+    let mut reserve = zeros(words);
+    m.forward_train_device(&args, &mut out, &mut reserve, None)
+        .unwrap();
+    let ones = zeros(5 * 2 * 8);
+    let (mut gi, mut gh0, mut gc0, mut gw) = (zeros(30), zeros(32), zeros(32), zeros(m.gradient_len() - 1));
+    let grads = rnn_kernels::cuda::DeviceGradOutputs {
+        output: &ones,
+        h_n: None,
+        c_n: None,
+    };
+    let mut into = rnn_kernels::cuda::DeviceGradients {
+        input: &mut gi,
+        h0: &mut gh0,
+        c0: Some(&mut gc0),
+        weights: &mut gw,
+    };
+    let err = m
+        .backward_device(&args, &reserve, None, &grads, &mut into)
+        .unwrap_err();
+    assert!(err.to_string().contains("grad weights"), "{err}");
+}

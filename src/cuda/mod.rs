@@ -8,4 +8,4 @@ mod train;
 
 pub use device::CudaDevice;
 pub use rnn::{CudaRnn, DeviceInput, DeviceOutput};
-pub use train::CudaTrainingState;
+pub use train::{CudaTrainingState, DeviceGradOutputs, DeviceGradients};

@@ -59,6 +59,19 @@ pub(super) struct DeviceInputs {
     pub c0: Option<CudaSlice<f32>>,
 }
 
+impl DeviceInputs {
+    pub fn as_input(&self, dims: SequenceDims) -> DeviceInput<'_> {
+        DeviceInput {
+            input: &self.input,
+            seq_len: dims.seq_len,
+            batch: dims.batch,
+            lengths: self.lengths.as_ref(),
+            h0: self.h0.as_ref(),
+            c0: self.c0.as_ref(),
+        }
+    }
+}
+
 /// A forward call's outputs on the device (owned, for the host-tensor API).
 pub(super) struct DeviceOutputs {
     pub output: CudaSlice<f32>,
@@ -167,10 +180,8 @@ impl CudaRnn {
         Ok(())
     }
 
-    /// Whole-sequence forward on device buffers. Checks every buffer's
-    /// length against the configuration; enqueues work on [`Self::stream`]
-    /// and returns without waiting.
-    pub fn forward_device(&mut self, input: &DeviceInput<'_>, out: &mut DeviceOutput<'_>) -> Result<()> {
+    /// Checks every buffer of a device forward against the configuration.
+    pub(super) fn check_device_forward(&self, input: &DeviceInput<'_>, out: &DeviceOutput<'_>) -> Result<()> {
         let c = &self.config;
         let (t, b) = (input.seq_len, input.batch);
         if t == 0 || b == 0 {
@@ -193,7 +204,15 @@ impl CudaRnn {
         if let Some(c_n) = sequence::cell_state_arg(c, "c_n", out.c_n.as_ref(), true)? {
             check_len("c_n", c_n.len(), c_len)?;
         }
+        Ok(())
+    }
 
+    /// Whole-sequence forward on device buffers. Checks every buffer's
+    /// length against the configuration; enqueues work on [`Self::stream`]
+    /// and returns without waiting.
+    pub fn forward_device(&mut self, input: &DeviceInput<'_>, out: &mut DeviceOutput<'_>) -> Result<()> {
+        self.check_device_forward(input, out)?;
+        let (t, b) = (input.seq_len, input.batch);
         let stream = self.stream.clone();
         // The guards record each buffer's use on the stream when dropped.
         let (input_ptr, _input) = input.input.device_ptr(&stream);
