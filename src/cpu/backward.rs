@@ -78,12 +78,23 @@ pub fn backward<T: Element>(
     let lengths: Vec<usize> = args
         .lengths
         .map_or_else(|| vec![seq_len; batch], <[usize]>::to_vec);
-    if (reserve.seq_len, reserve.batch, &reserve.lengths) != (seq_len, batch, &lengths)
-        || reserve.outputs.len() != config.num_layers
-    {
+    let rows = seq_len * batch;
+    let cells_len = if config.has_cell_state() {
+        rows * config.num_directions() * config.hidden_size
+    } else {
+        0
+    };
+    let matches = (reserve.seq_len, reserve.batch, &reserve.lengths) == (seq_len, batch, &lengths)
+        && reserve.outputs.len() == config.num_layers
+        && reserve
+            .outputs
+            .iter()
+            .all(|o| o.len() == rows * config.output_width())
+        && reserve.cells.iter().all(|c| c.len() == cells_len);
+    if !matches {
         return Err(Error::invalid(
             "reserve",
-            "was not produced by a forward pass of these inputs",
+            "was not produced by a forward pass of this model on these inputs",
         ));
     }
     sequence::check_grad_outputs(config, dims, grads.output, grads.h_n, grads.c_n)?;

@@ -24,11 +24,6 @@ pub struct DeviceLimits {
 /// shared memory that fit on one SM at once (the driver's occupancy query).
 pub type Occupancy<'a> = &'a dyn Fn(&'static str, usize, usize) -> usize;
 
-/// The recurrence kernel for a cell.
-pub fn recurrence_kernel(cell: CellKind) -> &'static str {
-    Pass::Forward.kernel(cell)
-}
-
 /// Which recurrence a plan is for: the forward, or its backpropagation
 /// (recurrence_backward.cu), which splits the same way but keeps other
 /// things in shared memory.
