@@ -35,12 +35,20 @@ void spin_pause() {
     std::this_thread::yield();
 }
 
+void bad_shuffle() {
+    std::fprintf(stderr, "rnn_emu: block (%u,%u,%u) thread %u: a shuffle that is not over a whole warp\n",
+                 tls.block_idx.x, tls.block_idx.y, tls.block_idx.z, tls.thread_idx.x);
+    std::abort();
+}
+
 namespace {
 
 struct Block {
     Dim3 idx;
     std::vector<unsigned char> smem;
     std::unique_ptr<std::barrier<>> barrier;
+    std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+    std::vector<float> shuffle_slots;
 };
 
 void run_blocks(const Launch& l, std::vector<Block>& blocks, void (*entry)(const void*), const void* params) {
@@ -51,6 +59,11 @@ void run_blocks(const Launch& l, std::vector<Block>& blocks, void (*entry)(const
         block.smem.assign(l.smem_bytes + kGuard, kPoisonByte);
         std::memset(block.smem.data() + l.smem_bytes, kGuardByte, kGuard);
         block.barrier = std::make_unique<std::barrier<>>(threads);
+        if (threads % 32 == 0) {
+            block.warp_barriers.clear();
+            for (unsigned w = 0; w < threads / 32; ++w) block.warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+            block.shuffle_slots.assign(threads, 0.0f);
+        }
         for (unsigned t = 0; t < threads; ++t) {
             pool.emplace_back([&l, &block, t, entry, params] {
                 tls.thread_idx = {t, 0, 0};
@@ -59,6 +72,9 @@ void run_blocks(const Launch& l, std::vector<Block>& blocks, void (*entry)(const
                 tls.grid_dim = {l.grid[0], l.grid[1], l.grid[2]};
                 tls.block_barrier = block.barrier.get();
                 tls.smem = block.smem.data();
+                const bool whole_warps = !block.warp_barriers.empty();
+                tls.warp_barrier = whole_warps ? block.warp_barriers[t / 32].get() : nullptr;
+                tls.shuffle_slots = whole_warps ? block.shuffle_slots.data() : nullptr;
                 entry(params);
             });
         }
@@ -83,7 +99,7 @@ void run(const Launch& l, void (*entry)(const void*), const void* params) {
     std::vector<Block> all;
     for (unsigned z = 0; z < l.grid[2]; ++z)
         for (unsigned y = 0; y < l.grid[1]; ++y)
-            for (unsigned x = 0; x < l.grid[0]; ++x) all.push_back(Block{{x, y, z}, {}, nullptr});
+            for (unsigned x = 0; x < l.grid[0]; ++x) all.push_back(Block{{x, y, z}, {}, nullptr, {}, {}});
     if (l.cooperative) {
         run_blocks(l, all, entry, params);  // co-resident, as a cooperative launch guarantees
     } else {

@@ -4,8 +4,9 @@
 // threadIdx/blockIdx. It is a test harness (catching indexing, bounds and
 // synchronisation bugs on machines without a GPU), not a product feature.
 //
-// Supported: what the kernels use and nothing more. No warp shuffles, no
-// static __shared__ (dynamic shared memory only), 1-D blocks.
+// Supported: what the kernels use and nothing more: 1-D blocks, dynamic
+// shared memory only, and __shfl_xor_sync over whole warps (a barrier per
+// warp; blocks whose size is not a multiple of 32 may not shuffle).
 #pragma once
 
 #include <algorithm>
@@ -40,6 +41,8 @@ struct ThreadState {
     Dim3 thread_idx, block_idx, block_dim, grid_dim;
     std::barrier<>* block_barrier;
     unsigned char* smem;
+    std::barrier<>* warp_barrier;  // this thread's warp, for shuffles
+    float* shuffle_slots;          // one per thread of the block
 };
 
 extern thread_local ThreadState tls;
@@ -49,6 +52,9 @@ void run(const Launch& launch, void (*entry)(const void*), const void* params);
 // Called in spin loops: yields the core, and aborts a launch that waits
 // forever (a barrier some block never reaches) instead of hanging CI.
 void spin_pause();
+
+// Aborts: a shuffle this emulation does not model.
+[[noreturn]] void bad_shuffle();
 
 }  // namespace rnn_emu
 
@@ -61,6 +67,18 @@ inline void __syncthreads() { rnn_emu::tls.block_barrier->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
     return std::atomic_ref<unsigned int>(*p).fetch_add(v, std::memory_order_acq_rel);
+}
+
+// Every lane of the warp must call it (mask = all lanes), as the kernels do.
+inline float __shfl_xor_sync(unsigned mask, float value, int lane_mask) {
+    auto& t = rnn_emu::tls;
+    if (mask != 0xffffffffu || t.warp_barrier == nullptr || lane_mask < 0 || lane_mask > 31) rnn_emu::bad_shuffle();
+    const unsigned self = t.thread_idx.x;
+    t.shuffle_slots[self] = value;
+    t.warp_barrier->arrive_and_wait();
+    const float other = t.shuffle_slots[(self & ~31u) | ((self & 31u) ^ (unsigned)lane_mask)];
+    t.warp_barrier->arrive_and_wait();  // nobody overwrites a slot before its reader read it
+    return other;
 }
 
 inline float rnn_load_l2(const float* p) { return *p; }
@@ -76,5 +94,7 @@ inline void rnn_spin_pause() { rnn_emu::spin_pause(); }
         rnn_emu::run(*launch, name##_entry, params);                                          \
     }                                                                                         \
     static void name##_body(const Params& p)
+
+#define RNN_PERSISTENT_KERNEL(name, Params) RNN_KERNEL(name, Params)
 
 #define RNN_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(rnn_emu::tls.smem)

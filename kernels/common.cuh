@@ -16,6 +16,11 @@
 // (plan.rs never launches more), which lets ptxas use up to 128 registers
 // per thread: with 1024 it is capped at 64, and the LSTM recurrence spills.
 #define RNN_KERNEL(name, Params) extern "C" __global__ void __launch_bounds__(RNN_MAX_THREADS) name(const Params p)
+// A persistent kernel (one launch for all timesteps, few CTAs per SM): tell
+// ptxas that one resident block is enough. Without it ptxas targets two and
+// caps the forward recurrence at 64 registers, where its accumulators spill.
+#define RNN_PERSISTENT_KERNEL(name, Params) \
+    extern "C" __global__ void __launch_bounds__(RNN_MAX_THREADS, 1) name(const Params p)
 
 // The dynamic shared memory of the block.
 #define RNN_DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) unsigned char rnn_smem_[]; \

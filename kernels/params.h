@@ -6,6 +6,10 @@
 // The most threads any kernel is launched with (MAX_THREADS in plan.rs).
 #define RNN_MAX_THREADS 512
 
+// The most batch rows one thread of the recurrence computes at once
+// (MAX_ROWS_PER_THREAD in plan.rs): its accumulators are G × this registers.
+#define RNN_MAX_ROWS_PER_THREAD 4
+
 // Cell kinds, as src/kernels/params.rs numbers them.
 #define RNN_CELL_TANH 0
 #define RNN_CELL_RELU 1
@@ -59,6 +63,10 @@ struct RecurrenceParams {
     int outputs_per_cta;      // projected outputs each CTA owns (LSTM projection)
     int batch_tile;           // batch rows per group (gridDim.y tiles cover B)
     int weights_in_smem;      // 1: W_hh (and W_hr) slices stay in shared memory for all steps
+    int k_lanes;              // lanes that split each dot product (1..32, a power of two)
+    int rows_per_thread;      // batch rows each lane group computes at once (1, 2 or RNN_MAX_ROWS_PER_THREAD)
+    int w_stride;             // floats between W_hh rows in shared memory (padded against bank conflicts)
+    int w2_stride;            // the same for W_hr rows
 };
 
 // Backpropagation through one layer's recurrence, persistent, reverse time:
@@ -152,7 +160,7 @@ static_assert(sizeof(GatherParams) == 72, "mirror of src/kernels/params.rs");
 static_assert(sizeof(PermuteParams) == 32, "mirror of src/kernels/params.rs");
 static_assert(sizeof(DropoutParams) == 48, "mirror of src/kernels/params.rs");
 static_assert(sizeof(ProjectionParams) == 56, "mirror of src/kernels/params.rs");
-static_assert(sizeof(RecurrenceParams) == 152, "mirror of src/kernels/params.rs");
+static_assert(sizeof(RecurrenceParams) == 168, "mirror of src/kernels/params.rs");
 static_assert(sizeof(RecurrenceBackwardParams) == 184, "mirror of src/kernels/params.rs");
 
 // Floats of exchange workspace per group: h double buffer [2][Bt][HO] plus

@@ -11,6 +11,11 @@
 // - Each CTA owns `units_per_cta` hidden units with all G gates of each, so
 //   the gate nonlinearities and the cell update are local to one thread, in
 //   registers, fused with the product (no gate tensor in memory).
+// - Its per-step products are shared out as work items (a block of
+//   `rows_per_thread` batch rows, one unit): `k_lanes` lanes of a warp split
+//   each item's dot products along k and add them by shuffles (short chains:
+//   the step's latency), and each weight a lane loads serves all the rows of
+//   its block (fewer shared loads per FMA: the step's throughput).
 // - Its slice of W_hh (G·U rows × HO) is loaded into shared memory once and
 //   stays there for all T steps (weight-stationary: DRAM is read once per
 //   sequence, not per step). Shapes too large for that read W_hh from L2
@@ -26,10 +31,10 @@
 //   zeros. Every output element is written exactly once.
 //
 // Bounds: per step and CTA, G·U·Bt dot products of length HO from shared
-// memory (~1.25 shared loads per FMA), one L2 round trip for h, and the
-// barrier. Per-thread register blocking over batch rows, the wavefront over
-// layers and the input projection folded in for narrow inputs are the next
-// steps, to be measured on a GPU first.
+// memory ((G + R)/(G·R) shared loads per FMA with R rows per thread), the
+// log2(k_lanes) shuffle rounds, one L2 round trip for h, and the barrier.
+// The wavefront over layers and the input projection folded in for narrow
+// inputs are the next steps, to be measured on a GPU first.
 //
 // Launch: grid (ctas_per_group, ceil(B / batch_tile), D), any block size
 // (a multiple of 32), dynamic shared memory as src/kernels/plan.rs sizes it,
@@ -76,6 +81,71 @@ __device__ __forceinline__ float* reserve_aux(const RecurrenceParams& p, int t, 
     return p.reserve + gates + (((long long)t * p.batch + b) * gridDim.z + dir) * p.hidden;
 }
 
+// Dot products of NG weight rows (w + g·gate_stride, g < ngates) with R
+// vectors (h + r·h_stride), over k < K. The KL lanes of an aligned lane
+// group each take k ≡ lane (mod KL) and add their partial sums by shuffles,
+// so every lane of the group ends with the whole sums in acc[g][r]. Each
+// weight loaded serves R rows and each h value NG gates: fewer shared loads
+// per FMA, the bound of the per-step product. Rows past `rows` repeat the
+// last one (their sums are computed and never used).
+template <int NG, int R>
+__device__ __forceinline__ void group_products(const float* w, long long gate_stride, int ngates, const float* h,
+                                               int h_stride, int rows, int K, int KL,
+                                               float (&acc)[NG][RNN_MAX_ROWS_PER_THREAD]) {
+    const float* hr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) hr[r] = h + min(r, rows - 1) * h_stride;
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+        for (int r = 0; r < RNN_MAX_ROWS_PER_THREAD; ++r) acc[g][r] = 0.0f;
+    for (int k = threadIdx.x & (KL - 1); k < K; k += KL) {
+        float hk[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) hk[r] = hr[r][k];
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+            if (g < ngates) {
+                const float wk = w[g * gate_stride + k];
+#pragma unroll
+                for (int r = 0; r < R; ++r) acc[g][r] = fmaf(wk, hk[r], acc[g][r]);
+            }
+        }
+    }
+    for (int offset = KL / 2; offset > 0; offset /= 2)
+#pragma unroll
+        for (int g = 0; g < NG; ++g)
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[g][r] += __shfl_xor_sync(0xffffffffu, acc[g][r], offset);
+}
+
+// group_products with the row count chosen at run time (p.rows_per_thread).
+template <int NG>
+__device__ __forceinline__ void products(int R, const float* w, long long gate_stride, int ngates, const float* h,
+                                         int h_stride, int rows, int K, int KL,
+                                         float (&acc)[NG][RNN_MAX_ROWS_PER_THREAD]) {
+    static_assert(RNN_MAX_ROWS_PER_THREAD == 4, "one case per row count");
+    switch (R) {
+    case 4: group_products<NG, 4>(w, gate_stride, ngates, h, h_stride, rows, K, KL, acc); break;
+    case 2: group_products<NG, 2>(w, gate_stride, ngates, h, h_stride, rows, K, KL, acc); break;
+    default: group_products<NG, 1>(w, gate_stride, ngates, h, h_stride, rows, K, KL, acc); break;
+    }
+}
+
+// Calls body(item, writes) for `count` work items, KL lanes per item. Every
+// lane of a warp makes the same number of trips, because the shuffles in
+// group_products need whole warps: a lane group past the last item repeats
+// its warp's first item with writes = false. Only a group's first lane
+// writes.
+template <typename Body>
+__device__ __forceinline__ void for_each_item(int count, int KL, Body&& body) {
+    const int per_warp = 32 / KL, lane = threadIdx.x & 31;
+    for (int base = (threadIdx.x / 32) * per_warp; base < count; base += (blockDim.x / 32) * per_warp) {
+        const int item = base + lane / KL;
+        body(item < count ? item : base, item < count && lane % KL == 0);
+    }
+}
+
 template <int CELL>
 __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     constexpr int G = Cell<CELL>::gates;
@@ -98,9 +168,11 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
 
     // Shared memory, in floats (plan.rs mirrors these sizes).
     RNN_DYNAMIC_SMEM(float, smem);
-    const int ws_stride = HO + 1, w2s_stride = H + 1, vs_stride = H + 1;  // +1: no bank conflicts
-    float* w_s = smem;                                                      // [G·upc][HO+1]
-    float* w2_s = w_s + (p.weights_in_smem ? G * upc * ws_stride : 0);      // [opc][H+1]
+    // Weight rows are padded (plan.rs) so that the lane groups of a warp read
+    // distinct banks; +1 keeps the staged vectors' rows apart.
+    const int ws_stride = p.w_stride, w2s_stride = p.w2_stride, vs_stride = H + 1;
+    float* w_s = smem;                                                      // [G·upc][w_stride]
+    float* w2_s = w_s + (p.weights_in_smem ? G * upc * ws_stride : 0);      // [opc][w2_stride]
     // Groups of several CTAs stage the exchanged vectors in v_s [bt][H+1];
     // a group of one keeps the exchange buffers themselves here.
     float* v_s = w2_s + (p.weights_in_smem && projecting ? opc * w2s_stride : 0);
@@ -162,6 +234,8 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     int steps = 0;
     for (int b = 0; b < BT; ++b) steps = max(steps, len_s[b]);
 
+    // Work items: (block of RB batch rows, own unit), KL lanes each.
+    const int KL = p.k_lanes, RB = p.rows_per_thread, row_blocks = (BT + RB - 1) / RB;
     const long long xp_row = (long long)D * G * H;
     for (int s = 0; s < steps; ++s) {
         const float* h_cur = hbuf + (s & 1) * bt * HO;
@@ -173,78 +247,87 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
             }
             __syncthreads();
         }
+        // h_{t-1} of row b at h_rows + b·h_stride.
+        const float* h_rows = local ? h_cur : v_s;
+        const int h_stride = local ? HO : vs_stride;
 
         // Phase 1: the gate products of own units from h_{t-1}, and the cell.
-        for (int i = threadIdx.x; i < BT * U; i += blockDim.x) {
-            const int b = i / U, j = i % U, len = len_s[b];
-            const float* h = local ? h_cur + b * HO : v_s + b * vs_stride;
-            if (s >= len) {  // finished: keep the state, pad the output
-                if (!two_phase) {
-                    h_next[b * HO + u0 + j] = h[u0 + j];
-                    p.y[output_index(p, s, b0 + b, dir, u0 + j)] = 0.0f;
-                }
-                continue;
-            }
-            const int t = dir ? len - 1 - s : s;
-            const float* x = p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
+        for_each_item(row_blocks * U, KL, [&](int item, bool writes) {
+            const int r0 = (item / U) * RB, j = item % U, rows = min(RB, BT - r0);
             constexpr int P1 = (CELL == RNN_CELL_GRU) ? 3 : G;  // the original GRU uses 2 of these 3
             const int phase1_gates = reset_first ? 2 : P1;
-            float acc[G];
-            for (int g = 0; g < G; ++g) acc[g] = 0.0f;
-            const float* wj = w + j * row_stride;
-            for (int k = 0; k < HO; ++k) {
-                const float hk = h[k];
-#pragma unroll
-                for (int g = 0; g < G; ++g)
-                    if (g < phase1_gates) acc[g] = fmaf(wj[g * gate_stride + k], hk, acc[g]);
-            }
-            if (b_hh)
-                for (int g = 0; g < G; ++g) acc[g] += b_hh[g * H + j];
+            float acc[G][RNN_MAX_ROWS_PER_THREAD];
+            products<G>(RB, w + j * row_stride, gate_stride, phase1_gates, h_rows + r0 * h_stride, h_stride, rows, HO,
+                        KL, acc);
+            if (!writes) return;
+            // Row b's cell from its recurrent products (bias not yet added).
+            auto cell = [&](int b, float (&gate)[G]) {
+                const int len = len_s[b];
+                const float* h = h_rows + b * h_stride;
+                if (s >= len) {  // finished: keep the state, pad the output
+                    if (!two_phase) {
+                        h_next[b * HO + u0 + j] = h[u0 + j];
+                        p.y[output_index(p, s, b0 + b, dir, u0 + j)] = 0.0f;
+                    }
+                    return;
+                }
+                const int t = dir ? len - 1 - s : s;
+                const float* x = p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
+                if (b_hh)
+                    for (int g = 0; g < G; ++g) gate[g] += b_hh[g * H + j];
 
-            // Training keeps the gate activations (and one auxiliary vector) for backward.
-            float* kept = p.reserve ? x_reserve(p, t, b0 + b, dir, G) + u0 + j : nullptr;
-            float* kept_aux = p.reserve ? reserve_aux(p, t, b0 + b, dir) + u0 + j : nullptr;
-            float h_new = 0.0f;
-            if (CELL == RNN_CELL_TANH) {
-                h_new = tanhf(x[0] + acc[0]);
-                if (kept) kept[0] = h_new;
-            } else if (CELL == RNN_CELL_RELU) {
-                h_new = fmaxf(x[0] + acc[0], 0.0f);
-                if (kept) kept[0] = h_new;
-            } else if (CELL == RNN_CELL_LSTM) {
-                const float ig = rnn_sigmoid(x[0] + acc[0]);
-                const float fg = rnn_sigmoid(x[H] + acc[1 % G]);
-                const float gg = tanhf(x[2 * H] + acc[2 % G]);
-                const float og = rnn_sigmoid(x[3 * H] + acc[3 % G]);
-                const float c = fg * c_s[b * upc + j] + ig * gg;
-                c_s[b * upc + j] = c;
-                h_new = og * tanhf(c);
-                if (kept) {
-                    kept[0] = ig, kept[H] = fg, kept[2 * H] = gg, kept[3 * H] = og;
-                    kept_aux[0] = c;
+                // Training keeps the gate activations (and one auxiliary vector) for backward.
+                float* kept = p.reserve ? x_reserve(p, t, b0 + b, dir, G) + u0 + j : nullptr;
+                float* kept_aux = p.reserve ? reserve_aux(p, t, b0 + b, dir) + u0 + j : nullptr;
+                float h_new = 0.0f;
+                if (CELL == RNN_CELL_TANH) {
+                    h_new = tanhf(x[0] + gate[0]);
+                    if (kept) kept[0] = h_new;
+                } else if (CELL == RNN_CELL_RELU) {
+                    h_new = fmaxf(x[0] + gate[0], 0.0f);
+                    if (kept) kept[0] = h_new;
+                } else if (CELL == RNN_CELL_LSTM) {
+                    const float ig = rnn_sigmoid(x[0] + gate[0]);
+                    const float fg = rnn_sigmoid(x[H] + gate[1 % G]);
+                    const float gg = tanhf(x[2 * H] + gate[2 % G]);
+                    const float og = rnn_sigmoid(x[3 * H] + gate[3 % G]);
+                    const float c = fg * c_s[b * upc + j] + ig * gg;
+                    c_s[b * upc + j] = c;
+                    h_new = og * tanhf(c);
+                    if (kept) {
+                        kept[0] = ig, kept[H] = fg, kept[2 * H] = gg, kept[3 * H] = og;
+                        kept_aux[0] = c;
+                    }
+                    if (projecting) {
+                        vbuf[b * H + u0 + j] = h_new;
+                        return;
+                    }
+                } else {  // GRU
+                    const float r_gate = rnn_sigmoid(x[0] + gate[0]);
+                    const float z = rnn_sigmoid(x[H] + gate[1 % G]);
+                    const float h_prev = h[u0 + j];
+                    if (kept) kept[0] = r_gate, kept[H] = z;
+                    if (reset_first) {
+                        vbuf[b * H + u0 + j] = r_gate * h_prev;
+                        z_s[b * upc + j] = z;
+                        hp_s[b * upc + j] = h_prev;
+                        return;
+                    }
+                    const float n = tanhf(x[2 * H] + r_gate * gate[2 % G]);
+                    h_new = (1.0f - z) * n + z * h_prev;
+                    if (kept) kept[2 * H] = n, kept_aux[0] = gate[2 % G];
                 }
-                if (projecting) {
-                    vbuf[b * H + u0 + j] = h_new;
-                    continue;
-                }
-            } else {  // GRU
-                const float r = rnn_sigmoid(x[0] + acc[0]);
-                const float z = rnn_sigmoid(x[H] + acc[1 % G]);
-                const float h_prev = h[u0 + j];
-                if (kept) kept[0] = r, kept[H] = z;
-                if (reset_first) {
-                    vbuf[b * H + u0 + j] = r * h_prev;
-                    z_s[b * upc + j] = z;
-                    hp_s[b * upc + j] = h_prev;
-                    continue;
-                }
-                const float n = tanhf(x[2 * H] + r * acc[2 % G]);
-                h_new = (1.0f - z) * n + z * h_prev;
-                if (kept) kept[2 * H] = n, kept_aux[0] = acc[2 % G];
+                h_next[b * HO + u0 + j] = h_new;
+                p.y[output_index(p, t, b0 + b, dir, u0 + j)] = h_new;
+            };
+            // Constant row indices (a fully unrolled loop), so acc stays in registers.
+#pragma unroll
+            for (int r = 0; r < RNN_MAX_ROWS_PER_THREAD; ++r) {
+                float gate[G];
+                for (int g = 0; g < G; ++g) gate[g] = acc[g][r];
+                if (r < rows) cell(r0 + r, gate);
             }
-            h_next[b * HO + u0 + j] = h_new;
-            p.y[output_index(p, t, b0 + b, dir, u0 + j)] = h_new;
-        }
+        });
 
         // Phase 2 (LSTM projection, original GRU): a product with the
         // full-width vector the whole group just wrote.
@@ -257,36 +340,41 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                 }
                 __syncthreads();
             }
+            // Rows that finished wrote no vector this step: their products
+            // read stale values and are discarded below.
+            const float* v_rows = local ? vbuf : v_s;
+            const int v_stride = local ? H : vs_stride;
             const int owned = projecting ? UO : U;
-            for (int i = threadIdx.x; i < BT * owned; i += blockDim.x) {
-                const int b = i / owned, j = i % owned, len = len_s[b], col = hs0 + j;
-                if (s >= len) {
-                    h_next[b * HO + col] = load_exchanged(h_cur + b * HO + col);
-                    p.y[output_index(p, s, b0 + b, dir, col)] = 0.0f;
-                    continue;
-                }
-                const int t = dir ? len - 1 - s : s;
-                const float* v = local ? vbuf + b * H : v_s + b * vs_stride;
-                float h_new;
-                if (projecting) {
-                    const float* wo = w2 + j * w2_stride;
-                    float acc = 0.0f;
-                    for (int k = 0; k < H; ++k) acc = fmaf(wo[k], v[k], acc);
-                    h_new = acc;
-                } else {
-                    const float* wn = w + 2 * gate_stride + j * row_stride;
-                    float acc = 0.0f;
-                    for (int k = 0; k < H; ++k) acc = fmaf(wn[k], v[k], acc);
-                    if (b_hh) acc += b_hh[2 * H + j];
-                    const float* x = p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
-                    const float n = tanhf(x[2 * H] + acc);
-                    if (p.reserve) x_reserve(p, t, b0 + b, dir, G)[2 * H + u0 + j] = n;
-                    const float z = z_s[b * upc + j];
-                    h_new = (1.0f - z) * n + z * hp_s[b * upc + j];
-                }
-                h_next[b * HO + col] = h_new;
-                p.y[output_index(p, t, b0 + b, dir, col)] = h_new;
-            }
+            for_each_item(row_blocks * owned, KL, [&](int item, bool writes) {
+                const int r0 = (item / owned) * RB, j = item % owned, rows = min(RB, BT - r0), col = hs0 + j;
+                const float* wj = projecting ? w2 + j * w2_stride : w + 2 * gate_stride + j * row_stride;
+                float acc[1][RNN_MAX_ROWS_PER_THREAD];
+                products<1>(RB, wj, 0, 1, v_rows + r0 * v_stride, v_stride, rows, H, KL, acc);
+                if (!writes) return;
+                auto finish = [&](int b, float product) {
+                    const int len = len_s[b];
+                    if (s >= len) {
+                        h_next[b * HO + col] = load_exchanged(h_cur + b * HO + col);
+                        p.y[output_index(p, s, b0 + b, dir, col)] = 0.0f;
+                        return;
+                    }
+                    const int t = dir ? len - 1 - s : s;
+                    float h_new = product;
+                    if (!projecting) {
+                        const float* x =
+                            p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
+                        const float n = tanhf(x[2 * H] + product + (b_hh ? b_hh[2 * H + j] : 0.0f));
+                        if (p.reserve) x_reserve(p, t, b0 + b, dir, G)[2 * H + u0 + j] = n;
+                        const float z = z_s[b * upc + j];
+                        h_new = (1.0f - z) * n + z * hp_s[b * upc + j];
+                    }
+                    h_next[b * HO + col] = h_new;
+                    p.y[output_index(p, t, b0 + b, dir, col)] = h_new;
+                };
+#pragma unroll
+                for (int r = 0; r < RNN_MAX_ROWS_PER_THREAD; ++r)
+                    if (r < rows) finish(r0 + r, acc[0][r]);
+            });
         }
         sync_group();
     }
@@ -308,7 +396,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
         }
 }
 
-RNN_KERNEL(rnn_recurrence_tanh_f32, RecurrenceParams) { recurrence<RNN_CELL_TANH>(p); }
-RNN_KERNEL(rnn_recurrence_relu_f32, RecurrenceParams) { recurrence<RNN_CELL_RELU>(p); }
-RNN_KERNEL(rnn_recurrence_lstm_f32, RecurrenceParams) { recurrence<RNN_CELL_LSTM>(p); }
-RNN_KERNEL(rnn_recurrence_gru_f32, RecurrenceParams) { recurrence<RNN_CELL_GRU>(p); }
+RNN_PERSISTENT_KERNEL(rnn_recurrence_tanh_f32, RecurrenceParams) { recurrence<RNN_CELL_TANH>(p); }
+RNN_PERSISTENT_KERNEL(rnn_recurrence_relu_f32, RecurrenceParams) { recurrence<RNN_CELL_RELU>(p); }
+RNN_PERSISTENT_KERNEL(rnn_recurrence_lstm_f32, RecurrenceParams) { recurrence<RNN_CELL_LSTM>(p); }
+RNN_PERSISTENT_KERNEL(rnn_recurrence_gru_f32, RecurrenceParams) { recurrence<RNN_CELL_GRU>(p); }

@@ -3,15 +3,18 @@
 //! backend executes; fake device limits force every path: one CTA per group,
 //! groups of several CTAs meeting at barriers (with and without the LSTM
 //! projection / original-GRU second phase), and `W_hh` read from L2 when it
-//! does not fit on chip. Outputs start as NaN, so an element no kernel wrote
-//! fails the comparison.
+//! does not fit on chip; forced blockings take every way of sharing the dot
+//! products (lanes per product, rows per thread, partial row blocks, work
+//! items that end mid-warp). Outputs start as NaN, so an element no kernel
+//! wrote fails the comparison.
 
 mod common;
 
 use common::{assert_close, random_tensor, varied_configs};
 use rnn_kernels::kernels::plan::WorkspaceLayout;
 use rnn_kernels::kernels::{
-    forward_steps, plan_recurrence, DeviceLimits, ForwardBuffers, RecurrencePlan, Strategy, WeightLayout,
+    forward_steps, plan_recurrence, Blocking, DeviceLimits, ForwardBuffers, RecurrencePlan, Strategy,
+    WeightLayout,
 };
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{cpu, ForwardInput, RnnConfig, State, Tensor, Weights};
@@ -36,10 +39,35 @@ fn plans(config: &RnnConfig, batch: usize) -> Vec<RecurrencePlan> {
         Strategy::OffChip { ctas_per_group: 1 },
         Strategy::OffChip { ctas_per_group: 2 },
     ];
-    strategies
+    let mut plans: Vec<RecurrencePlan> = strategies
         .into_iter()
         .map(|s| plan_recurrence(config, batch, &LIMITS, &occupancy, s).unwrap())
-        .collect()
+        .collect();
+    // The whole batch in one tile, so that threads get several rows.
+    let blocked = |plan: &RecurrencePlan, k_lanes, rows_per_thread| {
+        let whole_batch = RecurrencePlan {
+            batch_tile: batch,
+            tiles: 1,
+            ..*plan
+        };
+        whole_batch.with_blocking(
+            config,
+            Blocking {
+                k_lanes,
+                rows_per_thread,
+            },
+        )
+    };
+    let (auto, split, off_chip) = (plans[0], plans[2], plans[4]);
+    plans.extend([
+        blocked(&auto, 1, 1),
+        blocked(&auto, 2, 4),
+        blocked(&auto, 32, 2),
+        blocked(&split, 8, 4),
+        blocked(&off_chip, 4, 2),
+        blocked(&off_chip, 32, 4),
+    ]);
+    plans
 }
 
 /// Runs a forward pass through the emulated kernels.
@@ -195,4 +223,113 @@ fn odd_sizes_single_row_and_single_step() {
         true,
         52,
     );
+}
+
+/// Seven rows: a full block of four rows per thread and a partial one,
+/// hidden sizes whose work items end mid-warp, both phases of the LSTM
+/// projection and of the original GRU.
+#[test]
+fn full_and_partial_row_blocks() {
+    let lengths = [5, 2, 7, 1, 7, 3, 6];
+    check(
+        &RnnConfig {
+            proj_size: 7,
+            ..RnnConfig::lstm(3, 19)
+        },
+        7,
+        Some(&lengths),
+        true,
+        60,
+    );
+    check(
+        &RnnConfig {
+            bidirectional: true,
+            gru_linear_before_reset: false,
+            ..RnnConfig::gru(4, 17)
+        },
+        7,
+        Some(&lengths),
+        false,
+        61,
+    );
+    check(&RnnConfig::rnn_relu(2, 40), 7, None, true, 62);
+}
+
+/// With k_lanes lanes per row and 32 / k_lanes groups of a warp on
+/// consecutive rows, a warp's loads from shared memory hit 32 distinct banks.
+#[test]
+fn padded_weight_rows_keep_a_warp_on_distinct_banks() {
+    for k_lanes in [1, 2, 4, 8, 16, 32] {
+        let blocking = Blocking {
+            k_lanes,
+            rows_per_thread: 1,
+        };
+        for len in 1..=300 {
+            let stride = blocking.weight_stride(len);
+            assert!(
+                stride >= len && stride <= len + 2 * k_lanes,
+                "{k_lanes} lanes, {len}: {stride}"
+            );
+            for k0 in [0, k_lanes, 5 * k_lanes] {
+                let mut banks: Vec<usize> = (0..32)
+                    .map(|lane| ((lane / k_lanes) * stride + k0 + lane % k_lanes) % 32)
+                    .collect();
+                banks.sort_unstable();
+                banks.dedup();
+                assert_eq!(
+                    banks.len(),
+                    32,
+                    "{k_lanes} lanes, row length {len}, stride {stride}"
+                );
+            }
+        }
+    }
+}
+
+/// The planner on an H100 (132 SMs, 227 KiB per block; occupancy as the
+/// driver computes it from threads, shared memory and ~128 registers).
+#[test]
+fn benchmark_shapes_get_the_intended_plans() {
+    let h100 = DeviceLimits {
+        sm_count: 132,
+        max_smem_per_block: 232_448,
+        max_threads_per_block: 1024,
+    };
+    let occupancy = |_: &'static str, threads: usize, smem: usize| {
+        (65_536 / (threads * 128))
+            .min((228 << 10) / (smem + 1024))
+            .min(32)
+    };
+    let plan = |config: RnnConfig, batch| {
+        plan_recurrence(&config, batch, &h100, &occupancy, Strategy::Auto).unwrap()
+    };
+    let icu = RnnConfig {
+        num_layers: 2,
+        ..RnnConfig::lstm(6, 64)
+    };
+    // Latency-bound: one CTA per sequence, each product split over 4 lanes.
+    let p = plan(icu, 32);
+    assert_eq!(
+        (p.ctas_per_group, p.batch_tile, p.weights_in_smem),
+        (1, 1, true),
+        "{p:?}"
+    );
+    assert_eq!((p.blocking.k_lanes, p.blocking.rows_per_thread), (4, 1), "{p:?}");
+    // Wide and few rows: W_hh spread over ~80 CTAs' shared memory, a warp per product.
+    let p = plan(RnnConfig::lstm(1024, 1024), 4);
+    assert!(
+        p.weights_in_smem && p.tiles == 1 && p.ctas_per_group <= 132,
+        "{p:?}"
+    );
+    assert_eq!((p.blocking.k_lanes, p.blocking.rows_per_thread), (32, 4), "{p:?}");
+    // Mid-sized: every weight loaded serves four batch rows.
+    let p = plan(
+        RnnConfig {
+            num_layers: 2,
+            ..RnnConfig::lstm(256, 512)
+        },
+        64,
+    );
+    assert!(p.weights_in_smem && p.blocking.rows_per_thread == 4, "{p:?}");
+    assert!(p.ctas_per_group * p.tiles <= 132, "{p:?}");
 }

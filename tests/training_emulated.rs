@@ -10,7 +10,7 @@ use common::{assert_close, random_tensor, run_emulated, varied_configs};
 use rnn_kernels::cpu::{self, GradOutputs};
 use rnn_kernels::dropout::Dropout;
 use rnn_kernels::kernels::train::{backward_steps, forward_train_steps, TrainingBuffers, TrainingLayout};
-use rnn_kernels::kernels::{plan_pass, DeviceLimits, Pass, Strategy, WeightLayout};
+use rnn_kernels::kernels::{plan_pass, Blocking, DeviceLimits, Pass, RecurrencePlan, Strategy, WeightLayout};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::sequence::{c_shape, h_shape};
 use rnn_kernels::{ForwardInput, RnnConfig, Tensor, Weights};
@@ -92,7 +92,20 @@ fn check(config: &RnnConfig, seq_len: usize, lengths: &[usize], dropout_seed: Op
         Strategy::OnChip { ctas_per_group: 2 },
         Strategy::OffChip { ctas_per_group: 3 },
     ] {
-        let forward = plan_pass(Pass::Forward, config, batch, &LIMITS, &occupancy, strategy).unwrap();
+        let mut forward = plan_pass(Pass::Forward, config, batch, &LIMITS, &occupancy, strategy).unwrap();
+        if let Strategy::OnChip { .. } = strategy {
+            // The training forward with several rows per thread and lanes per product.
+            let whole_batch = RecurrencePlan {
+                batch_tile: batch,
+                tiles: 1,
+                ..forward
+            };
+            let blocking = Blocking {
+                k_lanes: 8,
+                rows_per_thread: 2,
+            };
+            forward = whole_batch.with_blocking(config, blocking);
+        }
         let backward = plan_pass(Pass::Backward, config, batch, &LIMITS, &occupancy, strategy).unwrap();
         let tl = TrainingLayout::new(config, &forward, &backward, seq_len, batch, dropout.is_some());
         let mut reserve = nan(tl.reserve_words);

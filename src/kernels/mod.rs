@@ -10,6 +10,6 @@ pub mod train;
 
 pub use layout::WeightLayout;
 pub use plan::{
-    forward_steps, plan_pass, plan_recurrence, DeviceLimits, ForwardBuffers, Launch, Pass, RecurrencePlan,
-    Step, Strategy,
+    forward_steps, plan_pass, plan_recurrence, Blocking, DeviceLimits, ForwardBuffers, Launch, Pass,
+    RecurrencePlan, Step, Strategy,
 };

@@ -46,11 +46,15 @@ pub struct RecurrenceParams {
     pub outputs_per_cta: i32,
     pub batch_tile: i32,
     pub weights_in_smem: i32,
+    pub k_lanes: i32,
+    pub rows_per_thread: i32,
+    pub w_stride: i32,
+    pub w2_stride: i32,
 }
 
 // The same sizes params.h asserts.
 const _: () = assert!(std::mem::size_of::<ProjectionParams>() == 56);
-const _: () = assert!(std::mem::size_of::<RecurrenceParams>() == 152);
+const _: () = assert!(std::mem::size_of::<RecurrenceParams>() == 168);
 
 /// `RNN_CELL_*` in params.h.
 pub fn cell_code(cell: crate::CellKind) -> i32 {

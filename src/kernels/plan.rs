@@ -48,10 +48,13 @@ impl Pass {
     }
 
     /// Shared memory of one CTA, as the kernel lays it out.
-    fn smem(self, config: &RnnConfig, n: usize, upc: usize, opc: usize, bt: usize, in_smem: bool) -> usize {
+    fn smem(self, config: &RnnConfig, split: &Split, bt: usize, blocking: Blocking) -> usize {
         match self {
-            Pass::Forward => recurrence_smem(config, n, upc, opc, bt, in_smem),
+            Pass::Forward => recurrence_smem(config, split, bt, blocking),
             Pass::Backward => {
+                let Split {
+                    upc, opc, in_smem, ..
+                } = *split;
                 let (gh, ho) = (config.gates() * config.hidden_size, config.output_size());
                 let projecting = config.proj_size > 0;
                 let hpc = if projecting { opc } else { upc };
@@ -71,6 +74,62 @@ const PROJECTION_TILE: usize = 64;
 const PROJECTION_THREADS: u32 = 256;
 const PROJECTION_SMEM: u32 = 2 * 16 * (64 + 4) * 4;
 
+/// `RNN_MAX_ROWS_PER_THREAD` in params.h.
+pub const MAX_ROWS_PER_THREAD: usize = 4;
+
+/// How the threads of a forward CTA share its per-step dot products
+/// (recurrence.cu): `k_lanes` lanes split each product's length and add
+/// their sums by warp shuffles (shorter dependent chains, and coalesced rows
+/// when weights come from L2); each lane group computes `rows_per_thread`
+/// batch rows at once, so every weight it loads serves that many FMAs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocking {
+    pub k_lanes: usize,
+    pub rows_per_thread: usize,
+}
+
+impl Blocking {
+    /// One lane per product, one row per thread (the backward kernel's split).
+    pub const NONE: Blocking = Blocking {
+        k_lanes: 1,
+        rows_per_thread: 1,
+    };
+
+    /// The planner's choice for a CTA of `units` units (or projected outputs)
+    /// and `batch_tile` rows, whose products are `width` long: as many rows
+    /// per thread as the tile has (up to 4), then lanes while the block has
+    /// room for them and each lane keeps 16 or more terms (the shuffles add
+    /// log2(lanes) steps per sum). Weights read from L2 take lanes up to a
+    /// warp regardless, so that a warp's loads are whole rows.
+    pub fn choose(units: usize, batch_tile: usize, width: usize, weights_in_smem: bool) -> Blocking {
+        let rows_per_thread = [4, 2, 1].into_iter().find(|&r| r <= batch_tile).unwrap_or(1);
+        let items = batch_tile.div_ceil(rows_per_thread) * units;
+        let mut k_lanes = 1;
+        while k_lanes < 32
+            && width >= 16 * 2 * k_lanes
+            && (!weights_in_smem || items * 2 * k_lanes <= MAX_THREADS)
+        {
+            k_lanes *= 2;
+        }
+        Blocking {
+            k_lanes,
+            rows_per_thread,
+        }
+    }
+
+    /// Floats between weight rows of `len` in shared memory: a row of a
+    /// lane group whose lanes read consecutive floats; the `32 / k_lanes`
+    /// groups of a warp, on consecutive rows, hit distinct banks when the
+    /// stride is an odd multiple of `k_lanes` (any stride, for a whole warp).
+    pub fn weight_stride(self, len: usize) -> usize {
+        if self.k_lanes >= 32 {
+            return len.max(1);
+        }
+        let multiple = len.div_ceil(self.k_lanes).max(1);
+        (multiple | 1) * self.k_lanes
+    }
+}
+
 /// How one layer's recurrence is split (see kernels/recurrence.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecurrencePlan {
@@ -81,6 +140,8 @@ pub struct RecurrencePlan {
     pub batch_tile: usize,
     pub tiles: usize,
     pub weights_in_smem: bool,
+    /// The forward's lanes and rows per product ([`Blocking::NONE`] for the backward).
+    pub blocking: Blocking,
     pub threads: usize,
     pub smem_bytes: usize,
 }
@@ -95,22 +156,34 @@ impl RecurrencePlan {
     pub fn cooperative(&self) -> bool {
         self.ctas_per_group > 1
     }
+
+    /// This forward plan with another blocking (to compare blockings on a
+    /// GPU, and to run each kernel path in emulation); threads and shared
+    /// memory follow. The caller checks that it still fits the device.
+    pub fn with_blocking(&self, config: &RnnConfig, blocking: Blocking) -> RecurrencePlan {
+        let split = Split {
+            n: self.ctas_per_group,
+            upc: self.units_per_cta,
+            opc: self.outputs_per_cta,
+            in_smem: self.weights_in_smem,
+        };
+        RecurrencePlan {
+            blocking,
+            threads: recurrence_threads(&split, self.batch_tile, blocking),
+            smem_bytes: Pass::Forward.smem(config, &split, self.batch_tile, blocking),
+            ..*self
+        }
+    }
 }
 
 /// Shared memory of one CTA, as recurrence.cu lays it out. A group of one
 /// CTA (`n == 1`) keeps its exchange buffers there; larger groups stage the
 /// exchanged vector.
-fn recurrence_smem(
-    config: &RnnConfig,
-    n: usize,
-    upc: usize,
-    opc: usize,
-    bt: usize,
-    weights_in_smem: bool,
-) -> usize {
+fn recurrence_smem(config: &RnnConfig, split: &Split, bt: usize, blocking: Blocking) -> usize {
+    let Split { n, upc, opc, in_smem } = *split;
     let (g, h, ho) = (config.gates(), config.hidden_size, config.output_size());
-    let weights = if weights_in_smem {
-        g * upc * (ho + 1) + opc * (h + 1)
+    let weights = if in_smem {
+        g * upc * blocking.weight_stride(ho) + opc * blocking.weight_stride(h)
     } else {
         0
     };
@@ -125,11 +198,13 @@ fn recurrence_smem(
 /// `RNN_MAX_THREADS` in params.h: the kernels' `__launch_bounds__`.
 pub const MAX_THREADS: usize = 512;
 
-fn recurrence_threads(upc: usize, opc: usize, bt: usize, limits: &DeviceLimits) -> usize {
-    let pairs = upc.max(opc) * bt;
-    pairs
+/// One thread per lane of each (row block, unit) item, up to MAX_THREADS
+/// (more items loop); whole warps, because the kernel's shuffles need them.
+fn recurrence_threads(split: &Split, bt: usize, blocking: Blocking) -> usize {
+    let items = split.upc.max(split.opc) * bt.div_ceil(blocking.rows_per_thread);
+    (items * blocking.k_lanes)
         .next_multiple_of(32)
-        .clamp(64, MAX_THREADS.min(limits.max_threads_per_block))
+        .clamp(64, MAX_THREADS)
 }
 
 /// How to split a recurrence: the planner's choice, or one forced (to
@@ -200,6 +275,7 @@ pub fn plan_pass(
 }
 
 /// `n` CTAs per group, each with `upc` units and `opc` projected outputs.
+#[derive(Clone, Copy)]
 struct Split {
     n: usize,
     upc: usize,
@@ -222,11 +298,21 @@ fn fit_batch(
     let dirs = config.num_directions();
     let mut fallback = None;
     for bt in 1..=batch {
-        let smem = pass.smem(config, n, upc, opc, bt, in_smem);
+        let blocking = match pass {
+            // Phase 1's products are HO long, the second phase's H: the shorter decides.
+            Pass::Forward => Blocking::choose(
+                upc.max(opc),
+                bt,
+                config.output_size().min(config.hidden_size),
+                in_smem,
+            ),
+            Pass::Backward => Blocking::NONE,
+        };
+        let smem = pass.smem(config, &split, bt, blocking);
         if smem > limits.max_smem_per_block {
             break;
         }
-        let threads = recurrence_threads(upc, opc, bt, limits);
+        let threads = recurrence_threads(&split, bt, blocking).min(limits.max_threads_per_block);
         let tiles = batch.div_ceil(bt);
         let plan = RecurrencePlan {
             kernel,
@@ -236,6 +322,7 @@ fn fit_batch(
             batch_tile: bt,
             tiles,
             weights_in_smem: in_smem,
+            blocking,
             threads,
             smem_bytes: smem,
         };
@@ -521,6 +608,10 @@ pub(crate) fn forward_layer_launches(
             outputs_per_cta: plan.outputs_per_cta as i32,
             batch_tile: plan.batch_tile as i32,
             weights_in_smem: i32::from(plan.weights_in_smem),
+            k_lanes: plan.blocking.k_lanes as i32,
+            rows_per_thread: plan.blocking.rows_per_thread as i32,
+            w_stride: plan.blocking.weight_stride(ho) as i32,
+            w2_stride: plan.blocking.weight_stride(h) as i32,
         }),
     });
     Ok([projection, zero_barriers, recurrence])
