@@ -521,9 +521,11 @@ pub struct LayerLaunch {
     pub reserve: u64,
 }
 
-/// One layer's launches: the input projection, zeroing the barriers, the
-/// recurrence. Initial and final states, lengths and weights come from
-/// `buffers` (the layer's slices are found here).
+/// One layer's launches: the input projection, zeroing the barriers (only
+/// groups of several CTAs use them: one fewer stream operation per layer for
+/// the latency-bound shapes), the recurrence. Initial and final states,
+/// lengths and weights come from `buffers` (the layer's slices are found
+/// here).
 pub(crate) fn forward_layer_launches(
     config: &RnnConfig,
     plan: &RecurrencePlan,
@@ -532,7 +534,7 @@ pub(crate) fn forward_layer_launches(
     batch: usize,
     layer: &LayerLaunch,
     buffers: &ForwardBuffers,
-) -> Result<[Step; 3]> {
+) -> Result<Vec<Step>> {
     let word = |base: u64, offset: usize| base + 4 * offset as u64;
     let at = |base: u64, offset: usize| if base == 0 { 0 } else { word(base, offset) };
     let (dirs, h, ho, g) = (
@@ -570,11 +572,11 @@ pub(crate) fn forward_layer_launches(
             x_batch_first: i32::from(layer.x_batch_first),
         }),
     });
-    let zero_barriers = Step::FillWords {
+    let zero_barriers = plan.cooperative().then_some(Step::FillWords {
         addr: layer.barrier,
         count: plan.groups(config),
         value: 0,
-    };
+    });
     let state = l * dirs * batch;
     let recurrence = Step::Launch(Launch {
         kernel: plan.kernel,
@@ -614,5 +616,8 @@ pub(crate) fn forward_layer_launches(
             w2_stride: plan.blocking.weight_stride(h) as i32,
         }),
     });
-    Ok([projection, zero_barriers, recurrence])
+    Ok([Some(projection), zero_barriers, Some(recurrence)]
+        .into_iter()
+        .flatten()
+        .collect())
 }

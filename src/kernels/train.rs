@@ -339,11 +339,13 @@ pub fn backward_steps(
         let offsets = weights.layers[l];
         let state = l * dirs * batch;
         let in_width = config.layer_input_size(l);
-        steps.push(Step::FillWords {
-            addr: ws(layout.backward_barrier),
-            count: plan.groups(config),
-            value: 0,
-        });
+        if plan.cooperative() {
+            steps.push(Step::FillWords {
+                addr: ws(layout.backward_barrier),
+                count: plan.groups(config),
+                value: 0,
+            });
+        }
         let params = RecurrenceBackwardParams {
             w_hh: w(offsets.w_hh),
             w_hr: offsets.w_hr.map_or(0, w),
