@@ -9,12 +9,18 @@
 //! medians are written to `$BENCH_JSON_DIR/rnn_kernels.json` as records
 //! `{shape, mode, dtype, variant, median_us, p10_us, p90_us, reps}`, the
 //! format `torch_anchor.py` writes for PyTorch/cuDNN, so the two line up.
+//!
+//! `RNN_BENCH_BLOCKING=K,R` forces the forward recurrence's blocking (K
+//! lanes per dot product, R batch rows per thread) instead of the planner's,
+//! to measure one against the other; its records are the variant
+//! `rnn_kernels_blocking_KxR`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
 use rnn_kernels::cpu::GradOutputs;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceGradOutputs, DeviceGradients, DeviceInput, DeviceOutput};
+use rnn_kernels::kernels::Blocking;
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{cpu, CellKind, ForwardInput, RnnConfig, State, Tensor, Weights};
 use serde_json::{json, Value};
@@ -191,6 +197,24 @@ fn cpu_forward(c: &mut Criterion) {
     }
 }
 
+/// The GPU variant's name, and the blocking `RNN_BENCH_BLOCKING` forces.
+fn gpu_variant() -> (&'static str, Option<Blocking>) {
+    let Ok(spec) = std::env::var("RNN_BENCH_BLOCKING") else {
+        return ("rnn_kernels", None);
+    };
+    let parse = |part: Option<&str>| part.and_then(|v| v.trim().parse::<usize>().ok());
+    let mut parts = spec.split(',');
+    let (Some(k_lanes), Some(rows_per_thread)) = (parse(parts.next()), parse(parts.next())) else {
+        panic!("RNN_BENCH_BLOCKING={spec}: expected K,R (lanes per product, rows per thread)");
+    };
+    let name = format!("rnn_kernels_blocking_{k_lanes}x{rows_per_thread}");
+    let blocking = Blocking {
+        k_lanes,
+        rows_per_thread,
+    };
+    (Box::leak(name.into_boxed_str()), Some(blocking))
+}
+
 /// The CUDA path on every shape, through the device API (no copies).
 fn gpu_forward(c: &mut Criterion) {
     let device = match CudaDevice::new(0) {
@@ -198,12 +222,20 @@ fn gpu_forward(c: &mut Criterion) {
         Err(e) => return eprintln!("GPU benches skipped: {e}"),
     };
     eprintln!("GPU: {} ({:?})", device.name(), device.limits());
+    let (variant, blocking) = gpu_variant();
     for shape in load_shapes() {
         let cfg = shape.config.clone();
         let weights = Weights::<f32>::random(cfg.clone(), 1).unwrap();
         let mut model = CudaRnn::new(&device, &weights).unwrap();
+        model.set_blocking(blocking);
         let stream = model.stream().clone();
-        eprintln!("{}: {:?}", shape.name, model.plan(shape.batch).unwrap());
+        match model.plan(shape.batch) {
+            Ok(plan) => eprintln!("{}: {plan:?}", shape.name),
+            Err(e) => {
+                eprintln!("{}: skipped: {e}", shape.name);
+                continue;
+            }
+        }
         let mut rng = SplitMix64::new(2);
         let (t, b) = (shape.seq_len, shape.batch);
         let input = stream
@@ -233,7 +265,7 @@ fn gpu_forward(c: &mut Criterion) {
             Duration::from_secs_f64(f64::from(start.elapsed_ms(&end).unwrap()) / 1e3)
         };
         if shape.step {
-            bench(c, &shape, "infer", "rnn_kernels", || {
+            bench(c, &shape, "infer", variant, || {
                 timed(&mut || {
                     model
                         .step_device(&input, b, &mut h, c_state.as_mut(), &mut output)
@@ -241,7 +273,7 @@ fn gpu_forward(c: &mut Criterion) {
                 })
             });
         } else {
-            bench(c, &shape, "infer", "rnn_kernels", || {
+            bench(c, &shape, "infer", variant, || {
                 timed(&mut || {
                     let args = DeviceInput {
                         input: &input,
@@ -268,10 +300,16 @@ fn gpu_forward(c: &mut Criterion) {
 /// `output.sum()`'s gradient, as torch_anchor.py's train mode does.
 fn gpu_train(c: &mut Criterion) {
     let Ok(device) = CudaDevice::new(0) else { return };
+    let (variant, blocking) = gpu_variant();
     for shape in load_shapes().into_iter().filter(|s| !s.step) {
         let cfg = shape.config.clone();
         let weights = Weights::<f32>::random(cfg.clone(), 1).unwrap();
         let mut model = CudaRnn::new(&device, &weights).unwrap();
+        model.set_blocking(blocking);
+        if let Err(e) = model.plan(shape.batch) {
+            eprintln!("{}: skipped: {e}", shape.name);
+            continue;
+        }
         let stream = model.stream().clone();
         let (t, b) = (shape.seq_len, shape.batch);
         let mut rng = SplitMix64::new(3);
@@ -304,7 +342,7 @@ fn gpu_train(c: &mut Criterion) {
         let context = device.context().clone();
         let event = || context.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
         let (start, end) = (event(), event());
-        bench(c, &shape, "train", "rnn_kernels", || {
+        bench(c, &shape, "train", variant, || {
             let args = DeviceInput {
                 input: &input,
                 seq_len: t,

@@ -8,7 +8,7 @@ mod common;
 use common::{assert_close, gpu, random_tensor, varied_configs};
 use cudarc::driver::CudaSlice;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceInput, DeviceOutput};
-use rnn_kernels::kernels::Strategy;
+use rnn_kernels::kernels::{Blocking, Strategy};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::sequence::{c_shape, h_shape};
 use rnn_kernels::{cpu, ForwardInput, ForwardOutput, RnnConfig, State, Tensor, Weights};
@@ -217,6 +217,16 @@ fn every_split_strategy_gives_the_same_answer() {
         m.set_strategy(strategy);
         let plan = m.plan(9).unwrap();
         case.check(&format!("{strategy:?} {plan:?}"), &case.run(&mut m), 2e-5);
+    }
+    // Every way of sharing the dot products, on the planner's split.
+    for (k_lanes, rows_per_thread) in [(1, 1), (2, 4), (8, 2), (32, 4)] {
+        let mut m = model(&device, &case);
+        m.set_blocking(Some(Blocking {
+            k_lanes,
+            rows_per_thread,
+        }));
+        let plan = m.plan(9).unwrap();
+        case.check(&format!("{plan:?}"), &case.run(&mut m), 2e-5);
     }
 }
 

@@ -50,13 +50,15 @@ fn plans(config: &RnnConfig, batch: usize) -> Vec<RecurrencePlan> {
             tiles: 1,
             ..*plan
         };
-        whole_batch.with_blocking(
-            config,
-            Blocking {
-                k_lanes,
-                rows_per_thread,
-            },
-        )
+        whole_batch
+            .with_blocking(
+                config,
+                Blocking {
+                    k_lanes,
+                    rows_per_thread,
+                },
+            )
+            .unwrap()
     };
     let (auto, split, off_chip) = (plans[0], plans[2], plans[4]);
     plans.extend([
@@ -283,6 +285,24 @@ fn padded_weight_rows_keep_a_warp_on_distinct_banks() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn blockings_the_kernel_cannot_run_are_errors() {
+    let config = RnnConfig::lstm(3, 20);
+    let plan = plan_recurrence(&config, 5, &LIMITS, &occupancy, Strategy::Auto).unwrap();
+    for (k_lanes, rows_per_thread) in [(3, 1), (64, 1), (0, 1), (4, 3), (4, 8), (1, 0)] {
+        let err = plan
+            .with_blocking(
+                &config,
+                Blocking {
+                    k_lanes,
+                    rows_per_thread,
+                },
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("k_lanes must be"), "{err}");
     }
 }
 

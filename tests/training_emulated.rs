@@ -104,7 +104,7 @@ fn check(config: &RnnConfig, seq_len: usize, lengths: &[usize], dropout_seed: Op
                 k_lanes: 8,
                 rows_per_thread: 2,
             };
-            forward = whole_batch.with_blocking(config, blocking);
+            forward = whole_batch.with_blocking(config, blocking).unwrap();
         }
         let backward = plan_pass(Pass::Backward, config, batch, &LIMITS, &occupancy, strategy).unwrap();
         let tl = TrainingLayout::new(config, &forward, &backward, seq_len, batch, dropout.is_some());

@@ -8,7 +8,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernels::plan::{KernelParams, Step, WorkspaceLayout};
 use crate::kernels::{
-    forward_steps, plan_recurrence, ForwardBuffers, RecurrencePlan, Strategy, WeightLayout,
+    forward_steps, plan_recurrence, Blocking, ForwardBuffers, RecurrencePlan, Strategy, WeightLayout,
 };
 use crate::sequence::{self, ForwardInput, ForwardOutput, SequenceDims, State};
 use crate::tensor::Tensor;
@@ -91,6 +91,7 @@ pub struct CudaRnn {
     pub(super) workspace: Option<CudaSlice<f32>>,
     plans: HashMap<usize, RecurrencePlan>,
     pub(super) strategy: Strategy,
+    blocking: Option<Blocking>,
 }
 
 impl CudaRnn {
@@ -111,6 +112,7 @@ impl CudaRnn {
             workspace: None,
             plans: HashMap::new(),
             strategy: Strategy::Auto,
+            blocking: None,
         })
     }
 
@@ -149,6 +151,13 @@ impl CudaRnn {
         self.plans.clear();
     }
 
+    /// Forces how the forward recurrence's threads share their dot
+    /// products (for tuning and comparisons); `None`: the planner's choice.
+    pub fn set_blocking(&mut self, blocking: Option<Blocking>) {
+        self.blocking = blocking;
+        self.plans.clear();
+    }
+
     /// The split the recurrence uses for `batch` rows.
     pub fn plan(&mut self, batch: usize) -> Result<RecurrencePlan> {
         if let Some(plan) = self.plans.get(&batch) {
@@ -157,7 +166,19 @@ impl CudaRnn {
         let device = &self.device;
         let occupancy =
             |kernel: &'static str, threads: usize, smem: usize| device.occupancy(kernel, threads, smem);
-        let plan = plan_recurrence(&self.config, batch, device.limits(), &occupancy, self.strategy)?;
+        let mut plan = plan_recurrence(&self.config, batch, device.limits(), &occupancy, self.strategy)?;
+        if let Some(blocking) = self.blocking {
+            plan = plan.with_blocking(&self.config, blocking)?;
+            let resident = device.limits().sm_count * occupancy(plan.kernel, plan.threads, plan.smem_bytes);
+            let groups = plan.groups(&self.config) * plan.ctas_per_group;
+            if plan.smem_bytes > device.limits().max_smem_per_block
+                || (plan.cooperative() && groups > resident)
+            {
+                return Err(Error::Unsupported(format!(
+                    "{blocking:?} does not fit this device with {plan:?}"
+                )));
+            }
+        }
         self.plans.insert(batch, plan);
         Ok(plan)
     }

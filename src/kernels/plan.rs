@@ -160,19 +160,32 @@ impl RecurrencePlan {
     /// This forward plan with another blocking (to compare blockings on a
     /// GPU, and to run each kernel path in emulation); threads and shared
     /// memory follow. The caller checks that it still fits the device.
-    pub fn with_blocking(&self, config: &RnnConfig, blocking: Blocking) -> RecurrencePlan {
+    pub fn with_blocking(&self, config: &RnnConfig, blocking: Blocking) -> Result<RecurrencePlan> {
+        let Blocking {
+            k_lanes,
+            rows_per_thread,
+        } = blocking;
+        // The kernel's shuffles and row cases (recurrence.cu) know no others.
+        if !(k_lanes.is_power_of_two()
+            && k_lanes <= 32
+            && [1, 2, MAX_ROWS_PER_THREAD].contains(&rows_per_thread))
+        {
+            return Err(Error::Config(format!(
+                "{blocking:?}: k_lanes must be 1, 2, 4, 8, 16 or 32 and rows_per_thread 1, 2 or {MAX_ROWS_PER_THREAD}"
+            )));
+        }
         let split = Split {
             n: self.ctas_per_group,
             upc: self.units_per_cta,
             opc: self.outputs_per_cta,
             in_smem: self.weights_in_smem,
         };
-        RecurrencePlan {
+        Ok(RecurrencePlan {
             blocking,
             threads: recurrence_threads(&split, self.batch_tile, blocking),
             smem_bytes: Pass::Forward.smem(config, &split, self.batch_tile, blocking),
             ..*self
-        }
+        })
     }
 }
 
