@@ -470,7 +470,22 @@ pub enum Step {
     Launch(Launch),
 }
 
-fn to_i32(what: &str, value: usize) -> Result<i32> {
+/// The address `offset` 4-byte words past `base`.
+pub(crate) fn word(base: u64, offset: usize) -> u64 {
+    base + 4 * offset as u64
+}
+
+/// [`word`] of an optional buffer: null (0) stays null.
+pub(crate) fn optional_word(base: u64, offset: usize) -> u64 {
+    if base == 0 {
+        0
+    } else {
+        word(base, offset)
+    }
+}
+
+/// A size as the kernels' `int`, or an error naming it.
+pub(crate) fn to_i32(what: &str, value: usize) -> Result<i32> {
     i32::try_from(value)
         .map_err(|_| Error::Unsupported(format!("{what} = {value} exceeds what the kernels index")))
 }
@@ -486,7 +501,7 @@ pub fn forward_steps(
     buffers: &ForwardBuffers,
 ) -> Result<Vec<Step>> {
     let ws = WorkspaceLayout::new(config, plan, seq_len, batch);
-    let word = |offset: usize| buffers.workspace + 4 * offset as u64;
+    let ws_word = |offset: usize| word(buffers.workspace, offset);
     let mut steps = Vec::new();
     for l in 0..config.num_layers {
         let last = l + 1 == config.num_layers;
@@ -495,18 +510,18 @@ pub fn forward_steps(
             x: if l == 0 {
                 buffers.input
             } else {
-                word(ws.layer_outputs[(l - 1) % 2])
+                ws_word(ws.layer_outputs[(l - 1) % 2])
             },
             x_batch_first: l == 0 && config.batch_first,
             y: if last {
                 buffers.output
             } else {
-                word(ws.layer_outputs[l % 2])
+                ws_word(ws.layer_outputs[l % 2])
             },
             y_batch_first: last && config.batch_first,
-            projection: word(ws.projection),
-            exchange: word(ws.exchange),
-            barrier: word(ws.barrier),
+            projection: ws_word(ws.projection),
+            exchange: ws_word(ws.exchange),
+            barrier: ws_word(ws.barrier),
             reserve: 0,
         };
         steps.extend(forward_layer_launches(
@@ -548,8 +563,6 @@ pub(crate) fn forward_layer_launches(
     layer: &LayerLaunch,
     buffers: &ForwardBuffers,
 ) -> Result<Vec<Step>> {
-    let word = |base: u64, offset: usize| base + 4 * offset as u64;
-    let at = |base: u64, offset: usize| if base == 0 { 0 } else { word(base, offset) };
     let (dirs, h, ho, g) = (
         config.num_directions(),
         config.hidden_size,
@@ -602,12 +615,12 @@ pub(crate) fn forward_layer_launches(
             w_hh: word(buffers.weights, offsets.w_hh),
             b_hh: offsets.b_hh.map_or(0, |o| word(buffers.weights, o)),
             w_hr: offsets.w_hr.map_or(0, |o| word(buffers.weights, o)),
-            h0: at(buffers.h0, state * ho),
-            c0: at(buffers.c0, state * h),
+            h0: optional_word(buffers.h0, state * ho),
+            c0: optional_word(buffers.c0, state * h),
             lengths: buffers.lengths,
             y: layer.y,
             h_n: word(buffers.h_n, state * ho),
-            c_n: at(buffers.c_n, state * h),
+            c_n: optional_word(buffers.c_n, state * h),
             exchange: layer.exchange,
             barrier: layer.barrier,
             reserve: layer.reserve,

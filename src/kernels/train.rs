@@ -17,7 +17,8 @@ use super::params::{
     PermuteParams, RecurrenceBackwardParams,
 };
 use super::plan::{
-    forward_layer_launches, ForwardBuffers, KernelParams, Launch, LayerLaunch, RecurrencePlan, Step,
+    forward_layer_launches, optional_word, to_i32, word, ForwardBuffers, KernelParams, Launch, LayerLaunch,
+    RecurrencePlan, Step,
 };
 use crate::config::{CellKind, RnnConfig};
 use crate::dropout::Dropout;
@@ -142,18 +143,6 @@ pub struct TrainingBuffers {
     pub workspace: u64,
 }
 
-fn word(base: u64, offset: usize) -> u64 {
-    base + 4 * offset as u64
-}
-
-fn opt(base: u64, offset: usize) -> u64 {
-    if base == 0 {
-        0
-    } else {
-        word(base, offset)
-    }
-}
-
 fn elementwise(kernel: &'static str, count: usize, params: KernelParams) -> Step {
     Step::Launch(Launch {
         kernel,
@@ -198,11 +187,6 @@ fn gemm(p: GemmParams) -> Result<Step> {
         cooperative: false,
         params: KernelParams::Gemm(p),
     }))
-}
-
-fn to_i32(what: &str, value: usize) -> Result<i32> {
-    i32::try_from(value)
-        .map_err(|_| Error::Unsupported(format!("{what} = {value} exceeds what the kernels index")))
 }
 
 /// The forward pass of training. `dropout` applies between layers.
@@ -351,17 +335,17 @@ pub fn backward_steps(
             w_hr: offsets.w_hr.map_or(0, w),
             reserve: rs(layout.gates[l]),
             y: rs(layout.outputs[l]),
-            h0: opt(b.h0, state * ho),
-            c0: opt(b.c0, state * h),
+            h0: optional_word(b.h0, state * ho),
+            c0: optional_word(b.c0, state * h),
             lengths: b.lengths,
             dy,
-            dh_n: opt(b.grad_h_n, state * ho),
-            dc_n: opt(b.grad_c_n, state * h),
+            dh_n: optional_word(b.grad_h_n, state * ho),
+            dc_n: optional_word(b.grad_c_n, state * h),
             d_gi: ws(layout.d_gi),
             d_gh: ws(layout.d_gh),
             d_h: if config.proj_size > 0 { ws(layout.d_h) } else { 0 },
             dh0: word(b.grad_h0, state * ho),
-            dc0: opt(b.grad_c0, state * h),
+            dc0: optional_word(b.grad_c0, state * h),
             exchange: ws(layout.backward_exchange),
             barrier: ws(layout.backward_barrier),
             seq_len: to_i32("T", seq_len)?,
@@ -439,7 +423,7 @@ pub fn backward_steps(
         let gather = |what: Gather, out: u64| {
             let params = GatherParams {
                 y: rs(layout.outputs[l]),
-                h0: opt(b.h0, state * ho),
+                h0: optional_word(b.h0, state * ho),
                 reserve: rs(layout.gates[l]),
                 lengths: b.lengths,
                 out,
