@@ -58,3 +58,54 @@ __device__ __forceinline__ void rnn_group_barrier(unsigned int* counter, unsigne
     }
     __syncthreads();
 }
+
+// The SGEMM core of the input projection and of training's products: one
+// 64×64 tile of outputs per block of RNN_GEMM_THREADS threads, each thread a
+// 4×4 block summed in k order (deterministic; no tensor cores: f32 means
+// f32), both operands staged k-major in dynamic shared memory of
+// 2 · RNN_GEMM_TILE_K · (RNN_GEMM_TILE + RNN_GEMM_PAD) floats (plan.rs:
+// gemm_launch). Grid (ceil(N / 64), ceil(M / 64)). a(m, k) and b(n, k) are
+// called only in range; store(m, n, sum) gets each output in range.
+#define RNN_GEMM_TILE 64
+#define RNN_GEMM_TILE_K 16
+#define RNN_GEMM_PAD 4
+#define RNN_GEMM_THREADS 256
+
+template <typename LoadA, typename LoadB, typename Store>
+__device__ __forceinline__ void rnn_gemm_tile(int M, int N, int K, LoadA&& a, LoadB&& b, Store&& store) {
+    RNN_DYNAMIC_SMEM(float, smem);
+    const int stride = RNN_GEMM_TILE + RNN_GEMM_PAD;
+    float* as = smem;                              // [TILE_K][stride]: A tile, k-major
+    float* bs = smem + RNN_GEMM_TILE_K * stride;   // [TILE_K][stride]: B tile, k-major
+    const int m0 = blockIdx.y * RNN_GEMM_TILE, n0 = blockIdx.x * RNN_GEMM_TILE;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    float acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += RNN_GEMM_TILE_K) {
+        // Consecutive threads take consecutive k of one row.
+        for (int i = threadIdx.x; i < RNN_GEMM_TILE * RNN_GEMM_TILE_K; i += RNN_GEMM_THREADS) {
+            const int r = i / RNN_GEMM_TILE_K, kk = i % RNN_GEMM_TILE_K, k = k0 + kk;
+            const int m = m0 + r, n = n0 + r;
+            as[kk * stride + r] = (m < M && k < K) ? a(m, k) : 0.0f;
+            bs[kk * stride + r] = (n < N && k < K) ? b(n, k) : 0.0f;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < RNN_GEMM_TILE_K; ++kk) {
+            float av[4], bv[4];
+            for (int i = 0; i < 4; ++i) av[i] = as[kk * stride + ty * 4 + i];
+            for (int j = 0; j < 4; ++j) bv[j] = bs[kk * stride + tx * 4 + j];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 4; ++i) {
+        const int m = m0 + ty * 4 + i;
+        if (m >= M) continue;
+        for (int j = 0; j < 4; ++j) {
+            const int n = n0 + tx * 4 + j;
+            if (n < N) store(m, n, acc[i][j]);
+        }
+    }
+}

@@ -4,50 +4,18 @@
 
 #include "common.cuh"
 
-#define GEMM_TILE 64
-#define GEMM_TILE_K 16
-#define GEMM_PAD 4
-
-// grid (ceil(N / 64), ceil(M / 64)), block 256, dynamic smem
-// 2 · 16 · (64 + 4) floats. Loads follow the strides, so transposed operands
-// are read uncoalesced: these products run once per layer, not per step.
+// C (+)= A·B with A and B addressed by strides, launched as rnn_gemm_tile
+// says (common.cuh). Transposed operands are read uncoalesced: these
+// products run once per layer, not per step.
 RNN_KERNEL(rnn_gemm_f32, GemmParams) {
-    RNN_DYNAMIC_SMEM(float, smem);
-    const int stride = GEMM_TILE + GEMM_PAD;
-    float* as = smem;                           // [TILE_K][stride]
-    float* bs = smem + GEMM_TILE_K * stride;    // [TILE_K][stride]
-    const int m0 = blockIdx.y * GEMM_TILE, n0 = blockIdx.x * GEMM_TILE;
-    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-    float acc[4][4];
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-    for (int k0 = 0; k0 < p.k; k0 += GEMM_TILE_K) {
-        for (int i = threadIdx.x; i < GEMM_TILE * GEMM_TILE_K; i += 256) {
-            const int r = i / GEMM_TILE_K, kk = i % GEMM_TILE_K, k = k0 + kk;
-            const int m = m0 + r, n = n0 + r;
-            as[kk * stride + r] = (m < p.m && k < p.k) ? p.a[m * p.a_m + k * p.a_k] : 0.0f;
-            bs[kk * stride + r] = (n < p.n && k < p.k) ? p.b[k * p.b_k + n * p.b_n] : 0.0f;
-        }
-        __syncthreads();
-        for (int kk = 0; kk < GEMM_TILE_K; ++kk) {
-            float a[4], b[4];
-            for (int i = 0; i < 4; ++i) a[i] = as[kk * stride + ty * 4 + i];
-            for (int j = 0; j < 4; ++j) b[j] = bs[kk * stride + tx * 4 + j];
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
-        __syncthreads();
-    }
-    for (int i = 0; i < 4; ++i) {
-        const int m = m0 + ty * 4 + i;
-        if (m >= p.m) continue;
-        for (int j = 0; j < 4; ++j) {
-            const int n = n0 + tx * 4 + j;
-            if (n >= p.n) continue;
+    rnn_gemm_tile(
+        p.m, p.n, p.k,
+        [&](int m, int k) { return p.a[m * p.a_m + k * p.a_k]; },
+        [&](int n, int k) { return p.b[k * p.b_k + n * p.b_n]; },
+        [&](int m, int n, float sum) {
             float* c = p.c + m * p.c_m + n;
-            *c = p.accumulate ? *c + acc[i][j] : acc[i][j];
-        }
-    }
+            *c = p.accumulate ? *c + sum : sum;
+        });
 }
 
 // grid-stride over T*B*D*width elements (width HO for H_PREV, else H).

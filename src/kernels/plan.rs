@@ -70,9 +70,32 @@ impl Pass {
 }
 
 pub const PROJECTION_KERNEL: &str = "rnn_input_projection_f32";
-const PROJECTION_TILE: usize = 64;
-const PROJECTION_THREADS: u32 = 256;
-const PROJECTION_SMEM: u32 = 2 * 16 * (64 + 4) * 4;
+
+/// A launch of a kernel built on `rnn_gemm_tile` (common.cuh): a block of
+/// 256 threads per 64×64 tile of the `rows × cols` output, with that
+/// function's shared memory (2 · 16 · (64 + 4) floats).
+pub(crate) fn gemm_launch(
+    kernel: &'static str,
+    rows: usize,
+    cols: usize,
+    params: KernelParams,
+) -> Result<Step> {
+    const TILE: usize = 64;
+    let row_tiles = rows.div_ceil(TILE);
+    if row_tiles > 65_535 {
+        return Err(Error::Unsupported(format!(
+            "{kernel}: a product of {rows} rows exceeds one launch"
+        )));
+    }
+    Ok(Step::Launch(Launch {
+        kernel,
+        grid: [cols.div_ceil(TILE).max(1) as u32, row_tiles.max(1) as u32, 1],
+        block: 256,
+        smem_bytes: 2 * 16 * (TILE as u32 + 4) * 4,
+        cooperative: false,
+        params,
+    }))
+}
 
 /// `RNN_MAX_ROWS_PER_THREAD` in params.h.
 pub const MAX_ROWS_PER_THREAD: usize = 4;
@@ -571,21 +594,13 @@ pub(crate) fn forward_layer_launches(
     );
     let rows = seq_len * batch;
     let cols = dirs * g * h;
-    let row_tiles = rows.div_ceil(PROJECTION_TILE);
-    if row_tiles > 65_535 {
-        return Err(Error::Unsupported(format!(
-            "T*B = {rows} rows exceed one projection launch"
-        )));
-    }
     let l = layer.layer;
     let offsets = weights.layers[l];
-    let projection = Step::Launch(Launch {
-        kernel: PROJECTION_KERNEL,
-        grid: [cols.div_ceil(PROJECTION_TILE) as u32, row_tiles as u32, 1],
-        block: PROJECTION_THREADS,
-        smem_bytes: PROJECTION_SMEM,
-        cooperative: false,
-        params: KernelParams::Projection(ProjectionParams {
+    let projection = gemm_launch(
+        PROJECTION_KERNEL,
+        rows,
+        cols,
+        KernelParams::Projection(ProjectionParams {
             x: layer.x,
             w: word(buffers.weights, offsets.w_ih),
             bias: offsets.b_ih.map_or(0, |o| word(buffers.weights, o)),
@@ -597,7 +612,7 @@ pub(crate) fn forward_layer_launches(
             batch: to_i32("B", batch)?,
             x_batch_first: i32::from(layer.x_batch_first),
         }),
-    });
+    )?;
     let zero_barriers = plan.cooperative().then_some(Step::FillWords {
         addr: layer.barrier,
         count: plan.groups(config),

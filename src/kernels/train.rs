@@ -17,12 +17,12 @@ use super::params::{
     PermuteParams, RecurrenceBackwardParams,
 };
 use super::plan::{
-    forward_layer_launches, optional_word, to_i32, word, ForwardBuffers, KernelParams, Launch, LayerLaunch,
-    RecurrencePlan, Step,
+    forward_layer_launches, gemm_launch, optional_word, to_i32, word, ForwardBuffers, KernelParams, Launch,
+    LayerLaunch, RecurrencePlan, Step,
 };
 use crate::config::{CellKind, RnnConfig};
 use crate::dropout::Dropout;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Where everything of a training step lives: the reserve (kept from the
 /// forward for the backward) and the workspace, in 4-byte words.
@@ -168,25 +168,7 @@ fn permute(src: u64, dst: u64, a: usize, b: usize, width: usize) -> Step {
 
 /// `C(m, n) = Σ_k A(m, k) B(k, n)` with the strides of [`GemmParams`].
 fn gemm(p: GemmParams) -> Result<Step> {
-    let row_tiles = (p.m as usize).div_ceil(64);
-    if row_tiles > 65_535 {
-        return Err(Error::Unsupported(format!(
-            "a product of {} rows exceeds one launch",
-            p.m
-        )));
-    }
-    Ok(Step::Launch(Launch {
-        kernel: "rnn_gemm_f32",
-        grid: [
-            (p.n as usize).div_ceil(64).max(1) as u32,
-            row_tiles.max(1) as u32,
-            1,
-        ],
-        block: 256,
-        smem_bytes: 2 * 16 * (64 + 4) * 4,
-        cooperative: false,
-        params: KernelParams::Gemm(p),
-    }))
+    gemm_launch("rnn_gemm_f32", p.m as usize, p.n as usize, KernelParams::Gemm(p))
 }
 
 /// The forward pass of training. `dropout` applies between layers.
