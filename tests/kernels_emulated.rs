@@ -10,7 +10,9 @@
 
 mod common;
 
-use common::{assert_close, random_tensor, varied_configs};
+use common::{
+    assert_close, emulated_occupancy as occupancy, random_tensor, varied_configs, EMULATED_LIMITS as LIMITS,
+};
 use rnn_kernels::kernels::plan::WorkspaceLayout;
 use rnn_kernels::kernels::{
     forward_steps, plan_recurrence, Blocking, DeviceLimits, ForwardBuffers, RecurrencePlan, Strategy,
@@ -19,18 +21,8 @@ use rnn_kernels::kernels::{
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{cpu, ForwardInput, RnnConfig, State, Tensor, Weights};
 
-/// A small device (the occupancy rule of thumb stands in for the driver's
-/// query), and the strategies that between them take every kernel path.
-const LIMITS: DeviceLimits = DeviceLimits {
-    sm_count: 16,
-    max_smem_per_block: 48 << 10,
-    max_threads_per_block: 1024,
-};
-
-fn occupancy(_: &'static str, threads: usize, smem: usize) -> usize {
-    (2048 / threads).min((96 << 10) / smem.max(1)).min(32)
-}
-
+/// The strategies (and blockings) that between them take every kernel path
+/// on the emulated device.
 fn plans(config: &RnnConfig, batch: usize) -> Vec<RecurrencePlan> {
     let strategies = [
         Strategy::Auto,

@@ -6,24 +6,17 @@
 
 mod common;
 
-use common::{assert_close, random_tensor, run_emulated, varied_configs};
+use common::{
+    assert_close, emulated_occupancy as occupancy, random_tensor, run_emulated, varied_configs,
+    EMULATED_LIMITS as LIMITS,
+};
 use rnn_kernels::cpu::{self, GradOutputs};
 use rnn_kernels::dropout::Dropout;
 use rnn_kernels::kernels::train::{backward_steps, forward_train_steps, TrainingBuffers, TrainingLayout};
-use rnn_kernels::kernels::{plan_pass, Blocking, DeviceLimits, Pass, RecurrencePlan, Strategy, WeightLayout};
+use rnn_kernels::kernels::{plan_pass, Blocking, Pass, RecurrencePlan, Strategy, WeightLayout};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::sequence::{c_shape, h_shape};
 use rnn_kernels::{ForwardInput, RnnConfig, Tensor, Weights};
-
-const LIMITS: DeviceLimits = DeviceLimits {
-    sm_count: 16,
-    max_smem_per_block: 48 << 10,
-    max_threads_per_block: 1024,
-};
-
-fn occupancy(_: &'static str, threads: usize, smem: usize) -> usize {
-    (2048 / threads).min((96 << 10) / smem.max(1)).min(32)
-}
 
 fn nan(n: usize) -> Vec<f32> {
     vec![f32::NAN; n]

@@ -177,6 +177,20 @@ pub fn gpu() -> Option<std::sync::Arc<rnn_kernels::cuda::CudaDevice>> {
     }
 }
 
+/// The small device the emulated kernels are planned for: its 48 KiB of
+/// shared memory per block and 16 SMs force every split (one CTA per group,
+/// groups at barriers, W_hh from L2) on small shapes.
+pub const EMULATED_LIMITS: rnn_kernels::kernels::DeviceLimits = rnn_kernels::kernels::DeviceLimits {
+    sm_count: 16,
+    max_smem_per_block: 48 << 10,
+    max_threads_per_block: 1024,
+};
+
+/// A rule of thumb that stands in for the driver's occupancy query there.
+pub fn emulated_occupancy(_: &'static str, threads: usize, smem: usize) -> usize {
+    (2048 / threads).min((96 << 10) / smem.max(1)).min(32)
+}
+
 /// Executes a launch plan on the host SIMT emulation. Every address in it
 /// must point into live host memory the caller owns.
 pub fn run_emulated(steps: &[rnn_kernels::kernels::Step]) {
