@@ -18,11 +18,11 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
-use rnn_kernels::cpu::GradOutputs;
+use rnn_kernels::cuda::launch::Blocking;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceGradOutputs, DeviceGradients, DeviceInput, DeviceOutput};
-use rnn_kernels::kernels::Blocking;
 use rnn_kernels::rng::SplitMix64;
-use rnn_kernels::{cpu, CellKind, ForwardInput, RnnConfig, State, Tensor, Weights};
+use rnn_kernels::GradOutputs;
+use rnn_kernels::{reference, CellKind, ForwardInput, RnnConfig, State, Tensor, Weights};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -172,7 +172,7 @@ fn cpu_forward(c: &mut Criterion) {
             let x = x.unwrap();
             bench(c, &shape, "infer", "cpu_f32", || {
                 let start = Instant::now();
-                cpu::step(&weights, &x, &mut state).unwrap();
+                reference::step(&weights, &x, &mut state).unwrap();
                 start.elapsed()
             });
         } else {
@@ -190,7 +190,7 @@ fn cpu_forward(c: &mut Criterion) {
             };
             bench(c, &shape, "infer", "cpu_f32", || {
                 let start = Instant::now();
-                cpu::forward(&weights, &args).unwrap();
+                reference::forward(&weights, &args).unwrap();
                 start.elapsed()
             });
         }
@@ -406,13 +406,13 @@ fn cpu_train(c: &mut Criterion) {
         let ones = Tensor::full([shape.seq_len, shape.batch, cfg.output_width()], 1.0f32);
         bench(c, &shape, "train", "cpu_f32", || {
             let start = Instant::now();
-            let (_, reserve) = cpu::forward_train(&weights, &args, None).unwrap();
+            let (_, reserve) = reference::forward_train(&weights, &args, None).unwrap();
             let grads = GradOutputs {
                 output: &ones,
                 h_n: None,
                 c_n: None,
             };
-            cpu::backward(&weights, &args, &reserve, &grads).unwrap();
+            reference::backward(&weights, &args, &reserve, &grads).unwrap();
             start.elapsed()
         });
     }

@@ -14,10 +14,10 @@ mod icu;
 
 use clap::Parser;
 use icu::{Backend, DeviceChoice, Head, HIDDEN};
-use rnn_kernels::cpu::GradOutputs;
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::weights::config_metadata;
+use rnn_kernels::GradOutputs;
 use rnn_kernels::{Error, ForwardInput, Result, Tensor, Weights};
 use std::io::Write;
 use std::path::PathBuf;

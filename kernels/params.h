@@ -1,5 +1,5 @@
 // Kernel parameter structs, passed by value as each kernel's one argument.
-// Mirrored field for field by src/kernels/params.rs (#[repr(C)]); both sides
+// Mirrored field for field by src/cuda/launch/params.rs (#[repr(C)]); both sides
 // assert the size, so a change to one that misses the other fails to build.
 #pragma once
 
@@ -10,7 +10,7 @@
 // (MAX_ROWS_PER_THREAD in plan.rs): its accumulators are G × this registers.
 #define RNN_MAX_ROWS_PER_THREAD 4
 
-// Cell kinds, as src/kernels/params.rs numbers them.
+// Cell kinds, as src/cuda/launch/params.rs numbers them.
 #define RNN_CELL_TANH 0
 #define RNN_CELL_RELU 1
 #define RNN_CELL_LSTM 2
@@ -155,13 +155,13 @@ struct DropoutParams {
     int layer, seq_len, batch, width;
 };
 
-static_assert(sizeof(GemmParams) == 80, "mirror of src/kernels/params.rs");
-static_assert(sizeof(GatherParams) == 72, "mirror of src/kernels/params.rs");
-static_assert(sizeof(PermuteParams) == 32, "mirror of src/kernels/params.rs");
-static_assert(sizeof(DropoutParams) == 48, "mirror of src/kernels/params.rs");
-static_assert(sizeof(ProjectionParams) == 56, "mirror of src/kernels/params.rs");
-static_assert(sizeof(RecurrenceParams) == 168, "mirror of src/kernels/params.rs");
-static_assert(sizeof(RecurrenceBackwardParams) == 184, "mirror of src/kernels/params.rs");
+static_assert(sizeof(GemmParams) == 80, "mirror of src/cuda/launch/params.rs");
+static_assert(sizeof(GatherParams) == 72, "mirror of src/cuda/launch/params.rs");
+static_assert(sizeof(PermuteParams) == 32, "mirror of src/cuda/launch/params.rs");
+static_assert(sizeof(DropoutParams) == 48, "mirror of src/cuda/launch/params.rs");
+static_assert(sizeof(ProjectionParams) == 56, "mirror of src/cuda/launch/params.rs");
+static_assert(sizeof(RecurrenceParams) == 168, "mirror of src/cuda/launch/params.rs");
+static_assert(sizeof(RecurrenceBackwardParams) == 184, "mirror of src/cuda/launch/params.rs");
 
 // Floats of exchange workspace per group: h double buffer [2][Bt][HO] plus
 // the second phase's vector [Bt][H].

@@ -37,7 +37,7 @@
 // inputs are the next steps, to be measured on a GPU first.
 //
 // Launch: grid (ctas_per_group, ceil(B / batch_tile), D), any block size
-// (a multiple of 32), dynamic shared memory as src/kernels/plan.rs sizes it,
+// (a multiple of 32), dynamic shared memory as src/cuda/launch/plan.rs sizes it,
 // cooperative whenever ctas_per_group > 1 (the barrier needs the whole group
 // resident). `barrier` must be zero at launch.
 

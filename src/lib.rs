@@ -3,13 +3,13 @@
 //! (in progress) hand-written CUDA kernels checked against it.
 //!
 //! ```
-//! use rnn_kernels::{cpu, ForwardInput, RnnConfig, Tensor, Weights};
+//! use rnn_kernels::{reference, ForwardInput, RnnConfig, Tensor, Weights};
 //!
 //! let config = RnnConfig { num_layers: 2, ..RnnConfig::lstm(6, 64) };
 //! let weights = Weights::<f32>::random(config, 0).unwrap();
 //! let input = Tensor::zeros([48, 32, 6]); // [T, B, I]
 //! let lengths = vec![48; 32];
-//! let out = cpu::forward(&weights, &ForwardInput::new(&input).lengths(&lengths)).unwrap();
+//! let out = reference::forward(&weights, &ForwardInput::new(&input).lengths(&lengths)).unwrap();
 //! assert_eq!(out.output.shape(), &[48, 32, 64]);
 //! assert_eq!(out.h_n.shape(), &[2, 32, 64]);
 //! ```
@@ -20,12 +20,11 @@
 pub struct ReadmeDoctests;
 
 pub mod config;
-pub mod cpu;
 pub mod cuda;
 pub mod dropout;
 pub mod element;
 pub mod error;
-pub mod kernels;
+pub mod reference;
 pub mod rng;
 pub mod sequence;
 pub mod tensor;
@@ -35,7 +34,7 @@ pub mod weights;
 pub use config::{CellKind, RnnConfig};
 pub use element::Element;
 pub use error::{Error, Result};
-pub use sequence::{ForwardInput, ForwardOutput, State};
+pub use sequence::{ForwardInput, ForwardOutput, GradOutputs, Gradients, State};
 pub use tensor::Tensor;
 pub use tensor_file::{StoredDtype, TensorFile};
 pub use weights::Weights;

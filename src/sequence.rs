@@ -7,6 +7,7 @@ use crate::config::RnnConfig;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use crate::weights::Weights;
 
 /// The arguments of a whole-sequence forward call.
 #[derive(Clone, Copy, Debug)]
@@ -236,4 +237,28 @@ fn check_lengths(lengths: &[usize], seq_len: usize, batch: usize) -> Result<()> 
         ));
     }
     Ok(())
+}
+
+/// Gradients of the loss with respect to the forward outputs.
+#[derive(Clone, Copy, Debug)]
+pub struct GradOutputs<'a, T> {
+    /// Shape of `output`; entries at padded positions are ignored.
+    pub output: &'a Tensor<T>,
+    /// Shape of `h_n`; `None` means zeros.
+    pub h_n: Option<&'a Tensor<T>>,
+    /// Shape of `c_n` (LSTM only); `None` means zeros.
+    pub c_n: Option<&'a Tensor<T>>,
+}
+
+/// Gradients of the loss with respect to every input of the forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradients<T> {
+    /// Shape of `input`; zero at padded positions.
+    pub input: Tensor<T>,
+    pub h0: Tensor<T>,
+    /// LSTM only.
+    pub c0: Option<Tensor<T>>,
+    /// Every parameter's gradient, under its PyTorch name, in a `Weights`
+    /// of the same configuration.
+    pub weights: Weights<T>,
 }

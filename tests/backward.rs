@@ -6,9 +6,10 @@
 mod common;
 
 use common::{assert_close, case_files, random_tensor, varied_configs, Case};
-use rnn_kernels::cpu::{self, GradOutputs, Gradients};
+use rnn_kernels::reference;
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{Element, ForwardInput, RnnConfig, State, Tensor, TensorFile, Weights};
+use rnn_kernels::{GradOutputs, Gradients};
 
 /// A fixture's incoming gradients and autograd's answers.
 struct GradCase<T> {
@@ -34,13 +35,13 @@ impl<T: Element> GradCase<T> {
 
     fn run(&self) -> Gradients<T> {
         let args = self.case.args();
-        let (_, reserve) = cpu::forward_train(&self.case.weights, &args, None).unwrap();
+        let (_, reserve) = reference::forward_train(&self.case.weights, &args, None).unwrap();
         let grads = GradOutputs {
             output: &self.grad_output,
             h_n: Some(&self.grad_h_n),
             c_n: self.grad_c_n.as_ref(),
         };
-        cpu::backward(&self.case.weights, &args, &reserve, &grads).unwrap()
+        reference::backward(&self.case.weights, &args, &reserve, &grads).unwrap()
     }
 
     fn check(&self, got: &Gradients<T>, tol: f64) {
@@ -154,7 +155,7 @@ impl Problem {
             h0: Some(&state.h),
             c0: state.c.as_ref(),
         };
-        let (out, _) = cpu::forward_train(weights, &args, self.dropout_seed).unwrap();
+        let (out, _) = reference::forward_train(weights, &args, self.dropout_seed).unwrap();
         let dot =
             |a: &Tensor<f64>, b: &Tensor<f64>| a.data().iter().zip(b.data()).map(|(x, y)| x * y).sum::<f64>();
         dot(&out.output, &self.grad_output)
@@ -167,13 +168,13 @@ impl Problem {
     }
 
     fn gradients(&self) -> Gradients<f64> {
-        let (_, reserve) = cpu::forward_train(&self.weights, &self.args(), self.dropout_seed).unwrap();
+        let (_, reserve) = reference::forward_train(&self.weights, &self.args(), self.dropout_seed).unwrap();
         let grads = GradOutputs {
             output: &self.grad_output,
             h_n: Some(&self.grad_h_n),
             c_n: self.grad_c_n.as_ref(),
         };
-        cpu::backward(&self.weights, &self.args(), &reserve, &grads).unwrap()
+        reference::backward(&self.weights, &self.args(), &reserve, &grads).unwrap()
     }
 }
 
@@ -381,12 +382,12 @@ fn dropout_is_reproducible_scaled_and_off_without_a_seed() {
     let mut rng = SplitMix64::new(2);
     let input: Tensor<f64> = random_tensor(&[6, 5, 4], &mut rng);
     let args = ForwardInput::new(&input);
-    let plain = cpu::forward(&weights, &args).unwrap();
-    let (no_seed, _) = cpu::forward_train(&weights, &args, None).unwrap();
+    let plain = reference::forward(&weights, &args).unwrap();
+    let (no_seed, _) = reference::forward_train(&weights, &args, None).unwrap();
     assert_eq!(no_seed, plain, "no seed: no dropout");
-    let (a, reserve) = cpu::forward_train(&weights, &args, Some(5)).unwrap();
-    let (b, _) = cpu::forward_train(&weights, &args, Some(5)).unwrap();
-    let (c, _) = cpu::forward_train(&weights, &args, Some(6)).unwrap();
+    let (a, reserve) = reference::forward_train(&weights, &args, Some(5)).unwrap();
+    let (b, _) = reference::forward_train(&weights, &args, Some(5)).unwrap();
+    let (c, _) = reference::forward_train(&weights, &args, Some(6)).unwrap();
     assert_eq!(a, b, "same seed, same masks");
     assert_ne!(a.output, c.output, "another seed, other masks");
     assert_ne!(a.output, plain.output);
@@ -417,7 +418,7 @@ fn dropout_applies_between_layers_only() {
     let weights = Weights::<f64>::random(config.clone(), 3).unwrap();
     let mut rng = SplitMix64::new(4);
     let input: Tensor<f64> = random_tensor(&[2, 4, 3], &mut rng);
-    let (trained, _) = cpu::forward_train(&weights, &ForwardInput::new(&input), Some(11)).unwrap();
+    let (trained, _) = reference::forward_train(&weights, &ForwardInput::new(&input), Some(11)).unwrap();
 
     let split = |layer: usize, input_size: usize| {
         let cfg = RnnConfig {
@@ -438,7 +439,7 @@ fn dropout_applies_between_layers_only() {
             .collect();
         Weights::from_named(cfg, named).unwrap()
     };
-    let first = cpu::forward(&split(0, 3), &ForwardInput::new(&input)).unwrap();
+    let first = reference::forward(&split(0, 3), &ForwardInput::new(&input)).unwrap();
     let mut between = first.output.clone(); // [B, T, H] batch-first
     for b in 0..2 {
         for t in 0..4 {
@@ -448,7 +449,7 @@ fn dropout_applies_between_layers_only() {
             }
         }
     }
-    let second = cpu::forward(&split(1, 5), &ForwardInput::new(&between)).unwrap();
+    let second = reference::forward(&split(1, 5), &ForwardInput::new(&between)).unwrap();
     assert_close("dropout output", &trained.output, &second.output, 1e-14);
 }
 
@@ -461,10 +462,10 @@ fn backward_rejects_mismatched_gradients_and_reserves() {
     let weights = Weights::<f64>::random(config, 0).unwrap();
     let input = Tensor::<f64>::zeros([5, 2, 3]);
     let args = ForwardInput::new(&input);
-    let (_, reserve) = cpu::forward_train(&weights, &args, None).unwrap();
+    let (_, reserve) = reference::forward_train(&weights, &args, None).unwrap();
     let good = Tensor::<f64>::zeros([5, 2, 4]);
     let err = |grads: GradOutputs<'_, f64>, reserve| {
-        cpu::backward(&weights, &args, reserve, &grads)
+        reference::backward(&weights, &args, reserve, &grads)
             .unwrap_err()
             .to_string()
     };
@@ -493,7 +494,7 @@ fn backward_rejects_mismatched_gradients_and_reserves() {
     );
     assert!(e.contains("grad_h_n") && e.contains("[2, 2, 4]"), "{e}");
     let other_input = Tensor::<f64>::zeros([4, 2, 3]);
-    let (_, other) = cpu::forward_train(&weights, &ForwardInput::new(&other_input), None).unwrap();
+    let (_, other) = reference::forward_train(&weights, &ForwardInput::new(&other_input), None).unwrap();
     let e = err(
         GradOutputs {
             output: &good,

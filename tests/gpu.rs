@@ -7,11 +7,11 @@ mod common;
 
 use common::{assert_close, gpu, random_tensor, varied_configs};
 use cudarc::driver::CudaSlice;
+use rnn_kernels::cuda::launch::{Blocking, Strategy};
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceInput, DeviceOutput};
-use rnn_kernels::kernels::{Blocking, Strategy};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::sequence::{c_shape, h_shape};
-use rnn_kernels::{cpu, ForwardInput, ForwardOutput, RnnConfig, State, Tensor, Weights};
+use rnn_kernels::{reference, ForwardInput, ForwardOutput, RnnConfig, State, Tensor, Weights};
 use std::sync::Arc;
 
 /// Random inputs for a shape, as f32, and the f64 reference's answer.
@@ -51,7 +51,7 @@ impl Case {
             h0: Some(&h64),
             c0: c64.as_ref(),
         };
-        let expected = cpu::forward(&weights, &args).unwrap();
+        let expected = reference::forward(&weights, &args).unwrap();
         Case {
             weights,
             input,
@@ -421,7 +421,7 @@ fn check_training(
         h0: Some(&case.state.h),
         c0: case.state.c.as_ref(),
     };
-    let grads = rnn_kernels::cpu::GradOutputs {
+    let grads = rnn_kernels::GradOutputs {
         output: &grad_output,
         h_n: Some(&grad_h_n),
         c_n: grad_c_n.as_ref(),
@@ -444,13 +444,13 @@ fn check_training(
         h0: Some(&h64),
         c0: c64.as_ref(),
     };
-    let (expected, reserve) = cpu::forward_train(&w64, &args64, dropout_seed).unwrap();
-    let grads64 = rnn_kernels::cpu::GradOutputs {
+    let (expected, reserve) = reference::forward_train(&w64, &args64, dropout_seed).unwrap();
+    let grads64 = rnn_kernels::GradOutputs {
         output: &go64,
         h_n: Some(&gh64),
         c_n: gc64.as_ref(),
     };
-    let expected_grads = cpu::backward(&w64, &args64, &reserve, &grads64).unwrap();
+    let expected_grads = reference::backward(&w64, &args64, &reserve, &grads64).unwrap();
 
     let mut m = model(device, &case);
     let (out, state) = m.forward_train(&args, dropout_seed).unwrap();
@@ -548,7 +548,7 @@ fn training_gradients_are_bitwise_reproducible() {
     };
     let case = Case::new(&config, 40, 16, true, 900);
     let grad_output = Tensor::full(case.expected.output.shape(), 1.0f32);
-    let grads = rnn_kernels::cpu::GradOutputs {
+    let grads = rnn_kernels::GradOutputs {
         output: &grad_output,
         h_n: None,
         c_n: None,

@@ -1,9 +1,9 @@
 //! What build.rs produced: kernels that compile for every target arch
 //! without spilling registers, and the entry points the planner launches.
 
+use rnn_kernels::cuda::launch::plan::PROJECTION_KERNEL;
+use rnn_kernels::cuda::launch::Pass;
 use rnn_kernels::cuda::module;
-use rnn_kernels::kernels::plan::PROJECTION_KERNEL;
-use rnn_kernels::kernels::Pass;
 use rnn_kernels::CellKind;
 
 /// Every kernel a plan can launch (inference and training).

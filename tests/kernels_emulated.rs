@@ -13,13 +13,13 @@ mod common;
 use common::{
     assert_close, emulated_occupancy as occupancy, random_tensor, varied_configs, EMULATED_LIMITS as LIMITS,
 };
-use rnn_kernels::kernels::plan::WorkspaceLayout;
-use rnn_kernels::kernels::{
+use rnn_kernels::cuda::launch::plan::WorkspaceLayout;
+use rnn_kernels::cuda::launch::{
     forward_steps, plan_recurrence, Blocking, DeviceLimits, ForwardBuffers, RecurrencePlan, Strategy,
     WeightLayout,
 };
 use rnn_kernels::rng::SplitMix64;
-use rnn_kernels::{cpu, ForwardInput, RnnConfig, State, Tensor, Weights};
+use rnn_kernels::{reference, ForwardInput, RnnConfig, State, Tensor, Weights};
 
 /// The strategies (and blockings) that between them take every kernel path
 /// on the emulated device.
@@ -138,7 +138,7 @@ fn check(config: &RnnConfig, seq_len: usize, lengths: Option<&[usize]>, with_sta
         h0: with_state.then_some(&h064),
         c0: if with_state { c064.as_ref() } else { None },
     };
-    let expected = cpu::forward(&weights64.cast::<f64>(), &args64).unwrap();
+    let expected = reference::forward(&weights64.cast::<f64>(), &args64).unwrap();
     for plan in plans(config, batch) {
         let (output, h_n, c_n) = emulated_forward(&weights, &plan, &args);
         let what = |t: &str| format!("{} ({plan:?}): {t}", rnn_kernels::weights::describe(config));

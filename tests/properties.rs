@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, random_tensor, varied_configs};
 use rnn_kernels::rng::SplitMix64;
-use rnn_kernels::{cpu, ForwardInput, ForwardOutput, RnnConfig, State, Tensor, Weights};
+use rnn_kernels::{reference, ForwardInput, ForwardOutput, RnnConfig, State, Tensor, Weights};
 
 const T: usize = 7;
 const B: usize = 5;
@@ -39,7 +39,7 @@ fn run(
         h0: Some(&s.h),
         c0: s.c.as_ref(),
     };
-    cpu::forward(weights, &args).unwrap()
+    reference::forward(weights, &args).unwrap()
 }
 
 /// Rows `rows` along axis `axis` (0 or 1) of a 3-D tensor, the others kept.
@@ -188,7 +188,7 @@ fn stepping_one_timestep_at_a_time_equals_the_whole_sequence() {
         for t in 0..T {
             let x = select(&input, t_axis, t..t + 1);
             let x = Tensor::new([B, config.input_size], x.into_data()).unwrap();
-            let out = cpu::step(&weights, &x, &mut stepped).unwrap();
+            let out = reference::step(&weights, &x, &mut stepped).unwrap();
             let want = select(&whole.output, t_axis, t..t + 1);
             assert_eq!(out.data(), want.data(), "config {k} step {t}");
         }
@@ -205,7 +205,7 @@ fn stepping_a_bidirectional_network_is_an_error() {
     };
     let weights = Weights::<f64>::random(config.clone(), 0).unwrap();
     let mut state = State::zeros(&config, 1);
-    let err = cpu::step(&weights, &Tensor::zeros([1, 2]), &mut state).unwrap_err();
+    let err = reference::step(&weights, &Tensor::zeros([1, 2]), &mut state).unwrap_err();
     assert!(err.to_string().contains("bidirectional"), "{err}");
 }
 
@@ -260,7 +260,7 @@ fn f32_is_within_tolerance_of_f64() {
                 h0: Some(&h0),
                 c0: c0.as_ref(),
             };
-            let approx = cpu::forward(&weights32, &args).unwrap();
+            let approx = reference::forward(&weights32, &args).unwrap();
             // tanh and sigmoid bound every output near 1: relu networks may grow.
             let scale = exact.output.data().iter().fold(1.0f64, |m, v| m.max(v.abs()));
             assert_close(

@@ -3,12 +3,12 @@
 mod common;
 
 use common::{assert_close, case_files, Case};
-use rnn_kernels::{cpu, Tensor, TensorFile, Weights};
+use rnn_kernels::{reference, Tensor, TensorFile, Weights};
 
 fn check_case<T: rnn_kernels::Element>(tol: f64) {
     for path in case_files() {
         let case = Case::<T>::load(&path);
-        let result = cpu::forward(&case.weights, &case.args()).unwrap();
+        let result = reference::forward(&case.weights, &case.args()).unwrap();
         let what = |t: &str| format!("{} ({}) {t}", case.name, T::NAME);
         assert_close(&what("output"), &result.output, &case.output, tol);
         assert_close(&what("h_n"), &result.h_n, &case.h_n, tol);
@@ -51,7 +51,7 @@ fn icu_model_state_dict_loads_by_prefix_and_matches_pytorch() {
     let input = file.float::<f64>("input").unwrap().unwrap();
     let (_, lengths) = file.integer("lengths").unwrap().unwrap();
     let lengths: Vec<usize> = lengths.into_iter().map(|l| l as usize).collect();
-    let out = cpu::forward(
+    let out = reference::forward(
         &weights,
         &rnn_kernels::ForwardInput::new(&input).lengths(&lengths),
     )

@@ -10,12 +10,15 @@ use common::{
     assert_close, emulated_occupancy as occupancy, random_tensor, run_emulated, varied_configs,
     EMULATED_LIMITS as LIMITS,
 };
-use rnn_kernels::cpu::{self, GradOutputs};
+use rnn_kernels::cuda::launch::train::{
+    backward_steps, forward_train_steps, TrainingBuffers, TrainingLayout,
+};
+use rnn_kernels::cuda::launch::{plan_pass, Blocking, Pass, RecurrencePlan, Strategy, WeightLayout};
 use rnn_kernels::dropout::Dropout;
-use rnn_kernels::kernels::train::{backward_steps, forward_train_steps, TrainingBuffers, TrainingLayout};
-use rnn_kernels::kernels::{plan_pass, Blocking, Pass, RecurrencePlan, Strategy, WeightLayout};
+use rnn_kernels::reference;
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::sequence::{c_shape, h_shape};
+use rnn_kernels::GradOutputs;
 use rnn_kernels::{ForwardInput, RnnConfig, Tensor, Weights};
 
 fn nan(n: usize) -> Vec<f32> {
@@ -65,13 +68,13 @@ fn check(config: &RnnConfig, seq_len: usize, lengths: &[usize], dropout_seed: Op
         h0: Some(&h064),
         c0: c064.as_ref(),
     };
-    let (expected, reserve) = cpu::forward_train(&w64, &args, dropout_seed).unwrap();
+    let (expected, reserve) = reference::forward_train(&w64, &args, dropout_seed).unwrap();
     let grads = GradOutputs {
         output: &go64,
         h_n: Some(&gh64),
         c_n: gc64.as_ref(),
     };
-    let expected_grads = cpu::backward(&w64, &args, &reserve, &grads).unwrap();
+    let expected_grads = reference::backward(&w64, &args, &reserve, &grads).unwrap();
     let dropout = dropout_seed.filter(|_| config.dropout > 0.0).map(|seed| Dropout {
         p: config.dropout,
         seed,

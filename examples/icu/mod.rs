@@ -2,10 +2,11 @@
 //! configuration and its MLP head) and a synthetic cohort of hourly vitals.
 #![allow(dead_code)] // each example uses its own part
 
-use rnn_kernels::cpu::{self, GradOutputs, Gradients};
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, CudaTrainingState};
+use rnn_kernels::reference;
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{Error, ForwardInput, ForwardOutput, Result, RnnConfig, Tensor, TensorFile, Weights};
+use rnn_kernels::{GradOutputs, Gradients};
 
 pub const FEATURES: usize = 6;
 pub const HIDDEN: usize = 64;
@@ -196,7 +197,7 @@ pub enum Backend {
 
 /// What a training forward keeps for its backward, on either backend.
 pub enum TrainingState {
-    Cpu(cpu::Reserve<f32>),
+    Cpu(reference::Reserve<f32>),
     Cuda(Box<CudaTrainingState>),
 }
 
@@ -223,7 +224,7 @@ impl Backend {
         args: &ForwardInput<'_, f32>,
     ) -> Result<ForwardOutput<f32>> {
         match self {
-            Backend::Cpu => cpu::forward(lstm, args),
+            Backend::Cpu => reference::forward(lstm, args),
             Backend::Cuda(model) => model.forward(args),
         }
     }
@@ -236,7 +237,7 @@ impl Backend {
     ) -> Result<(ForwardOutput<f32>, TrainingState)> {
         Ok(match self {
             Backend::Cpu => {
-                let (out, reserve) = cpu::forward_train(lstm, args, Some(seed))?;
+                let (out, reserve) = reference::forward_train(lstm, args, Some(seed))?;
                 (out, TrainingState::Cpu(reserve))
             }
             Backend::Cuda(model) => {
@@ -254,7 +255,7 @@ impl Backend {
         grads: &GradOutputs<'_, f32>,
     ) -> Result<Gradients<f32>> {
         match (self, state) {
-            (Backend::Cpu, TrainingState::Cpu(reserve)) => cpu::backward(lstm, args, reserve, grads),
+            (Backend::Cpu, TrainingState::Cpu(reserve)) => reference::backward(lstm, args, reserve, grads),
             (Backend::Cuda(model), TrainingState::Cuda(state)) => model.backward(state, grads),
             _ => Err(Error::Unsupported(
                 "a training state from the other backend".into(),

@@ -10,11 +10,13 @@
 //! arguments); an output file is written whole or not at all.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rnn_kernels::cpu::{GradOutputs, Gradients};
 use rnn_kernels::cuda::{CudaDevice, CudaRnn};
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::weights::{describe, param_specs};
-use rnn_kernels::{cpu, Element, Error, ForwardInput, ForwardOutput, Result, Tensor, TensorFile, Weights};
+use rnn_kernels::{
+    reference, Element, Error, ForwardInput, ForwardOutput, Result, Tensor, TensorFile, Weights,
+};
+use rnn_kernels::{GradOutputs, Gradients};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,7 +130,7 @@ fn forward(run: &Run) -> Result<()> {
 
 fn cpu_forward<T: Element>(weights: &Weights<T>, file: &TensorFile) -> Result<Outputs> {
     let inputs = Inputs::<T>::read(file)?;
-    Ok(forward_outputs(&cpu::forward(weights, &inputs.args())?))
+    Ok(forward_outputs(&reference::forward(weights, &inputs.args())?))
 }
 
 fn backward(run: &Run, dropout_seed: Option<u64>) -> Result<()> {
@@ -155,8 +157,8 @@ fn cpu_backward<T: Element>(
     dropout_seed: Option<u64>,
 ) -> Result<Outputs> {
     backward_with::<T>(file, |args, grads| {
-        let (result, reserve) = cpu::forward_train(weights, args, dropout_seed)?;
-        Ok((result, cpu::backward(weights, args, &reserve, grads)?))
+        let (result, reserve) = reference::forward_train(weights, args, dropout_seed)?;
+        Ok((result, reference::backward(weights, args, &reserve, grads)?))
     })
 }
 

@@ -2,8 +2,8 @@
 //! table, and the limits the planner sizes launches by.
 
 use super::module;
+use crate::cuda::launch::DeviceLimits;
 use crate::error::{Error, Result};
-use crate::kernels::DeviceLimits;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError};
 use cudarc::nvrtc::Ptx;

@@ -2,6 +2,7 @@
 //! driver API (loaded at run time: the crate links and runs without CUDA).
 
 mod device;
+pub mod launch;
 pub mod module;
 mod rnn;
 mod train;

@@ -4,12 +4,12 @@
 //! captured in a CUDA graph once a call of that shape has been made).
 
 use super::device::{cuda_err, CudaDevice};
-use crate::element::Element;
-use crate::error::{Error, Result};
-use crate::kernels::plan::{KernelParams, Step, WorkspaceLayout};
-use crate::kernels::{
+use crate::cuda::launch::plan::{KernelParams, Step, WorkspaceLayout};
+use crate::cuda::launch::{
     forward_steps, plan_recurrence, Blocking, ForwardBuffers, RecurrencePlan, Strategy, WeightLayout,
 };
+use crate::element::Element;
+use crate::error::{Error, Result};
 use crate::sequence::{self, ForwardInput, ForwardOutput, SequenceDims, State};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -22,13 +22,13 @@ use std::sync::Arc;
 
 // SAFETY: plain #[repr(C)] structs of integers, mirrored by kernels/params.h
 // (sizes asserted on both sides); the kernels take them by value.
-unsafe impl DeviceRepr for crate::kernels::params::ProjectionParams {}
-unsafe impl DeviceRepr for crate::kernels::params::RecurrenceParams {}
-unsafe impl DeviceRepr for crate::kernels::params::RecurrenceBackwardParams {}
-unsafe impl DeviceRepr for crate::kernels::params::GemmParams {}
-unsafe impl DeviceRepr for crate::kernels::params::GatherParams {}
-unsafe impl DeviceRepr for crate::kernels::params::PermuteParams {}
-unsafe impl DeviceRepr for crate::kernels::params::DropoutParams {}
+unsafe impl DeviceRepr for crate::cuda::launch::params::ProjectionParams {}
+unsafe impl DeviceRepr for crate::cuda::launch::params::RecurrenceParams {}
+unsafe impl DeviceRepr for crate::cuda::launch::params::RecurrenceBackwardParams {}
+unsafe impl DeviceRepr for crate::cuda::launch::params::GemmParams {}
+unsafe impl DeviceRepr for crate::cuda::launch::params::GatherParams {}
+unsafe impl DeviceRepr for crate::cuda::launch::params::PermuteParams {}
+unsafe impl DeviceRepr for crate::cuda::launch::params::DropoutParams {}
 
 /// The device-resident inputs of a whole-sequence forward pass. Shapes as
 /// in [`crate::sequence`]; lengths are i32 and, unlike on the host path,
@@ -326,7 +326,7 @@ impl CudaRnn {
     }
 
     /// Whole-sequence forward from and to host tensors (copies in, runs,
-    /// waits, copies out). Same checks and errors as [`crate::cpu::forward`].
+    /// waits, copies out). Same checks and errors as [`crate::reference::forward`].
     pub fn forward(&mut self, args: &ForwardInput<'_, f32>) -> Result<ForwardOutput<f32>> {
         let dims = sequence::check_forward(&self.config, args)?;
         let inputs = self.upload_inputs(args)?;
@@ -420,7 +420,7 @@ impl CudaRnn {
         })
     }
 
-    /// One step for host tensors (see [`crate::cpu::step`]).
+    /// One step for host tensors (see [`crate::reference::step`]).
     pub fn step(&mut self, x: &Tensor<f32>, state: &mut State<f32>) -> Result<Tensor<f32>> {
         let batch = sequence::check_step(&self.config, x, state)?;
         let x_dev = self.upload(x.data(), "x")?;

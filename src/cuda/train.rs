@@ -1,18 +1,18 @@
 //! Training on the GPU: a forward pass that keeps what backward needs in a
 //! device reserve (sized by [`CudaRnn::reserve_bytes`], like cuDNN's
-//! reserve-space query), and the backward (see `src/kernels/train.rs` for
+//! reserve-space query), and the backward (see `src/cuda/launch/train.rs` for
 //! the launches). A device-buffer API that copies nothing, and a host-tensor
 //! API on top of it.
 
 use super::device::cuda_err;
 use super::rnn::{check_len, execute, CudaRnn, DeviceInputs};
 use super::{DeviceInput, DeviceOutput};
-use crate::cpu::{GradOutputs, Gradients};
+use crate::cuda::launch::train::{backward_steps, forward_train_steps, TrainingBuffers, TrainingLayout};
+use crate::cuda::launch::{plan_pass, Pass, RecurrencePlan};
 use crate::dropout::Dropout;
 use crate::error::Result;
-use crate::kernels::train::{backward_steps, forward_train_steps, TrainingBuffers, TrainingLayout};
-use crate::kernels::{plan_pass, Pass, RecurrencePlan};
 use crate::sequence::{self, ForwardInput, ForwardOutput, SequenceDims};
+use crate::sequence::{GradOutputs, Gradients};
 use crate::weights::Weights;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
@@ -244,7 +244,7 @@ impl CudaRnn {
     }
 
     /// The forward pass of training for host tensors (see
-    /// [`crate::cpu::forward_train`]); the state it returns, with the
+    /// [`crate::reference::forward_train`]); the state it returns, with the
     /// reserve and the inputs on the device, feeds [`CudaRnn::backward`].
     pub fn forward_train(
         &mut self,
@@ -278,7 +278,7 @@ impl CudaRnn {
         Ok((result, state))
     }
 
-    /// Backward for host tensors (see [`crate::cpu::backward`]), through the
+    /// Backward for host tensors (see [`crate::reference::backward`]), through the
     /// training forward that made `state`.
     pub fn backward(
         &mut self,

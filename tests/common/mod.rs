@@ -180,11 +180,12 @@ pub fn gpu() -> Option<std::sync::Arc<rnn_kernels::cuda::CudaDevice>> {
 /// The small device the emulated kernels are planned for: its 48 KiB of
 /// shared memory per block and 16 SMs force every split (one CTA per group,
 /// groups at barriers, W_hh from L2) on small shapes.
-pub const EMULATED_LIMITS: rnn_kernels::kernels::DeviceLimits = rnn_kernels::kernels::DeviceLimits {
-    sm_count: 16,
-    max_smem_per_block: 48 << 10,
-    max_threads_per_block: 1024,
-};
+pub const EMULATED_LIMITS: rnn_kernels::cuda::launch::DeviceLimits =
+    rnn_kernels::cuda::launch::DeviceLimits {
+        sm_count: 16,
+        max_smem_per_block: 48 << 10,
+        max_threads_per_block: 1024,
+    };
 
 /// A rule of thumb that stands in for the driver's occupancy query there.
 pub fn emulated_occupancy(_: &'static str, threads: usize, smem: usize) -> usize {
@@ -193,8 +194,8 @@ pub fn emulated_occupancy(_: &'static str, threads: usize, smem: usize) -> usize
 
 /// Executes a launch plan on the host SIMT emulation. Every address in it
 /// must point into live host memory the caller owns.
-pub fn run_emulated(steps: &[rnn_kernels::kernels::Step]) {
-    use rnn_kernels::kernels::Step;
+pub fn run_emulated(steps: &[rnn_kernels::cuda::launch::Step]) {
+    use rnn_kernels::cuda::launch::Step;
     for step in steps {
         match *step {
             Step::FillWords { addr, count, value } => {

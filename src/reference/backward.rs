@@ -9,7 +9,7 @@ use super::{batch_major, DirectionRun};
 use crate::dropout::Dropout;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::sequence::{self, ForwardInput};
+use crate::sequence::{self, ForwardInput, GradOutputs, Gradients};
 use crate::tensor::Tensor;
 use crate::weights::{ParamKind, Weights};
 
@@ -38,30 +38,6 @@ impl<T> Reserve<T> {
     pub fn dropout(&self) -> Option<Dropout> {
         self.dropout
     }
-}
-
-/// Gradients of the loss with respect to the forward outputs.
-#[derive(Clone, Copy, Debug)]
-pub struct GradOutputs<'a, T> {
-    /// Shape of `output`; entries at padded positions are ignored.
-    pub output: &'a Tensor<T>,
-    /// Shape of `h_n`; `None` means zeros.
-    pub h_n: Option<&'a Tensor<T>>,
-    /// Shape of `c_n` (LSTM only); `None` means zeros.
-    pub c_n: Option<&'a Tensor<T>>,
-}
-
-/// Gradients of the loss with respect to every input of the forward pass.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Gradients<T> {
-    /// Shape of `input`; zero at padded positions.
-    pub input: Tensor<T>,
-    pub h0: Tensor<T>,
-    /// LSTM only.
-    pub c0: Option<Tensor<T>>,
-    /// Every parameter's gradient, under its PyTorch name, in a `Weights`
-    /// of the same configuration.
-    pub weights: Weights<T>,
 }
 
 /// Backward through the forward pass `forward_train(weights, args)` that
