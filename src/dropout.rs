@@ -43,8 +43,9 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// Multiplies a layer's output, stored batch-major `[B, T, W]`, by its mask
-    /// (indices are time-major, `(t*B + b)*W + col`, whatever the storage).
+    /// Multiplies a layer's output by its mask. The output is `[B, T, W]`
+    /// when `batch_major`, else `[T, B, W]`; the mask's indices are
+    /// time-major, `(t*B + b)*W + col`, whatever the storage.
     pub fn apply<T: crate::Element>(
         &self,
         layer: usize,
@@ -52,10 +53,16 @@ impl Dropout {
         seq_len: usize,
         batch: usize,
         width: usize,
+        batch_major: bool,
     ) {
         for b in 0..batch {
             for t in 0..seq_len {
-                let row = &mut data[(b * seq_len + t) * width..][..width];
+                let stored = if batch_major {
+                    b * seq_len + t
+                } else {
+                    t * batch + b
+                };
+                let row = &mut data[stored * width..][..width];
                 let base = ((t * batch + b) * width) as u64;
                 for (col, v) in row.iter_mut().enumerate() {
                     *v = *v * T::from_f64(factor(self.p, self.seed, layer, base + col as u64));

@@ -20,6 +20,7 @@
 pub struct ReadmeDoctests;
 
 pub mod config;
+pub mod cpu;
 pub mod cuda;
 pub mod dropout;
 pub mod element;

@@ -96,7 +96,7 @@ pub fn backward<T: Element>(
         } else {
             let mut x = reserve.outputs[layer - 1].clone();
             if let Some(dropout) = reserve.dropout {
-                dropout.apply(layer - 1, &mut x, seq_len, batch, config.output_width());
+                dropout.apply(layer - 1, &mut x, seq_len, batch, config.output_width(), true);
             }
             x
         };
@@ -147,7 +147,7 @@ pub fn backward<T: Element>(
         if layer > 0 {
             // Through the dropout between layer - 1 and this one.
             if let Some(dropout) = reserve.dropout {
-                dropout.apply(layer - 1, &mut dx, seq_len, batch, config.output_width());
+                dropout.apply(layer - 1, &mut dx, seq_len, batch, config.output_width(), true);
             }
             dy = dx;
         } else {

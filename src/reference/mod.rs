@@ -108,6 +108,7 @@ fn run<T: Element>(
                     seq_len,
                     batch,
                     config.output_width(),
+                    true,
                 );
             }
         }

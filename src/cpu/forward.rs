@@ -1,0 +1,475 @@
+//! The forward pass of the fast CPU path, one layer at a time:
+//!
+//! 1. the input projection of every live row `(t, b)` of every direction at
+//!    once (one product over `T·B` rows, bias folded in), into `gi`;
+//! 2. per direction, the recurrence: per step one product of the live rows'
+//!    `h_{t-1}` with `W_hh` and the gate math in its epilogue (plus the
+//!    second product of the original GRU, or the LSTM's projection).
+//!
+//! Rows are the caller's: `(t, b)` is row `t·B + b` (time-major) or
+//! `b·T + t` (batch-first), of the input, of `gi` and of the output alike,
+//! so no layout is ever converted. A sequence of length `len` stops after
+//! step `len - 1`; its rows past the end are never computed and read as zero.
+//!
+//! Threads: each direction's batch rows split into chunks that run the whole
+//! sequence without synchronising (the common case), or, when the batch is
+//! too small to split (stream_b1, B = 4), every thread takes a share of the
+//! panels (hidden units) of every step, with a spinning barrier after each
+//! product.
+
+use super::cells::{GruOriginalCandidate, GruOriginalGates, GruStep, LiveRow, LstmStep, RnnStep, StoreRows};
+use super::kernel::{gemm_rows, Epilogue, Operands};
+use super::packed::{Dims, PackedLayer};
+use super::simd::{dispatch, Simd};
+use super::threads::{SharedPtr, SpinBarrier, Workers};
+use crate::config::CellKind;
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// Where row `(t, b)` of a `T × B` call lives.
+#[derive(Clone, Copy, Debug)]
+pub struct RowLayout {
+    pub seq_len: usize,
+    pub batch: usize,
+    pub batch_first: bool,
+}
+
+impl RowLayout {
+    #[inline(always)]
+    pub fn row(&self, t: usize, b: usize) -> usize {
+        if self.batch_first {
+            b * self.seq_len + t
+        } else {
+            t * self.batch + b
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.seq_len * self.batch
+    }
+}
+
+/// Part `i` of `n` of `0..count`, contiguous, sizes differing by at most one.
+pub fn share(count: usize, i: usize, n: usize) -> Range<usize> {
+    count * i / n..count * (i + 1) / n
+}
+
+/// The row lists one task builds for its products, reused across calls.
+#[derive(Default)]
+pub struct RowLists {
+    /// The live rows' batch index `b` and row index `(t, b)`.
+    pub batch: Vec<usize>,
+    pub row: Vec<usize>,
+    pub live: Vec<LiveRow>,
+    pub a: Vec<*const f32>,
+    pub a2: Vec<*const f32>,
+    pub out: Vec<*mut f32>,
+}
+
+// SAFETY: the pointers are only dereferenced by the task that filled the
+// lists, during the call that filled them.
+unsafe impl Send for RowLists {}
+
+impl RowLists {
+    fn clear(&mut self) {
+        self.batch.clear();
+        self.row.clear();
+        self.live.clear();
+        self.a.clear();
+        self.a2.clear();
+        self.out.clear();
+    }
+}
+
+/// One list per task; a task locks its own (never contended).
+pub type Scratch = [Mutex<RowLists>];
+
+/// What the training forward keeps per layer-direction (null: inference).
+#[derive(Clone, Copy, Debug)]
+pub struct KeepPtrs {
+    /// Gate activations, `[rows, G·Hp]`.
+    pub act: SharedPtr,
+    /// LSTM `c_t`; GRU `W_hn h + b_hn`; original GRU `r ⊙ h`: `[rows, Hp]`.
+    pub extra: SharedPtr,
+    /// `h_{t-1}` of every live row, `[rows, Hout_p]`.
+    pub h_prev: SharedPtr,
+    /// LSTM projection: `h` before the projection, `[rows, Hp]`.
+    pub h_new: SharedPtr,
+}
+
+/// The per-direction state buffers of a recurrence, each `[B, ·]`.
+#[derive(Clone, Copy, Debug)]
+pub struct StatePtrs {
+    /// Two `h` buffers, `[B, Hout_p]` each: step `s` reads `h[s % 2]`, writes the other.
+    pub h: [SharedPtr; 2],
+    /// LSTM `c`; original GRU `z`: `[B, Hp]`.
+    pub c: SharedPtr,
+    /// LSTM projection: `h` before the projection, `[B, Hp]`.
+    pub h_new: SharedPtr,
+    /// Original GRU: `r ⊙ h`, `[B, Hp]`.
+    pub reset_h: SharedPtr,
+}
+
+/// One layer in one direction, over the rows its caller gives it.
+pub struct Recurrence<'a> {
+    pub dims: &'a Dims,
+    pub layer: &'a PackedLayer,
+    pub reverse: bool,
+    pub lengths: &'a [usize],
+    pub rows: RowLayout,
+    /// `[rows, G·Hp]`: this direction's input projection.
+    pub gi: SharedPtr,
+    /// The layer's output, `[rows, out_width]`; this direction writes
+    /// columns `out_offset .. out_offset + Hout`.
+    pub output: SharedPtr,
+    pub out_width: usize,
+    pub out_offset: usize,
+    pub state: StatePtrs,
+    pub keep: Option<KeepPtrs>,
+}
+
+// SAFETY: a Recurrence only holds pointers (SharedPtr) into buffers whose
+// rows (or, in the unit split, columns) its tasks partition.
+unsafe impl Sync for Recurrence<'_> {}
+
+/// Below this many multiply-adds per step, splitting a step's units across
+/// threads costs more in barriers than it saves.
+const UNIT_SPLIT_MIN_WORK: usize = 1 << 15;
+
+impl Recurrence<'_> {
+    /// Processing step `step` of a row of length `len` is time `time(step, len)`.
+    #[inline(always)]
+    fn time(&self, step: usize, len: usize) -> usize {
+        if self.reverse {
+            len - 1 - step
+        } else {
+            step
+        }
+    }
+
+    /// Runs batch rows `batch_rows` over all their steps; as worker `worker`
+    /// of `workers` (each taking a share of the panels of every product,
+    /// synchronised by `barrier`), or alone (`workers == 1`).
+    pub fn run(
+        &self,
+        batch_rows: Range<usize>,
+        worker: usize,
+        workers: usize,
+        barrier: Option<&SpinBarrier>,
+        lists: &mut RowLists,
+    ) {
+        dispatch!(self.dims.isa, |s| {
+            // SAFETY: the caller gives disjoint batch rows to concurrent
+            // calls, or the same rows with a barrier (unit split); the
+            // buffers are sized for `rows` by the workspace.
+            unsafe { self.run_with(s, batch_rows, worker, workers, barrier, lists) }
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn run_with<S: Simd>(
+        &self,
+        s: S,
+        batch_rows: Range<usize>,
+        worker: usize,
+        workers: usize,
+        barrier: Option<&SpinBarrier>,
+        lists: &mut RowLists,
+    ) {
+        let d = self.dims;
+        let (hp, out_p, gate_width) = (d.hidden_padded, d.out_padded, d.gate_width());
+        let sync = || {
+            if let Some(b) = barrier {
+                b.wait()
+            }
+        };
+        let max_len = batch_rows.clone().map(|b| self.lengths[b]).max().unwrap_or(0);
+        let st = self.state;
+        for step in 0..max_len {
+            let (cur, next) = (step % 2, 1 - step % 2);
+            lists.clear();
+            // SAFETY (every `at` below): b < B and row < T·B index rows of
+            // buffers the workspace sized [B, ·] and [T·B, ·].
+            unsafe {
+                for b in batch_rows.clone() {
+                    let len = self.lengths[b];
+                    if len <= step {
+                        continue;
+                    }
+                    let row = self.rows.row(self.time(step, len), b);
+                    let h_prev = st.h[cur].at(b * out_p);
+                    let keep = self.keep;
+                    lists.live.push(LiveRow {
+                        gi: self.gi.at(row * gate_width),
+                        h_prev,
+                        h_next: if d.projects() {
+                            st.h_new.at(b * hp)
+                        } else {
+                            st.h[next].at(b * out_p)
+                        },
+                        state: st.c.at(b * hp),
+                        reset_h: st.reset_h.at(b * hp),
+                        act: keep.map_or(std::ptr::null_mut(), |k| k.act.at(row * gate_width)),
+                        extra: keep.map_or(std::ptr::null_mut(), |k| k.extra.at(row * hp)),
+                    });
+                    lists.a.push(h_prev);
+                    lists.batch.push(b);
+                    lists.row.push(row);
+                    if let (Some(keep), 0) = (keep, worker) {
+                        std::ptr::copy_nonoverlapping(h_prev, keep.h_prev.at(row * out_p), d.out);
+                    }
+                }
+                self.step_products(s, lists, worker, workers, &sync);
+                if d.projects() {
+                    sync();
+                    let w_hr = self.layer.w_hr.as_ref().expect("a projecting layer has W_hr");
+                    lists.a2.clear();
+                    lists.a2.extend(lists.live.iter().map(|r| r.h_next.cast_const()));
+                    lists
+                        .out
+                        .extend(lists.batch.iter().map(|&b| st.h[next].at(b * out_p)));
+                    let store = StoreRows {
+                        out: &lists.out,
+                        limit: out_p,
+                        bias: std::ptr::null(),
+                        add: &[],
+                        accumulate: false,
+                    };
+                    let ops = Operands {
+                        rows: &lists.a2,
+                        k: d.hidden,
+                        weights: w_hr,
+                        k_offset: 0,
+                    };
+                    plain_product(s, d, &ops, worker, workers, &store);
+                    if let (Some(keep), 0) = (self.keep, worker) {
+                        for (&b, &row) in lists.batch.iter().zip(&lists.row) {
+                            std::ptr::copy_nonoverlapping(st.h_new.at(b * hp), keep.h_new.at(row * hp), hp);
+                        }
+                    }
+                }
+                sync();
+                // The new h of this worker's share of the live rows, to the output.
+                let live = share(lists.batch.len(), worker, workers);
+                for (&b, &row) in lists.batch[live.clone()].iter().zip(&lists.row[live]) {
+                    let dst = self.output.at(row * self.out_width + self.out_offset);
+                    std::ptr::copy_nonoverlapping(st.h[next].at(b * out_p), dst, d.out);
+                }
+            }
+        }
+    }
+
+    /// The step's product(s) with `W_hh` and the cell's epilogue.
+    #[inline(always)]
+    unsafe fn step_products<S: Simd>(
+        &self,
+        s: S,
+        lists: &mut RowLists,
+        worker: usize,
+        workers: usize,
+        sync: &impl Fn(),
+    ) {
+        let d = self.dims;
+        let layer = self.layer;
+        let ops = Operands {
+            rows: &lists.a,
+            k: d.out,
+            weights: &layer.w_hh,
+            k_offset: 0,
+        };
+        let hp = d.hidden_padded;
+        let rows = &lists.live[..];
+        let panels = share(layer.w_hh.count, worker, workers);
+        // SAFETY: forwarded from run_with.
+        unsafe {
+            match d.cell {
+                CellKind::Lstm => {
+                    let epilogue = LstmStep {
+                        rows,
+                        hidden_padded: hp,
+                    };
+                    gemm_rows::<S, 4, _>(s, d.isa.rows_per_tile(4), &ops, panels, &epilogue);
+                }
+                CellKind::Gru if d.linear_before_reset => {
+                    let epilogue = GruStep {
+                        rows,
+                        hidden_padded: hp,
+                        b_hn: layer.b_hn.as_ptr(),
+                    };
+                    gemm_rows::<S, 3, _>(s, d.isa.rows_per_tile(3), &ops, panels, &epilogue);
+                }
+                CellKind::Gru => {
+                    let gates = GruOriginalGates {
+                        rows,
+                        hidden_padded: hp,
+                    };
+                    gemm_rows::<S, 2, _>(s, d.isa.rows_per_tile(2), &ops, panels, &gates);
+                    sync();
+                    let w_hn = layer.w_hn.as_ref().expect("the original GRU has W_hn");
+                    lists.a2.clear();
+                    lists.a2.extend(rows.iter().map(|r| r.reset_h.cast_const()));
+                    let ops = Operands {
+                        rows: &lists.a2,
+                        k: d.hidden,
+                        weights: w_hn,
+                        k_offset: 0,
+                    };
+                    let candidate = GruOriginalCandidate {
+                        rows,
+                        hidden_padded: hp,
+                    };
+                    plain_product(s, d, &ops, worker, workers, &candidate);
+                    lists.a2.clear();
+                }
+                CellKind::RnnTanh | CellKind::RnnRelu => {
+                    let epilogue = RnnStep {
+                        rows,
+                        hidden_padded: hp,
+                        relu: d.cell == CellKind::RnnRelu,
+                    };
+                    plain_product(s, d, &ops, worker, workers, &epilogue);
+                }
+            }
+        }
+    }
+}
+
+/// A product with plain panels of 1 or 4 vectors, this worker's share of them.
+///
+/// # Safety
+/// As [`gemm_rows`].
+#[inline(always)]
+pub unsafe fn plain_product<S: Simd, E: Epilogue<S, 1> + Epilogue<S, 4>>(
+    s: S,
+    d: &Dims,
+    ops: &Operands<'_>,
+    worker: usize,
+    workers: usize,
+    epilogue: &E,
+) {
+    let panels = share(ops.weights.count, worker, workers);
+    // SAFETY: forwarded.
+    unsafe {
+        match ops.weights.nv {
+            4 => gemm_rows::<S, 4, E>(s, d.isa.rows_per_tile(4), ops, panels, epilogue),
+            _ => gemm_rows::<S, 1, E>(s, d.isa.rows_per_tile(1), ops, panels, epilogue),
+        }
+    }
+}
+
+/// How a layer's recurrences share the threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// Each direction's batch rows in `chunks` independent tasks.
+    Rows { chunks: usize },
+    /// One direction, every thread a share of every step's units.
+    Units,
+}
+
+impl Split {
+    /// The split for `batch` rows of a layer whose step multiplies `k`-wide rows by `gate_width` columns.
+    pub fn choose(d: &Dims, threads: usize, batch: usize) -> Split {
+        if threads <= 1 {
+            return Split::Rows { chunks: 1 };
+        }
+        let mr = d.isa.rows_per_tile(d.gates.max(2));
+        let step_work = batch * d.out * d.gate_width();
+        if d.dirs == 1 && batch < 2 * mr && step_work >= UNIT_SPLIT_MIN_WORK {
+            return Split::Units;
+        }
+        let per_direction = (threads / d.dirs).max(1);
+        // A chunk of fewer than a tile's rows wastes the kernel's width, and a
+        // tiny step is not worth a task.
+        let by_rows = batch.div_ceil(mr).max(1);
+        let by_work = (batch * d.out * d.gate_width() / UNIT_SPLIT_MIN_WORK).max(1);
+        Split::Rows {
+            chunks: per_direction.min(by_rows).min(by_work),
+        }
+    }
+}
+
+/// Runs every direction's recurrence of one layer on `workers`.
+pub fn run_recurrences(workers: &Workers, split: Split, runs: &[Recurrence<'_>], scratch: &Scratch) {
+    let batch = runs[0].rows.batch;
+    match split {
+        Split::Units => {
+            for run in runs {
+                workers.broadcast(|w, barrier| {
+                    let mut lists = scratch[w].lock().unwrap_or_else(|e| e.into_inner());
+                    run.run(0..batch, w, workers.threads(), Some(barrier), &mut lists);
+                });
+            }
+        }
+        Split::Rows { chunks } => {
+            workers.run(runs.len() * chunks, |task| {
+                let (run, chunk) = (&runs[task / chunks], task % chunks);
+                let mut lists = scratch[task].lock().unwrap_or_else(|e| e.into_inner());
+                run.run(share(batch, chunk, chunks), 0, 1, None, &mut lists);
+            });
+        }
+    }
+}
+
+/// The input projection of one direction: `gi[row] = x[row] · W_ihᵀ + bias`
+/// for the given rows.
+pub struct Projection<'a> {
+    pub dims: &'a Dims,
+    pub layer: &'a PackedLayer,
+    /// Row `r` of the layer input is at `input + r · in_stride`.
+    pub input: *const f32,
+    pub in_stride: usize,
+    pub gi: SharedPtr,
+}
+
+// SAFETY: the input is only read; each task writes the gi rows of its own rows.
+unsafe impl Sync for Projection<'_> {}
+
+/// Below this many multiply-adds an input projection runs as one task.
+const PROJECTION_TASK_MIN_WORK: usize = 1 << 17;
+
+impl Projection<'_> {
+    /// Projects `rows` (row indices) into `gi`.
+    pub fn run(&self, rows: &[usize], lists: &mut RowLists) {
+        let d = self.dims;
+        let gate_width = d.gate_width();
+        lists.clear();
+        // SAFETY: every row index is below T·B, the rows of the input and of gi.
+        unsafe {
+            lists
+                .a
+                .extend(rows.iter().map(|&r| self.input.add(r * self.in_stride)));
+            lists.out.extend(rows.iter().map(|&r| self.gi.at(r * gate_width)));
+        }
+        let store = StoreRows {
+            out: &lists.out,
+            limit: gate_width,
+            bias: self.layer.bias.as_ptr(),
+            add: &[],
+            accumulate: false,
+        };
+        let ops = Operands {
+            rows: &lists.a,
+            k: self.layer.in_size,
+            weights: &self.layer.w_ih,
+            k_offset: 0,
+        };
+        dispatch!(d.isa, |s| {
+            // SAFETY: each row pointer has in_size floats; each gi row gate_width.
+            unsafe { plain_product(s, d, &ops, 0, 1, &store) }
+        });
+    }
+}
+
+/// Projects `rows` for every direction, split across the threads.
+pub fn run_projections(workers: &Workers, projections: &[Projection<'_>], rows: &[usize], scratch: &Scratch) {
+    let d = projections[0].dims;
+    let work = rows.len() * projections[0].layer.in_size * d.gate_width();
+    let chunks = (work / PROJECTION_TASK_MIN_WORK)
+        .clamp(1, workers.threads())
+        .min(rows.len().max(1));
+    workers.run(projections.len() * chunks, |task| {
+        let (projection, chunk) = (&projections[task / chunks], task % chunks);
+        let mut lists = scratch[task].lock().unwrap_or_else(|e| e.into_inner());
+        projection.run(&rows[share(rows.len(), chunk, chunks)], &mut lists);
+    });
+}

@@ -1,0 +1,287 @@
+//! The one matrix-product micro-kernel of the fast CPU path, the panel
+//! format it reads weights in, and the driver that walks tiles of rows and
+//! panels and hands each tile's sums, still in registers, to an epilogue.
+//!
+//! A product here is `rows × K` activations (each row anywhere in memory:
+//! rows are given as pointers, so a step can take the live rows of a
+//! variable-length batch, each at its own time index, without gathering
+//! them) times a `K × N` weight matrix packed once into panels of `NV`
+//! vectors (`NV · LANES` columns) × `K` rows. A tile is `M` rows by one
+//! panel: `M · NV` accumulators (6 × 4 zmm on AVX-512), and per `k` one
+//! broadcast of each row's `a[k]` and `NV` loads of the panel's row `k`:
+//! `M · NV` FMAs for `M + NV` loads.
+//!
+//! The epilogue runs on each tile row's `NV` sums before they leave the
+//! registers: the gate nonlinearities and the cell update of a recurrent
+//! step, a bias add and a store for the input projection, and so on (see
+//! `cells.rs`). Nothing writes a gate tensor only to read it back.
+
+use super::simd::Simd;
+use std::ops::Range;
+
+/// A 64-byte-aligned, zero-filled f32 buffer (a cache line per 16 floats).
+pub struct AlignedBuf {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+impl AlignedBuf {
+    pub fn zeros(len: usize) -> Self {
+        AlignedBuf {
+            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Grows to at least `len` floats (zero-filled); never shrinks.
+    pub fn ensure(&mut self, len: usize) {
+        if len > self.len {
+            *self = AlignedBuf::zeros(len);
+        }
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: `Line` is `repr(C)` over `[f32; 16]`, so the lines are
+        // `16 * lines.len() >= len` contiguous, initialised floats.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+
+    pub fn as_ptr(&self) -> *const f32 {
+        self.lines.as_ptr().cast()
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut f32 {
+        self.lines.as_mut_ptr().cast()
+    }
+}
+
+/// How a packed matrix's columns are laid out in the (padded) column space
+/// its products write: where vector `v` of panel `p` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Columns {
+    /// Gate-interleaved: panel `p` holds units `p·L .. p·L + L` of every gate,
+    /// vector `v` being gate `v`, whose block starts at `v · hidden_padded`.
+    /// One panel gives all gates of `L` hidden units: the cell update can
+    /// run in the epilogue.
+    Gates { hidden_padded: usize },
+    /// Consecutive: vector `v` of panel `p` starts at `(p · NV + v) · L`.
+    Plain,
+}
+
+/// A `K × N` matrix packed for the micro-kernel: `count` panels, each `k`
+/// rows of `nv · lanes` floats, row after row.
+pub struct Panels {
+    data: AlignedBuf,
+    pub k: usize,
+    pub nv: usize,
+    pub lanes: usize,
+    pub count: usize,
+}
+
+impl Panels {
+    /// Packs a matrix whose padded column space is `width` wide (a multiple
+    /// of `lanes`). `value(k, col)` is the entry at row `k` and padded column
+    /// `col`, or `None` for padding (packed as 0).
+    pub fn pack(
+        k: usize,
+        nv: usize,
+        lanes: usize,
+        width: usize,
+        columns: Columns,
+        value: impl Fn(usize, usize) -> Option<f32>,
+    ) -> Self {
+        debug_assert_eq!(width % lanes, 0);
+        let count = match columns {
+            Columns::Gates { hidden_padded } => hidden_padded / lanes,
+            Columns::Plain => width.div_ceil(nv * lanes),
+        };
+        let row = nv * lanes;
+        let mut data = AlignedBuf::zeros(count * k * row);
+        let out = data.as_mut_slice();
+        for p in 0..count {
+            for v in 0..nv {
+                let start = column_start(columns, lanes, nv, p, v);
+                for lane in 0..lanes {
+                    let col = start + lane;
+                    if col >= width {
+                        continue;
+                    }
+                    for kk in 0..k {
+                        if let Some(x) = value(kk, col) {
+                            out[(p * k + kk) * row + v * lanes + lane] = x;
+                        }
+                    }
+                }
+            }
+        }
+        Panels {
+            data,
+            k,
+            nv,
+            lanes,
+            count,
+        }
+    }
+
+    /// The first float of panel `p`.
+    pub fn panel(&self, p: usize) -> *const f32 {
+        debug_assert!(p < self.count);
+        self.data.as_slice()[p * self.panel_len()..].as_ptr()
+    }
+
+    /// Floats per panel.
+    pub fn panel_len(&self) -> usize {
+        self.k * self.nv * self.lanes
+    }
+}
+
+fn column_start(columns: Columns, lanes: usize, nv: usize, p: usize, v: usize) -> usize {
+    match columns {
+        Columns::Gates { hidden_padded } => v * hidden_padded + p * lanes,
+        Columns::Plain => (p * nv + v) * lanes,
+    }
+}
+
+/// What happens to a tile row's sums: `acc` holds `Σ_k a[row][k] · B[k][..]`
+/// for the `NV` vectors of panel `panel`.
+pub trait Epilogue<S: Simd, const NV: usize> {
+    /// # Safety
+    /// `row` indexes the rows the product was given and `panel` one of its
+    /// panels; the epilogue's own pointers are valid for them.
+    unsafe fn apply(&self, s: S, row: usize, panel: usize, acc: &[S::V; NV]);
+}
+
+/// `Σ_{kk < k} a[r][kk] · b[kk][v·L ..]` for the `M` rows of a tile and the
+/// `NV` vectors of one panel row.
+///
+/// # Safety
+/// Each `a[r]` points to `k` readable floats; `b` to `k · NV · LANES`.
+#[inline(always)]
+unsafe fn product<S: Simd, const M: usize, const NV: usize>(
+    s: S,
+    a: &[*const f32; M],
+    k: usize,
+    b: *const f32,
+) -> [[S::V; NV]; M] {
+    let mut acc = [[s.zero(); NV]; M];
+    let row = NV * S::LANES;
+    for kk in 0..k {
+        // SAFETY: kk < k, within the caller's bounds.
+        unsafe {
+            let bk = b.add(kk * row);
+            let bv: [S::V; NV] = std::array::from_fn(|v| s.load(bk.add(v * S::LANES)));
+            for r in 0..M {
+                let x = s.splat(*a[r].add(kk));
+                for v in 0..NV {
+                    acc[r][v] = s.fma(x, bv[v], acc[r][v]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// One tile: rows `first .. first + M` of `rows`, panel `p` at `b`.
+///
+/// # Safety
+/// As [`product`], and the epilogue's contract for these rows and panel.
+#[inline(always)]
+unsafe fn tile<S: Simd, const M: usize, const NV: usize, E: Epilogue<S, NV>>(
+    s: S,
+    rows: &[*const f32],
+    first: usize,
+    k: usize,
+    b: *const f32,
+    p: usize,
+    epilogue: &E,
+) {
+    let a: [*const f32; M] = std::array::from_fn(|r| rows[first + r]);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let acc = product::<S, M, NV>(s, &a, k, b);
+        for (r, acc) in acc.iter().enumerate() {
+            epilogue.apply(s, first + r, p, acc);
+        }
+    }
+}
+
+/// The rows of one product, and the weights they multiply.
+pub struct Operands<'a> {
+    /// One pointer per row, each to `k` readable floats.
+    pub rows: &'a [*const f32],
+    pub k: usize,
+    pub weights: &'a Panels,
+    /// Skip this many packed rows of every panel (a product over a slice
+    /// of K: the weights' rows `k_offset .. k_offset + k`).
+    pub k_offset: usize,
+}
+
+/// Rows per block of the row loop: enough that a block's activations stay
+/// in L2 while every panel passes over them.
+const BLOCK_BYTES: usize = 192 * 1024;
+
+/// For every panel in `panels` and every row, the epilogue on
+/// `Σ_k rows[r][k] · W[k][panel]`. Rows go in blocks (activations stay in
+/// L2), panels within a block (a panel stays in L1/L2 across the block's
+/// tiles), tiles of up to `mr` rows within a panel.
+///
+/// # Safety
+/// Every row pointer has `k` readable floats; `k_offset + k <= weights.k`;
+/// `panels` are within `weights.count`; the epilogue is valid for every
+/// (row, panel) pair.
+#[inline(always)]
+pub unsafe fn gemm_rows<S: Simd, const NV: usize, E: Epilogue<S, NV>>(
+    s: S,
+    mr: usize,
+    ops: &Operands<'_>,
+    panels: Range<usize>,
+    epilogue: &E,
+) {
+    let w = ops.weights;
+    debug_assert_eq!(w.nv, NV);
+    debug_assert_eq!(w.lanes, S::LANES);
+    debug_assert!(ops.k_offset + ops.k <= w.k);
+    let n = ops.rows.len();
+    let block = (BLOCK_BYTES / (4 * ops.k.max(1))).max(mr) / mr * mr;
+    let mut start = 0;
+    while start < n {
+        let end = n.min(start + block);
+        for p in panels.clone() {
+            // SAFETY: p < count and k_offset + k <= k per the contract.
+            let b = unsafe { w.panel(p).add(ops.k_offset * NV * S::LANES) };
+            let mut first = start;
+            while first < end {
+                let m = mr.min(end - first);
+                let (rows, k) = (ops.rows, ops.k);
+                // SAFETY: rows first..first + m exist; the rest is the caller's contract.
+                unsafe {
+                    match m {
+                        1 => tile::<S, 1, NV, E>(s, rows, first, k, b, p, epilogue),
+                        2 => tile::<S, 2, NV, E>(s, rows, first, k, b, p, epilogue),
+                        3 => tile::<S, 3, NV, E>(s, rows, first, k, b, p, epilogue),
+                        4 => tile::<S, 4, NV, E>(s, rows, first, k, b, p, epilogue),
+                        5 => tile::<S, 5, NV, E>(s, rows, first, k, b, p, epilogue),
+                        6 => tile::<S, 6, NV, E>(s, rows, first, k, b, p, epilogue),
+                        7 => tile::<S, 7, NV, E>(s, rows, first, k, b, p, epilogue),
+                        _ => tile::<S, 8, NV, E>(s, rows, first, k, b, p, epilogue),
+                    }
+                }
+                first += m;
+            }
+        }
+        start = end;
+    }
+}

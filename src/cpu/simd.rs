@@ -1,0 +1,643 @@
+//! The vector instructions the fast CPU path is written in, behind one trait
+//! ([`Simd`]) with three implementations chosen at run time ([`Isa`]):
+//! AVX-512F (16 lanes), AVX2 + FMA (8 lanes) and a portable fallback (8
+//! lanes of plain arrays, which the compiler vectorises for the baseline
+//! target: SSE2 on x86-64, NEON on aarch64).
+//!
+//! Every kernel is generic over `S: Simd` and `#[inline(always)]` down to the
+//! instructions, and is entered through one `#[target_feature]` function per
+//! ISA (see [`dispatch!`](crate::cpu::simd::dispatch)), so that the whole
+//! inlined body is compiled for that ISA while the binary still runs on any
+//! x86-64. A token of type `Avx512` or `Avx2` exists only after
+//! [`Isa::detect`] has seen its features, which is what makes the intrinsic
+//! calls inside sound.
+//!
+//! Also here: `exp`, `sigmoid` and `tanh` on vectors, accurate to a few ulp of
+//! f32 (checked against libm over the whole range in the tests below).
+
+/// The instruction set a prepared model runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: 16 lanes, 32 vector registers.
+    Avx512,
+    /// AVX2 with FMA: 8 lanes, 16 vector registers.
+    Avx2,
+    /// Plain Rust arrays of 8 lanes, vectorised by the compiler for the
+    /// baseline target.
+    Portable,
+}
+
+impl Isa {
+    /// The best instruction set this machine has.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every instruction set this machine can run, best first (tests run
+    /// each of them).
+    pub fn available() -> Vec<Isa> {
+        let best = Isa::detect();
+        [Isa::Avx512, Isa::Avx2, Isa::Portable]
+            .into_iter()
+            .skip_while(|&isa| isa != best)
+            .collect()
+    }
+
+    /// Vector width in f32 lanes.
+    pub fn lanes(self) -> usize {
+        match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 | Isa::Portable => 8,
+        }
+    }
+
+    /// Rows per micro-kernel tile for a panel of `nv` vectors: as many as the
+    /// accumulators fit in the vector registers, leaving room for the panel's
+    /// vectors and a broadcast.
+    pub fn rows_per_tile(self, nv: usize) -> usize {
+        let registers = match self {
+            Isa::Avx512 => 32,
+            Isa::Avx2 | Isa::Portable => 16,
+        };
+        ((registers - nv - 2) / nv).clamp(1, MAX_TILE_ROWS)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512f",
+            Isa::Avx2 => "avx2+fma",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The most rows a micro-kernel tile has (the row-count dispatch covers 1..=8).
+pub const MAX_TILE_ROWS: usize = 8;
+
+/// Vector operations on `LANES` f32 lanes. Loads and stores are unaligned
+/// and take raw pointers: the caller guarantees `LANES` readable (writable)
+/// floats there.
+pub trait Simd: Copy + Send + Sync + 'static {
+    type V: Copy;
+    const LANES: usize;
+
+    fn splat(self, x: f32) -> Self::V;
+    /// # Safety
+    /// `p` points to `LANES` readable floats.
+    unsafe fn load(self, p: *const f32) -> Self::V;
+    /// # Safety
+    /// `p` points to `LANES` writable floats.
+    unsafe fn store(self, p: *mut f32, v: Self::V);
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c`, fused where the ISA has it.
+    fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `max(floor, x)`, but NaN in `x` stays NaN.
+    fn max_keep_nan(self, floor: Self::V, x: Self::V) -> Self::V;
+    /// `min(ceil, x)`, but NaN in `x` stays NaN.
+    fn min_keep_nan(self, ceil: Self::V, x: Self::V) -> Self::V;
+    /// Rounds to the nearest integer (ties to even).
+    fn round(self, x: Self::V) -> Self::V;
+    /// `2^n` for integral `n` in `-126..=127`.
+    fn pow2i(self, n: Self::V) -> Self::V;
+    fn abs(self, x: Self::V) -> Self::V;
+    /// `|mag|` with the sign of `sign`.
+    fn copysign(self, mag: Self::V, sign: Self::V) -> Self::V;
+    /// Lane-wise `if a < b { yes } else { no }` (false for NaN).
+    fn select_lt(self, a: Self::V, b: Self::V, yes: Self::V, no: Self::V) -> Self::V;
+
+    #[inline(always)]
+    fn zero(self) -> Self::V {
+        self.splat(0.0)
+    }
+}
+
+// ---------------------------------------------------------------- math ----
+
+/// `e^x` by range reduction to `x = n ln 2 + r`, `|r| <= ln 2 / 2`, and a
+/// degree-5 minimax polynomial for `e^r` (Cephes' `expf` coefficients):
+/// within 2 ulp of the exact value where the result is a normal float.
+/// Inputs are clamped to `[-87.3, 88.37]`, so the result is never inf or a
+/// subnormal; NaN stays NaN.
+#[inline(always)]
+pub fn exp<S: Simd>(s: S, x: S::V) -> S::V {
+    let x = s.min_keep_nan(s.splat(88.37), x);
+    let x = s.max_keep_nan(s.splat(-87.3), x);
+    let n = s.round(s.mul(x, s.splat(std::f32::consts::LOG2_E)));
+    // ln 2 in two parts, so that n * LN2_HI is exact.
+    let r = s.fma(n, s.splat(-0.693_359_4), x);
+    let r = s.fma(n, s.splat(2.121_944_4e-4), r);
+    let mut p = s.splat(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
+        p = s.fma(p, r, s.splat(c));
+    }
+    let r2 = s.mul(r, r);
+    let e_r = s.add(s.fma(p, r2, r), s.splat(1.0));
+    s.mul(e_r, s.pow2i(n))
+}
+
+/// `1 / (1 + e^-x)`.
+#[inline(always)]
+pub fn sigmoid<S: Simd>(s: S, x: S::V) -> S::V {
+    let one = s.splat(1.0);
+    s.div(one, s.add(one, exp(s, s.sub(s.zero(), x))))
+}
+
+/// `tanh x`: an odd polynomial for `|x| < 0.625` (Cephes' `tanhf`
+/// coefficients), where `1 - 2 / (e^2|x| + 1)` would lose digits to
+/// cancellation, and that formula with the sign restored above it.
+#[inline(always)]
+pub fn tanh<S: Simd>(s: S, x: S::V) -> S::V {
+    let one = s.splat(1.0);
+    let ax = s.abs(x);
+    let z = s.mul(x, x);
+    let mut p = s.splat(-5.704_988_7e-3);
+    for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
+        p = s.fma(p, z, s.splat(c));
+    }
+    let small = s.fma(s.mul(p, z), x, x);
+    let e = exp(s, s.add(ax, ax));
+    let large = s.sub(one, s.div(s.splat(2.0), s.add(e, one)));
+    s.select_lt(ax, s.splat(0.625), small, s.copysign(large, x))
+}
+
+// ------------------------------------------------------------ portable ----
+
+/// Plain arrays of 8 lanes; the compiler vectorises the loops.
+#[derive(Clone, Copy, Debug)]
+pub struct Portable;
+
+const PORTABLE_LANES: usize = 8;
+type Lanes = [f32; PORTABLE_LANES];
+
+#[inline(always)]
+fn lanewise(a: Lanes, b: Lanes, f: impl Fn(f32, f32) -> f32) -> Lanes {
+    std::array::from_fn(|i| f(a[i], b[i]))
+}
+
+impl Simd for Portable {
+    type V = Lanes;
+    const LANES: usize = PORTABLE_LANES;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> Lanes {
+        [x; PORTABLE_LANES]
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> Lanes {
+        // SAFETY: the caller guarantees LANES readable floats at p.
+        unsafe { p.cast::<Lanes>().read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: Lanes) {
+        // SAFETY: the caller guarantees LANES writable floats at p.
+        unsafe { p.cast::<Lanes>().write_unaligned(v) }
+    }
+    #[inline(always)]
+    fn add(self, a: Lanes, b: Lanes) -> Lanes {
+        lanewise(a, b, |x, y| x + y)
+    }
+    #[inline(always)]
+    fn sub(self, a: Lanes, b: Lanes) -> Lanes {
+        lanewise(a, b, |x, y| x - y)
+    }
+    #[inline(always)]
+    fn mul(self, a: Lanes, b: Lanes) -> Lanes {
+        lanewise(a, b, |x, y| x * y)
+    }
+    #[inline(always)]
+    fn div(self, a: Lanes, b: Lanes) -> Lanes {
+        lanewise(a, b, |x, y| x / y)
+    }
+    #[inline(always)]
+    fn fma(self, a: Lanes, b: Lanes, c: Lanes) -> Lanes {
+        // Unfused: a library call per lane would cost more than it brings.
+        std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+    #[inline(always)]
+    fn max_keep_nan(self, floor: Lanes, x: Lanes) -> Lanes {
+        lanewise(floor, x, |f, x| if x < f { f } else { x })
+    }
+    #[inline(always)]
+    fn min_keep_nan(self, ceil: Lanes, x: Lanes) -> Lanes {
+        lanewise(ceil, x, |c, x| if x > c { c } else { x })
+    }
+    #[inline(always)]
+    fn round(self, x: Lanes) -> Lanes {
+        x.map(f32::round_ties_even)
+    }
+    #[inline(always)]
+    fn pow2i(self, n: Lanes) -> Lanes {
+        n.map(|n| f32::from_bits(((n as i32 + 127) as u32) << 23))
+    }
+    #[inline(always)]
+    fn abs(self, x: Lanes) -> Lanes {
+        x.map(f32::abs)
+    }
+    #[inline(always)]
+    fn copysign(self, mag: Lanes, sign: Lanes) -> Lanes {
+        lanewise(mag, sign, f32::copysign)
+    }
+    #[inline(always)]
+    fn select_lt(self, a: Lanes, b: Lanes, yes: Lanes, no: Lanes) -> Lanes {
+        std::array::from_fn(|i| if a[i] < b[i] { yes[i] } else { no[i] })
+    }
+}
+
+// ------------------------------------------------------------- x86-64 ----
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Simd;
+    use std::arch::x86_64::*;
+
+    /// AVX-512F. Only [`super::Isa::token`] makes one, after detection.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Avx512(pub(super) ());
+
+    /// AVX2 and FMA. Only [`super::Isa::token`] makes one, after detection.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Avx2(pub(super) ());
+
+    // SAFETY (every intrinsic call below): an `Avx512` value exists only
+    // when the CPU has AVX-512F, and these methods are inlined into
+    // `#[target_feature(enable = "avx512f")]` entry points.
+    impl Simd for Avx512 {
+        type V = __m512;
+        const LANES: usize = 16;
+
+        #[inline(always)]
+        fn splat(self, x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(self, p: *const f32) -> __m512 {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32, v: __m512) {
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        fn add(self, a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        fn sub(self, a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        fn mul(self, a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        fn div(self, a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_div_ps(a, b) }
+        }
+        #[inline(always)]
+        fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn max_keep_nan(self, floor: __m512, x: __m512) -> __m512 {
+            // MAXPS returns its second operand when either is NaN.
+            unsafe { _mm512_max_ps(floor, x) }
+        }
+        #[inline(always)]
+        fn min_keep_nan(self, ceil: __m512, x: __m512) -> __m512 {
+            unsafe { _mm512_min_ps(ceil, x) }
+        }
+        #[inline(always)]
+        fn round(self, x: __m512) -> __m512 {
+            unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
+        }
+        #[inline(always)]
+        fn pow2i(self, n: __m512) -> __m512 {
+            unsafe {
+                let biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+                _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased))
+            }
+        }
+        #[inline(always)]
+        fn abs(self, x: __m512) -> __m512 {
+            unsafe {
+                _mm512_castsi512_ps(_mm512_and_si512(
+                    _mm512_castps_si512(x),
+                    _mm512_set1_epi32(i32::MAX),
+                ))
+            }
+        }
+        #[inline(always)]
+        fn copysign(self, mag: __m512, sign: __m512) -> __m512 {
+            unsafe {
+                let m = _mm512_and_si512(_mm512_castps_si512(mag), _mm512_set1_epi32(i32::MAX));
+                let s = _mm512_and_si512(_mm512_castps_si512(sign), _mm512_set1_epi32(i32::MIN));
+                _mm512_castsi512_ps(_mm512_or_si512(m, s))
+            }
+        }
+        #[inline(always)]
+        fn select_lt(self, a: __m512, b: __m512, yes: __m512, no: __m512) -> __m512 {
+            unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b), no, yes) }
+        }
+    }
+
+    // SAFETY (every intrinsic call below): an `Avx2` value exists only when
+    // the CPU has AVX2 and FMA, and these methods are inlined into
+    // `#[target_feature(enable = "avx2,fma")]` entry points.
+    impl Simd for Avx2 {
+        type V = __m256;
+        const LANES: usize = 8;
+
+        #[inline(always)]
+        fn splat(self, x: f32) -> __m256 {
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(self, p: *const f32) -> __m256 {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32, v: __m256) {
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        fn add(self, a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        fn sub(self, a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        fn mul(self, a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        fn div(self, a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_div_ps(a, b) }
+        }
+        #[inline(always)]
+        fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn max_keep_nan(self, floor: __m256, x: __m256) -> __m256 {
+            unsafe { _mm256_max_ps(floor, x) }
+        }
+        #[inline(always)]
+        fn min_keep_nan(self, ceil: __m256, x: __m256) -> __m256 {
+            unsafe { _mm256_min_ps(ceil, x) }
+        }
+        #[inline(always)]
+        fn round(self, x: __m256) -> __m256 {
+            unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
+        }
+        #[inline(always)]
+        fn pow2i(self, n: __m256) -> __m256 {
+            unsafe {
+                let biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased))
+            }
+        }
+        #[inline(always)]
+        fn abs(self, x: __m256) -> __m256 {
+            unsafe { _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX))) }
+        }
+        #[inline(always)]
+        fn copysign(self, mag: __m256, sign: __m256) -> __m256 {
+            unsafe {
+                let m = _mm256_and_ps(mag, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX)));
+                let s = _mm256_and_ps(sign, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN)));
+                _mm256_or_ps(m, s)
+            }
+        }
+        #[inline(always)]
+        fn select_lt(self, a: __m256, b: __m256, yes: __m256, no: __m256) -> __m256 {
+            unsafe { _mm256_blendv_ps(no, yes, _mm256_cmp_ps::<_CMP_LT_OQ>(a, b)) }
+        }
+    }
+}
+
+/// Runs `$body` with `$s` bound to the token of `$isa`, inside a function
+/// compiled for that ISA (`#[target_feature]`), so that everything the body
+/// inlines uses its instructions. The body is a closure (it may capture), and
+/// must only call `#[inline(always)]` code on its hot path.
+macro_rules! dispatch {
+    ($isa:expr, |$s:ident| $body:expr) => {{
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            $crate::cpu::simd::Isa::Avx512 => {
+                let token = $crate::cpu::simd::Isa::avx512_token();
+                $crate::cpu::simd::run_avx512(
+                    token,
+                    #[inline(always)]
+                    |$s| $body,
+                )
+            }
+            #[cfg(target_arch = "x86_64")]
+            $crate::cpu::simd::Isa::Avx2 => {
+                let token = $crate::cpu::simd::Isa::avx2_token();
+                $crate::cpu::simd::run_avx2(
+                    token,
+                    #[inline(always)]
+                    |$s| $body,
+                )
+            }
+            _ => {
+                let $s = $crate::cpu::simd::Portable;
+                $body
+            }
+        }
+    }};
+}
+pub(crate) use dispatch;
+
+/// The AVX-512 entry point of [`dispatch!`]: `f`, inlined, compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU has AVX-512F (which the token proves).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn with_avx512<R>(s: Avx512, f: impl FnOnce(Avx512) -> R) -> R {
+    f(s)
+}
+
+/// The AVX2 entry point of [`dispatch!`]: `f`, inlined, compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (which the token proves).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn with_avx2<R>(s: Avx2, f: impl FnOnce(Avx2) -> R) -> R {
+    f(s)
+}
+
+/// [`with_avx512`], made safe by its token.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn run_avx512<R>(s: Avx512, f: impl FnOnce(Avx512) -> R) -> R {
+    // SAFETY: an Avx512 token exists only on a CPU with AVX-512F.
+    unsafe { with_avx512(s, f) }
+}
+
+/// [`with_avx2`], made safe by its token.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn run_avx2<R>(s: Avx2, f: impl FnOnce(Avx2) -> R) -> R {
+    // SAFETY: an Avx2 token exists only on a CPU with AVX2 and FMA.
+    unsafe { with_avx2(s, f) }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Isa {
+    /// The AVX-512 token; panics unless this machine has AVX-512F (it is
+    /// only asked for after [`Isa::detect`] chose it).
+    pub(crate) fn avx512_token() -> Avx512 {
+        assert!(
+            std::arch::is_x86_feature_detected!("avx512f"),
+            "AVX-512F is not available"
+        );
+        Avx512(())
+    }
+
+    /// The AVX2 token; panics unless this machine has AVX2 and FMA.
+    pub(crate) fn avx2_token() -> Avx2 {
+        assert!(
+            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            "AVX2 and FMA are not available"
+        );
+        Avx2(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `f` applied to every value of `xs` (a multiple of 16 long), a vector at a time.
+    fn map<F: Fn(Isa, &[f32], &mut [f32])>(isa: Isa, xs: &[f32], f: F) -> Vec<f32> {
+        let mut out = vec![0.0; xs.len()];
+        f(isa, xs, &mut out);
+        out
+    }
+
+    macro_rules! vector_fn {
+        ($name:ident, $math:ident) => {
+            fn $name(isa: Isa, xs: &[f32], out: &mut [f32]) {
+                assert!(xs.len() == out.len() && xs.len() % 16 == 0);
+                dispatch!(isa, |s| {
+                    for (x, o) in xs
+                        .chunks_exact(isa.lanes())
+                        .zip(out.chunks_exact_mut(isa.lanes()))
+                    {
+                        // SAFETY: each chunk holds exactly one vector.
+                        unsafe { s.store(o.as_mut_ptr(), $math(s, s.load(x.as_ptr()))) };
+                    }
+                })
+            }
+        };
+    }
+    vector_fn!(vexp, exp);
+    vector_fn!(vsigmoid, sigmoid);
+    vector_fn!(vtanh, tanh);
+
+    /// The distance between two floats in units in the last place.
+    fn ulps(a: f32, b: f32) -> u32 {
+        let key = |x: f32| {
+            let bits = x.to_bits() as i32;
+            if bits < 0 {
+                i32::MIN.wrapping_sub(bits)
+            } else {
+                bits
+            }
+        };
+        if a == b {
+            0
+        } else {
+            key(a).abs_diff(key(b))
+        }
+    }
+
+    fn grid() -> Vec<f32> {
+        let mut xs: Vec<f32> = (0..20_000).map(|i| -100.0 + i as f32 * 0.01).collect();
+        xs.extend((0..4_000).map(|i| (i as f32 - 2_000.0) * 1e-4));
+        xs.extend([
+            0.0,
+            -0.0,
+            0.625,
+            -0.625,
+            0.624_999_9,
+            1e-30,
+            -1e-30,
+            88.0,
+            -88.0,
+            200.0,
+            -200.0,
+        ]);
+        xs.resize(xs.len().next_multiple_of(16), 0.5);
+        xs
+    }
+
+    #[test]
+    fn vector_math_matches_libm_on_every_isa() {
+        let xs = grid();
+        for isa in Isa::available() {
+            let (exps, sigmoids, tanhs) =
+                (map(isa, &xs, vexp), map(isa, &xs, vsigmoid), map(isa, &xs, vtanh));
+            for (i, &x) in xs.iter().enumerate() {
+                let x64 = f64::from(x);
+                if (-87.0..88.0).contains(&x) {
+                    let want = x64.exp() as f32;
+                    assert!(
+                        ulps(exps[i], want) <= 2,
+                        "{isa}: exp({x}) = {} vs {want}",
+                        exps[i]
+                    );
+                }
+                let want = (1.0 / (1.0 + (-x64).exp())) as f32;
+                let tiny = (f64::from(sigmoids[i]) - f64::from(want)).abs() < 1e-37;
+                assert!(
+                    ulps(sigmoids[i], want) <= 4 || tiny,
+                    "{isa}: sigmoid({x}) = {} vs {want}",
+                    sigmoids[i]
+                );
+                let want = x64.tanh() as f32;
+                assert!(
+                    ulps(tanhs[i], want) <= 4,
+                    "{isa}: tanh({x}) = {} vs {want}",
+                    tanhs[i]
+                );
+            }
+            let nan = [f32::NAN; 16];
+            assert!(
+                map(isa, &nan, vsigmoid).iter().all(|v| v.is_nan()),
+                "{isa}: sigmoid(NaN)"
+            );
+            assert!(
+                map(isa, &nan, vtanh).iter().all(|v| v.is_nan()),
+                "{isa}: tanh(NaN)"
+            );
+            assert!(map(isa, &nan, vexp).iter().all(|v| v.is_nan()), "{isa}: exp(NaN)");
+        }
+    }
+}
