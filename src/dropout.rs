@@ -62,12 +62,32 @@ impl Dropout {
                 } else {
                     t * batch + b
                 };
-                let row = &mut data[stored * width..][..width];
-                let base = ((t * batch + b) * width) as u64;
-                for (col, v) in row.iter_mut().enumerate() {
-                    *v = *v * T::from_f64(factor(self.p, self.seed, layer, base + col as u64));
-                }
+                self.apply_row(
+                    layer,
+                    (t, b),
+                    batch,
+                    width,
+                    0,
+                    &mut data[stored * width..][..width],
+                );
             }
+        }
+    }
+
+    /// Multiplies columns `first_col..` of row `(t, b)` of layer `layer`'s
+    /// output (`width` wide, `batch` rows a step) by their mask factors.
+    pub fn apply_row<T: crate::Element>(
+        &self,
+        layer: usize,
+        (t, b): (usize, usize),
+        batch: usize,
+        width: usize,
+        first_col: usize,
+        values: &mut [T],
+    ) {
+        let base = ((t * batch + b) * width + first_col) as u64;
+        for (col, v) in values.iter_mut().enumerate() {
+            *v = *v * T::from_f64(factor(self.p, self.seed, layer, base + col as u64));
         }
     }
 }

@@ -11,11 +11,14 @@
 //! so no layout is ever converted. A sequence of length `len` stops after
 //! step `len - 1`; its rows past the end are never computed and read as zero.
 //!
-//! Threads: each direction's batch rows split into chunks that run the whole
-//! sequence without synchronising (the common case), or, when the batch is
-//! too small to split (stream_b1, B = 4), every thread takes a share of the
-//! panels (hidden units) of every step, with a spinning barrier after each
-//! product.
+//! Threads: a whole forward call is one job on the model's workers. Each
+//! direction's batch rows split into chunks, and a chunk is one task that
+//! projects, runs and finishes its own rows in every layer: no thread waits
+//! for another except where the two directions of a layer meet, and the
+//! rows a task projects are the rows it then reads (a split by time would
+//! move half of `gi` between cores). When the batch is too small to split
+//! (stream_b1, B = 4), every thread takes a share of the panels (hidden
+//! units) of every product instead, with a spinning barrier after each.
 
 use super::cells::{GruOriginalCandidate, GruOriginalGates, GruStep, LiveRow, LstmStep, RnnStep, StoreRows};
 use super::kernel::{gemm_rows, Epilogue, Operands};
@@ -23,6 +26,7 @@ use super::packed::{Dims, PackedLayer};
 use super::simd::{dispatch, Simd};
 use super::threads::{SharedPtr, SpinBarrier, Workers};
 use crate::config::CellKind;
+use crate::dropout::Dropout;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -81,8 +85,20 @@ impl RowLists {
     }
 }
 
-/// One list per task; a task locks its own (never contended).
-pub type Scratch = [Mutex<RowLists>];
+/// One list per task; a task locks its own (never contended). Each on its
+/// own cache lines: the lists' lengths change on every push, and two cores
+/// writing one line run at half speed.
+pub type Scratch = [TaskLists];
+
+#[repr(align(128))]
+#[derive(Default)]
+pub struct TaskLists(Mutex<RowLists>);
+
+impl TaskLists {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, RowLists> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// What the training forward keeps per layer-direction (null: inference).
 #[derive(Clone, Copy, Debug)]
@@ -388,30 +404,150 @@ impl Split {
     }
 }
 
-/// Runs every direction's recurrence of one layer on `workers`.
-pub fn run_recurrences(workers: &Workers, split: Split, runs: &[Recurrence<'_>], scratch: &Scratch) {
-    let batch = runs[0].rows.batch;
+/// Runs a forward call's layers (each `passes[layer]`, one per direction)
+/// on `workers` with `split`.
+pub fn run_layers(workers: &Workers, split: Split, passes: &[Vec<LayerPass<'_>>], scratch: &Scratch) {
+    let threads = workers.threads();
+    let batch = passes[0][0].recurrence.rows.batch;
     match split {
-        Split::Units => {
-            for run in runs {
-                workers.broadcast(|w, barrier| {
-                    let mut lists = scratch[w].lock().unwrap_or_else(|e| e.into_inner());
-                    run.run(0..batch, w, workers.threads(), Some(barrier), &mut lists);
-                });
+        Split::Rows { chunks } => workers.broadcast(|w, barrier| {
+            for (layer, directions) in passes.iter().enumerate() {
+                let tasks = directions.len() * chunks;
+                for task in (w..tasks).step_by(threads) {
+                    let pass = &directions[task / chunks];
+                    pass.run_rows(share(batch, task % chunks, chunks), &mut scratch[task].lock());
+                }
+                // The next layer's rows read both directions' outputs; with
+                // one direction, a task reads only what it wrote itself.
+                if directions.len() > 1 && layer + 1 < passes.len() {
+                    barrier.wait();
+                }
+            }
+        }),
+        Split::Units => workers.broadcast(|w, barrier| {
+            let mut lists = scratch[w].lock();
+            for directions in passes {
+                for pass in directions {
+                    if w == 0 {
+                        pass.begin(0..batch);
+                    }
+                    pass.project(0..batch, w, threads, &mut lists);
+                    barrier.wait();
+                    pass.recurrence
+                        .run(0..batch, w, threads, Some(barrier), &mut lists);
+                    barrier.wait();
+                    if w == 0 {
+                        pass.finish(0..batch);
+                    }
+                    barrier.wait();
+                }
+            }
+        }),
+    }
+}
+
+/// One layer-direction of a forward call: its projection, its recurrence,
+/// and where its state comes from and goes.
+pub struct LayerPass<'a> {
+    pub projection: Projection<'a>,
+    pub recurrence: Recurrence<'a>,
+    /// This state's rows of `h0`/`c0` (null: zeros), `[B, Hout]` / `[B, H]`.
+    pub h0: *const f32,
+    pub c0: *const f32,
+    /// This state's rows of `h_n`/`c_n` (`c_n` null: none).
+    pub h_n: *mut f32,
+    pub c_n: *mut f32,
+    /// Training with dropout: the next layer's input (`[T·B, D·Hout]`),
+    /// this direction's columns of the output times layer `layer`'s mask.
+    pub dropout: Option<(Dropout, usize, SharedPtr)>,
+}
+
+// SAFETY: as Recurrence and Projection: tasks take disjoint batch rows, or
+// (unit split) disjoint panels with barriers, and worker 0 alone does the
+// per-row bookkeeping between them.
+unsafe impl Sync for LayerPass<'_> {}
+
+impl LayerPass<'_> {
+    /// All of this layer-direction for batch rows `rows`, as one task.
+    pub fn run_rows(&self, rows: Range<usize>, lists: &mut RowLists) {
+        self.begin(rows.clone());
+        self.project(rows.clone(), 0, 1, lists);
+        self.recurrence.run(rows.clone(), 0, 1, None, lists);
+        self.finish(rows);
+    }
+
+    /// Zeroes the outputs of `rows` past their ends, and loads their state.
+    pub fn begin(&self, rows: Range<usize>) {
+        let r = &self.recurrence;
+        let d = r.dims;
+        let (out_p, hp) = (d.out_padded, d.hidden_padded);
+        let st = r.state;
+        for b in rows {
+            // SAFETY: b < B and every row index below T·B, within the
+            // buffers the caller sized; h0/c0 hold [B, Hout] / [B, H].
+            unsafe {
+                for t in r.lengths[b]..r.rows.seq_len {
+                    let out = r.output.at(r.rows.row(t, b) * r.out_width + r.out_offset);
+                    std::ptr::write_bytes(out, 0, d.out);
+                }
+                // Padded columns must be zero: see cells.rs.
+                let (h, c) = (st.h[0].at(b * out_p), st.c.at(b * hp));
+                std::ptr::write_bytes(h, 0, out_p);
+                std::ptr::write_bytes(c, 0, hp);
+                if !self.h0.is_null() {
+                    std::ptr::copy_nonoverlapping(self.h0.add(b * d.out), h, d.out);
+                }
+                if !self.c0.is_null() {
+                    std::ptr::copy_nonoverlapping(self.c0.add(b * d.hidden), c, d.hidden);
+                }
             }
         }
-        Split::Rows { chunks } => {
-            workers.run(runs.len() * chunks, |task| {
-                let (run, chunk) = (&runs[task / chunks], task % chunks);
-                let mut lists = scratch[task].lock().unwrap_or_else(|e| e.into_inner());
-                run.run(share(batch, chunk, chunks), 0, 1, None, &mut lists);
-            });
+    }
+
+    /// Projects the live rows of batch rows `rows`: this worker's share of
+    /// the panels.
+    pub fn project(&self, rows: Range<usize>, worker: usize, workers: usize, lists: &mut RowLists) {
+        let r = &self.recurrence;
+        let live = rows.flat_map(|b| (0..r.lengths[b]).map(move |t| r.rows.row(t, b)));
+        self.projection.run(live, worker, workers, lists);
+    }
+
+    /// Each row's state after its own last step to `h_n`/`c_n`, and the
+    /// dropout of its outputs for the next layer.
+    pub fn finish(&self, rows: Range<usize>) {
+        let r = &self.recurrence;
+        let d = r.dims;
+        let st = r.state;
+        for b in rows {
+            let len = r.lengths[b];
+            // SAFETY: step len - 1 wrote h[len % 2]; h_n/c_n hold [B, ·].
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    st.h[len % 2].at(b * d.out_padded),
+                    self.h_n.add(b * d.out),
+                    d.out,
+                );
+                if !self.c_n.is_null() {
+                    std::ptr::copy_nonoverlapping(
+                        st.c.at(b * d.hidden_padded),
+                        self.c_n.add(b * d.hidden),
+                        d.hidden,
+                    );
+                }
+                if let Some((dropout, layer, next)) = self.dropout {
+                    for t in 0..r.rows.seq_len {
+                        let offset = r.rows.row(t, b) * r.out_width + r.out_offset;
+                        let dst = std::slice::from_raw_parts_mut(next.at(offset), d.out);
+                        std::ptr::copy_nonoverlapping(r.output.at(offset), dst.as_mut_ptr(), d.out);
+                        dropout.apply_row(layer, (t, b), r.rows.batch, r.out_width, r.out_offset, dst);
+                    }
+                }
+            }
         }
     }
 }
 
-/// The input projection of one direction: `gi[row] = x[row] · W_ihᵀ + bias`
-/// for the given rows.
+/// The input projection of one direction: `gi[row] = x[row] · W_ihᵀ + bias`.
 pub struct Projection<'a> {
     pub dims: &'a Dims,
     pub layer: &'a PackedLayer,
@@ -421,24 +557,28 @@ pub struct Projection<'a> {
     pub gi: SharedPtr,
 }
 
-// SAFETY: the input is only read; each task writes the gi rows of its own rows.
+// SAFETY: the input is only read; each task writes the gi rows (or panels)
+// of its own share.
 unsafe impl Sync for Projection<'_> {}
 
-/// Below this many multiply-adds an input projection runs as one task.
-const PROJECTION_TASK_MIN_WORK: usize = 1 << 17;
-
 impl Projection<'_> {
-    /// Projects `rows` (row indices) into `gi`.
-    pub fn run(&self, rows: &[usize], lists: &mut RowLists) {
+    /// Projects `rows` (row indices), this worker's share of the panels.
+    pub fn run(
+        &self,
+        rows: impl Iterator<Item = usize>,
+        worker: usize,
+        workers: usize,
+        lists: &mut RowLists,
+    ) {
         let d = self.dims;
         let gate_width = d.gate_width();
         lists.clear();
-        // SAFETY: every row index is below T·B, the rows of the input and of gi.
-        unsafe {
-            lists
-                .a
-                .extend(rows.iter().map(|&r| self.input.add(r * self.in_stride)));
-            lists.out.extend(rows.iter().map(|&r| self.gi.at(r * gate_width)));
+        for r in rows {
+            // SAFETY: every row index is below T·B, the rows of the input and of gi.
+            unsafe {
+                lists.a.push(self.input.add(r * self.in_stride));
+                lists.out.push(self.gi.at(r * gate_width));
+            }
         }
         let store = StoreRows {
             out: &lists.out,
@@ -455,21 +595,7 @@ impl Projection<'_> {
         };
         dispatch!(d.isa, |s| {
             // SAFETY: each row pointer has in_size floats; each gi row gate_width.
-            unsafe { plain_product(s, d, &ops, 0, 1, &store) }
+            unsafe { plain_product(s, d, &ops, worker, workers, &store) }
         });
     }
-}
-
-/// Projects `rows` for every direction, split across the threads.
-pub fn run_projections(workers: &Workers, projections: &[Projection<'_>], rows: &[usize], scratch: &Scratch) {
-    let d = projections[0].dims;
-    let work = rows.len() * projections[0].layer.in_size * d.gate_width();
-    let chunks = (work / PROJECTION_TASK_MIN_WORK)
-        .clamp(1, workers.threads())
-        .min(rows.len().max(1));
-    workers.run(projections.len() * chunks, |task| {
-        let (projection, chunk) = (&projections[task / chunks], task % chunks);
-        let mut lists = scratch[task].lock().unwrap_or_else(|e| e.into_inner());
-        projection.run(&rows[share(rows.len(), chunk, chunks)], &mut lists);
-    });
 }

@@ -3,7 +3,7 @@
 //! [`crate::reference`] and the same checks and errors.
 
 use super::forward::{
-    run_projections, run_recurrences, KeepPtrs, Projection, Recurrence, RowLayout, RowLists, Split, StatePtrs,
+    run_layers, KeepPtrs, LayerPass, Projection, Recurrence, RowLayout, RowLists, Split, StatePtrs, TaskLists,
 };
 use super::kernel::AlignedBuf;
 use super::packed::{Dims, PackedNetwork};
@@ -15,7 +15,6 @@ use crate::sequence::{self, ForwardInput, ForwardOutput, State};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use crate::RnnConfig;
-use std::sync::Mutex;
 
 /// A recurrent network prepared for the fast CPU path, in f32.
 ///
@@ -56,10 +55,8 @@ pub(super) struct Workspace {
     layer_out: [Option<AlignedBuf>; 2],
     /// Per direction: `h` ×2 `[B, Hout_p]`, then `c`, `h_new`, `r ⊙ h` `[B, Hp]`.
     states: Option<AlignedBuf>,
-    /// The live rows `(t, b)` of the call.
-    pub valid_rows: Vec<usize>,
     pub lengths: Vec<usize>,
-    pub scratch: Vec<Mutex<RowLists>>,
+    pub scratch: Vec<TaskLists>,
 }
 
 fn grown(buf: &mut Option<AlignedBuf>, len: usize) -> &mut AlignedBuf {
@@ -68,16 +65,16 @@ fn grown(buf: &mut Option<AlignedBuf>, len: usize) -> &mut AlignedBuf {
     buf
 }
 
-/// What the training forward keeps, for [`run_forward`] to fill.
+/// What the training forward keeps, for [`CpuRnn::run_forward`] to fill.
 pub(super) struct TrainingSink<'a> {
     /// Per layer-direction, what the recurrence keeps.
     pub keep: &'a [KeepPtrs],
-    /// Per layer, where its output goes (`[T·B, D·Hout]`), in place of the
-    /// workspace's buffers; the last layer's still goes to the caller's.
+    /// Per layer but the last, where its output goes (`[T·B, D·Hout]`), in
+    /// place of the workspace's buffers.
     pub outputs: &'a [SharedPtr],
-    /// Per layer but the last: the next layer's input, made from the output
-    /// (inter-layer dropout), or `None` to read the output itself.
-    pub next_inputs: &'a mut dyn FnMut(usize) -> Option<*const f32>,
+    /// With inter-layer dropout: per layer but the last, the next layer's
+    /// input (the output times its mask).
+    pub dropout: Option<(crate::dropout::Dropout, &'a [SharedPtr])>,
 }
 
 /// The arguments of one forward run, checked.
@@ -261,8 +258,8 @@ impl CpuRnn {
     }
 
     /// The forward pass on checked arguments; with `training`, also what
-    /// backward needs.
-    pub(super) fn run_forward(&mut self, run: &Run<'_>, mut training: Option<TrainingSink<'_>>) {
+    /// backward needs. One job on the workers (see `forward.rs`).
+    pub(super) fn run_forward(&mut self, run: &Run<'_>, training: Option<TrainingSink<'_>>) {
         let d = self.net.dims;
         let (rows, batch) = (run.rows.rows(), run.rows.batch);
         let threads = self.workers.threads();
@@ -271,7 +268,7 @@ impl CpuRnn {
         let gate_width = d.gate_width();
         let gi = SharedPtr(grown(&mut ws.gi, d.dirs * rows * gate_width).as_mut_ptr());
         let state_len = state_floats(&d, batch);
-        let states = grown(&mut ws.states, d.dirs * state_len);
+        let states = SharedPtr(grown(&mut ws.states, d.dirs * state_len).as_mut_ptr());
         let out_width = d.out_width();
         let layer_out: [SharedPtr; 2] = if d.layers > 1 && training.is_none() {
             let a = SharedPtr(grown(&mut ws.layer_out[0], rows * out_width).as_mut_ptr());
@@ -280,9 +277,10 @@ impl CpuRnn {
         } else {
             [SharedPtr::null(); 2]
         };
-        let split = Split::choose(&d, threads, batch);
         let lengths = &ws.lengths[..];
+        let (h_len, c_len) = (batch * d.out, batch * d.hidden);
         let (mut input, mut in_stride) = (run.input.as_ptr(), d.input_size);
+        let mut passes: Vec<Vec<LayerPass<'_>>> = Vec::with_capacity(d.layers);
         for layer in 0..d.layers {
             let last = layer + 1 == d.layers;
             let output = match &training {
@@ -290,63 +288,72 @@ impl CpuRnn {
                 Some(sink) => sink.outputs[layer],
                 None => layer_out[layer % 2],
             };
-            // Rows past a sequence's end are never computed: they read as zero.
-            if run.lengths.is_some() {
-                for (b, &len) in lengths.iter().enumerate() {
-                    for t in len..run.rows.seq_len {
-                        // SAFETY: the row is below T·B rows of out_width floats.
-                        unsafe {
-                            std::ptr::write_bytes(output.at(run.rows.row(t, b) * out_width), 0, out_width)
-                        };
-                    }
-                }
-            }
-            let projections: Vec<Projection<'_>> = (0..d.dirs)
-                .map(|dir| Projection {
-                    dims: &d,
-                    layer: self.net.layer(layer, dir),
-                    input,
-                    in_stride,
-                    // SAFETY: direction dir's [T·B, G·Hp] block of gi.
-                    gi: SharedPtr(unsafe { gi.at(dir * rows * gate_width) }),
-                })
-                .collect();
-            run_projections(&self.workers, &projections, &ws.valid_rows, &ws.scratch);
-
-            let state_ptrs: Vec<StatePtrs> = (0..d.dirs)
+            let dropout = training
+                .as_ref()
+                .and_then(|t| t.dropout)
+                .filter(|_| !last)
+                .map(|(dropout, dropped)| (dropout, layer, dropped[layer]));
+            let directions = (0..d.dirs)
                 .map(|dir| {
-                    let base = &mut states.as_mut_slice()[dir * state_len..(dir + 1) * state_len];
-                    init_state(&d, run, layer * d.dirs + dir, base)
+                    let state = layer * d.dirs + dir;
+                    let packed = self.net.layer(layer, dir);
+                    // SAFETY: direction dir's blocks of gi and of the states.
+                    let (gi, base) = unsafe { (gi.at(dir * rows * gate_width), states.at(dir * state_len)) };
+                    let offset = |p: *const f32, len: usize| {
+                        if p.is_null() {
+                            p
+                        } else {
+                            // SAFETY: h0/c0 (checked) hold L·D state rows of len floats.
+                            unsafe { p.add(state * len) }
+                        }
+                    };
+                    LayerPass {
+                        projection: Projection {
+                            dims: &self.net.dims,
+                            layer: packed,
+                            input,
+                            in_stride,
+                            gi: SharedPtr(gi),
+                        },
+                        recurrence: Recurrence {
+                            dims: &self.net.dims,
+                            layer: packed,
+                            reverse: dir == 1,
+                            lengths,
+                            rows: run.rows,
+                            gi: SharedPtr(gi),
+                            output,
+                            out_width,
+                            out_offset: dir * d.out,
+                            state: state_ptrs(&d, batch, base),
+                            keep: training.as_ref().map(|t| t.keep[state]),
+                        },
+                        h0: offset(run.h0, h_len),
+                        c0: offset(run.c0, c_len),
+                        // SAFETY: h_n/c_n (checked) hold L·D state rows.
+                        h_n: unsafe { run.h_n.add(state * h_len) },
+                        c_n: if run.c_n.is_null() {
+                            std::ptr::null_mut()
+                        } else {
+                            unsafe { run.c_n.add(state * c_len) }
+                        },
+                        dropout,
+                    }
                 })
                 .collect();
-            let runs: Vec<Recurrence<'_>> = (0..d.dirs)
-                .map(|dir| Recurrence {
-                    dims: &d,
-                    layer: self.net.layer(layer, dir),
-                    reverse: dir == 1,
-                    lengths,
-                    rows: run.rows,
-                    gi: projections[dir].gi,
-                    output,
-                    out_width,
-                    out_offset: dir * d.out,
-                    state: state_ptrs[dir],
-                    keep: training.as_ref().map(|t| t.keep[layer * d.dirs + dir]),
-                })
-                .collect();
-            run_recurrences(&self.workers, split, &runs, &ws.scratch);
-            for (dir, st) in state_ptrs.iter().enumerate() {
-                final_state(&d, run, lengths, layer * d.dirs + dir, st);
-            }
-
-            input = output.0.cast_const();
+            passes.push(directions);
+            input = match dropout {
+                Some((_, _, next)) => next.0.cast_const(),
+                None => output.0.cast_const(),
+            };
             in_stride = out_width;
-            if let (Some(sink), false) = (training.as_mut(), last) {
-                if let Some(next) = (sink.next_inputs)(layer) {
-                    input = next;
-                }
-            }
         }
+        run_layers(
+            &self.workers,
+            Split::choose(&d, threads, batch),
+            &passes,
+            &ws.scratch,
+        );
     }
 }
 
@@ -359,29 +366,17 @@ impl Workspace {
             Some(l) => self.lengths.extend_from_slice(l),
             None => self.lengths.resize(batch, seq_len),
         }
-        self.valid_rows.clear();
-        for t in 0..seq_len {
-            for (b, &len) in self.lengths.iter().enumerate() {
-                if t < len {
-                    self.valid_rows.push(run.rows.row(t, b));
-                }
-            }
-        }
-        // Row order within a projection does not matter; memory order helps.
-        if run.rows.batch_first {
-            self.valid_rows.sort_unstable();
-        }
-        let per_task = batch.max(self.valid_rows.len() / threads + 1);
+        let per_task = batch.max(seq_len * batch / threads + 1);
         self.ensure_scratch(d.dirs * threads, per_task);
     }
 
     /// At least `tasks` row lists, each with room for `rows` rows.
     pub fn ensure_scratch(&mut self, tasks: usize, rows: usize) {
         while self.scratch.len() < tasks {
-            self.scratch.push(Mutex::new(RowLists::default()));
+            self.scratch.push(TaskLists::default());
         }
         for lists in &self.scratch {
-            lists.lock().unwrap_or_else(|e| e.into_inner()).reserve(rows);
+            lists.lock().reserve(rows);
         }
     }
 }
@@ -403,53 +398,16 @@ fn state_floats(d: &Dims, batch: usize) -> usize {
     batch * (2 * d.out_padded + 3 * d.hidden_padded)
 }
 
-/// Points a direction's state buffers into `base`, zeroed, with `h0`/`c0`
-/// (state row `state`) in `h[0]` and `c`.
-fn init_state(d: &Dims, run: &Run<'_>, state: usize, base: &mut [f32]) -> StatePtrs {
-    let batch = run.rows.batch;
-    let (out_p, hp) = (d.out_padded, d.hidden_padded);
-    // Padded columns must be zero: see cells.rs.
-    base.fill(0.0);
-    let (h, rest) = base.split_at_mut(2 * batch * out_p);
-    let (c, rest) = rest.split_at_mut(batch * hp);
-    let (h_new, reset_h) = rest.split_at_mut(batch * hp);
-    // SAFETY: h0/c0, when given, hold [L·D, B, Hout] / [L·D, B, H] floats
-    // (checked by the caller), and do not overlap the workspace.
+/// A direction's state buffers, laid out from `base` (see [`state_floats`]).
+fn state_ptrs(d: &Dims, batch: usize, base: *mut f32) -> StatePtrs {
+    let (h, c) = (batch * d.out_padded, batch * d.hidden_padded);
+    // SAFETY: base has state_floats(d, batch) floats.
     unsafe {
-        if !run.h0.is_null() {
-            for b in 0..batch {
-                let src = run.h0.add((state * batch + b) * d.out);
-                std::ptr::copy_nonoverlapping(src, h[b * out_p..].as_mut_ptr(), d.out);
-            }
-        }
-        if !run.c0.is_null() {
-            for b in 0..batch {
-                let src = run.c0.add((state * batch + b) * d.hidden);
-                std::ptr::copy_nonoverlapping(src, c[b * hp..].as_mut_ptr(), d.hidden);
-            }
-        }
-    }
-    let (h0_buf, h1_buf) = h.split_at_mut(batch * out_p);
-    StatePtrs {
-        h: [SharedPtr(h0_buf.as_mut_ptr()), SharedPtr(h1_buf.as_mut_ptr())],
-        c: SharedPtr(c.as_mut_ptr()),
-        h_new: SharedPtr(h_new.as_mut_ptr()),
-        reset_h: SharedPtr(reset_h.as_mut_ptr()),
-    }
-}
-
-/// Each sequence's state after its own last step into `h_n`/`c_n` row `state`.
-fn final_state(d: &Dims, run: &Run<'_>, lengths: &[usize], state: usize, st: &StatePtrs) {
-    let batch = run.rows.batch;
-    for (b, &len) in lengths.iter().enumerate() {
-        // SAFETY: step len - 1 wrote h[len % 2]; h_n/c_n hold [L·D, B, ·].
-        unsafe {
-            let h = st.h[len % 2].at(b * d.out_padded);
-            std::ptr::copy_nonoverlapping(h, run.h_n.add((state * batch + b) * d.out), d.out);
-            if !run.c_n.is_null() {
-                let c = st.c.at(b * d.hidden_padded);
-                std::ptr::copy_nonoverlapping(c, run.c_n.add((state * batch + b) * d.hidden), d.hidden);
-            }
+        StatePtrs {
+            h: [SharedPtr(base), SharedPtr(base.add(h))],
+            c: SharedPtr(base.add(2 * h)),
+            h_new: SharedPtr(base.add(2 * h + c)),
+            reset_h: SharedPtr(base.add(2 * h + 2 * c)),
         }
     }
 }

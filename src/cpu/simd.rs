@@ -160,22 +160,31 @@ pub fn sigmoid<S: Simd>(s: S, x: S::V) -> S::V {
     s.div(one, s.add(one, exp(s, s.sub(s.zero(), x))))
 }
 
-/// `tanh x`: an odd polynomial for `|x| < 0.625` (Cephes' `tanhf`
-/// coefficients), where `1 - 2 / (e^2|x| + 1)` would lose digits to
-/// cancellation, and that formula with the sign restored above it.
+/// `e^x - 1`, accurate near 0 where `exp(x) - 1` is not: `x = n ln 2 + r`,
+/// `e^r - 1 = r + r² P(r)` (the polynomial of [`exp`]), then
+/// `2^n (e^r - 1) + (2^n - 1)`. Inputs are clamped to `[-87.3, 88.37]`.
+#[inline(always)]
+pub fn expm1<S: Simd>(s: S, x: S::V) -> S::V {
+    let x = s.min_keep_nan(s.splat(88.37), x);
+    let x = s.max_keep_nan(s.splat(-87.3), x);
+    let n = s.round(s.mul(x, s.splat(std::f32::consts::LOG2_E)));
+    let r = s.fma(n, s.splat(-0.693_359_4), x);
+    let r = s.fma(n, s.splat(2.121_944_4e-4), r);
+    let mut p = s.splat(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
+        p = s.fma(p, r, s.splat(c));
+    }
+    let em1_r = s.fma(p, s.mul(r, r), r);
+    let scale = s.pow2i(n);
+    s.fma(em1_r, scale, s.sub(scale, s.splat(1.0)))
+}
+
+/// `tanh x = expm1(2x) / (expm1(2x) + 2)`: accurate to a few ulp over the
+/// whole range (near 0 through `expm1`, at ±inf by the clamp in `expm1`).
 #[inline(always)]
 pub fn tanh<S: Simd>(s: S, x: S::V) -> S::V {
-    let one = s.splat(1.0);
-    let ax = s.abs(x);
-    let z = s.mul(x, x);
-    let mut p = s.splat(-5.704_988_7e-3);
-    for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
-        p = s.fma(p, z, s.splat(c));
-    }
-    let small = s.fma(s.mul(p, z), x, x);
-    let e = exp(s, s.add(ax, ax));
-    let large = s.sub(one, s.div(s.splat(2.0), s.add(e, one)));
-    s.select_lt(ax, s.splat(0.625), small, s.copysign(large, x))
+    let e = expm1(s, s.add(x, x));
+    s.div(e, s.add(e, s.splat(2.0)))
 }
 
 // ------------------------------------------------------------ portable ----
@@ -560,6 +569,7 @@ mod tests {
     vector_fn!(vexp, exp);
     vector_fn!(vsigmoid, sigmoid);
     vector_fn!(vtanh, tanh);
+    vector_fn!(vexpm1, expm1);
 
     /// The distance between two floats in units in the last place.
     fn ulps(a: f32, b: f32) -> u32 {
@@ -627,6 +637,17 @@ mod tests {
                     "{isa}: tanh({x}) = {} vs {want}",
                     tanhs[i]
                 );
+            }
+            let expm1s = map(isa, &xs, vexpm1);
+            for (i, &x) in xs.iter().enumerate() {
+                if (-87.0..88.0).contains(&x) {
+                    let want = f64::from(x).exp_m1() as f32;
+                    assert!(
+                        ulps(expm1s[i], want) <= 3,
+                        "{isa}: expm1({x}) = {} vs {want}",
+                        expm1s[i]
+                    );
+                }
             }
             let nan = [f32::NAN; 16];
             assert!(

@@ -130,26 +130,17 @@ impl CpuRnn {
             .iter_mut()
             .map(|o| SharedPtr(o.as_mut_ptr()))
             .collect();
-        let (outputs_ptr, dropped) = (outputs.clone(), &mut reserve.dropped);
-        let batch_first = run.rows.batch_first;
-        let width = d.out_width();
-        let mut next_inputs = |layer: usize| {
-            let dropout = dropout?;
-            let next = &mut dropped[layer];
-            // SAFETY: the layer's output buffer is complete (the recurrence
-            // returned) and no longer written; it holds rows × width floats.
-            let output =
-                unsafe { std::slice::from_raw_parts(outputs_ptr[layer].0.cast_const(), rows * width) };
-            next.as_mut_slice().copy_from_slice(output);
-            dropout.apply(layer, next.as_mut_slice(), seq_len, batch, width, batch_first);
-            Some(next.as_ptr())
-        };
+        let dropped: Vec<SharedPtr> = reserve
+            .dropped
+            .iter_mut()
+            .map(|o| SharedPtr(o.as_mut_ptr()))
+            .collect();
         self.run_forward(
             &run,
             Some(TrainingSink {
                 keep: &keep_ptrs,
                 outputs: &outputs,
-                next_inputs: &mut next_inputs,
+                dropout: dropout.map(|p| (p, &dropped[..])),
             }),
         );
         Ok((out, reserve))
@@ -289,7 +280,7 @@ impl CpuRnn {
             let scratch = &self.ws.scratch;
             self.workers.run(runs.len() * chunks, |task| {
                 let (run, chunk) = (&runs[task / chunks], task % chunks);
-                let mut lists = scratch[task].lock().unwrap_or_else(|e| e.into_inner());
+                let mut lists = scratch[task].lock();
                 run.run(share(dims.batch, chunk, chunks), &mut lists);
             });
             drop(runs);
@@ -318,8 +309,10 @@ impl CpuRnn {
                 } else {
                     dgi
                 };
-                let grads = self.workers.install(|| {
+                let parallelism = self.workers.gemm_parallelism();
+                let grads = {
                     layer_grads(
+                        parallelism,
                         &d,
                         rows,
                         in_size,
@@ -329,7 +322,7 @@ impl CpuRnn {
                         keep,
                         dproj_bufs.get(dir).map(AlignedBuf::as_slice),
                     )
-                });
+                };
                 param_grads[state] = Some(grads);
             }
 
@@ -360,7 +353,7 @@ impl CpuRnn {
             // Each task owns a slice of the rows; directions accumulate in
             // order within a task, so the sum's order never depends on threads.
             self.workers.run(chunks, |chunk| {
-                let mut lists = scratch[chunk].lock().unwrap_or_else(|e| e.into_inner());
+                let mut lists = scratch[chunk].lock();
                 for product in &products {
                     product.run(&live_rows[share(live_rows.len(), chunk, chunks)], &mut lists);
                 }
@@ -425,8 +418,10 @@ struct LayerGrads {
 
 /// `dst[m × n] = gradᵀ · src` over `rows` rows (`grad` rows `grad_stride`
 /// apart, `m` wide; `src` rows `src_stride` apart, `n` wide), by the `gemm`
-/// crate, parallel over the output in the current rayon pool.
+/// crate, parallel over the output.
+#[allow(clippy::too_many_arguments)]
 fn transposed_product(
+    parallelism: gemm::Parallelism,
     m: usize,
     n: usize,
     rows: usize,
@@ -462,7 +457,7 @@ fn transposed_product(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         );
     }
     dst
@@ -471,6 +466,7 @@ fn transposed_product(
 /// The parameter gradients of one layer-direction from its gate gradients.
 #[allow(clippy::too_many_arguments)]
 fn layer_grads(
+    parallelism: gemm::Parallelism,
     d: &Dims,
     rows: usize,
     in_size: usize,
@@ -492,15 +488,16 @@ fn layer_grads(
         out
     };
     let w_ih = unpad(
-        transposed_product(gw, in_size, rows, dgi, gw, x, in_size),
+        transposed_product(parallelism, gw, in_size, rows, dgi, gw, x, in_size),
         in_size,
     );
     let h_prev = keep[2].as_slice();
     let w_hh = if d.original_gru() {
         // The original GRU's n rows multiply r ⊙ h (kept), not h.
         let hp = d.hidden_padded;
-        let mut rz = transposed_product(2 * hp, d.out, rows, dgh, gw, h_prev, d.out_padded);
+        let mut rz = transposed_product(parallelism, 2 * hp, d.out, rows, dgh, gw, h_prev, d.out_padded);
         rz.extend(transposed_product(
+            parallelism,
             hp,
             d.hidden,
             rows,
@@ -512,7 +509,7 @@ fn layer_grads(
         unpad(rz, d.out)
     } else {
         unpad(
-            transposed_product(gw, d.out, rows, dgh, gw, h_prev, d.out_padded),
+            transposed_product(parallelism, gw, d.out, rows, dgh, gw, h_prev, d.out_padded),
             d.out,
         )
     };
@@ -531,6 +528,7 @@ fn layer_grads(
         Some(dproj) => {
             let h_new = keep[3].as_slice();
             let padded = transposed_product(
+                parallelism,
                 d.out_padded,
                 d.hidden,
                 rows,
