@@ -4,11 +4,16 @@
 //!
 //! Variants: `rnn_kernels` (the CUDA path, when there is a GPU: each call
 //! timed between CUDA events with a sync, as `torch_anchor.py` times
-//! cuDNN) and `cpu_f32` (the reference, on shapes small enough to time in
+//! cuDNN); `cpu_1t`, `cpu_2t` (the fast CPU path, `cpu::CpuRnn`, on every
+//! shape, with 1 and 2 threads — `RNN_BENCH_THREADS=1,2,4` for others — as
+//! `../shared/bench/cpu_anchor.py` times PyTorch and ONNX Runtime); and
+//! `cpu_reference` (the reference, on shapes small enough to time in
 //! seconds). Each timed sample is kept, and when `BENCH_JSON_DIR` is set the
 //! medians are written to `$BENCH_JSON_DIR/rnn_kernels.json` as records
 //! `{shape, mode, dtype, variant, median_us, p10_us, p90_us, reps}`, the
-//! format `torch_anchor.py` writes for PyTorch/cuDNN, so the two line up.
+//! format the anchors write, so the two line up; `info` adds the CPU, the
+//! instruction set and the machine's SGEMM rate (the `gemm` crate, 1024³) at
+//! each thread count.
 //!
 //! `RNN_BENCH_BLOCKING=K,R` forces the forward recurrence's blocking (K
 //! lanes per dot product, R batch rows per thread) instead of the planner's,
@@ -18,6 +23,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
+use rnn_kernels::cpu::CpuRnn;
 use rnn_kernels::cuda::launch::Blocking;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceGradOutputs, DeviceGradients, DeviceInput, DeviceOutput};
 use rnn_kernels::rng::SplitMix64;
@@ -48,16 +54,16 @@ impl Shape {
             ..RnnConfig::new(cell, int("input"), int("hidden"))
         };
         let (batch, seq_len) = (int("batch"), int("seq"));
+        // Varlen shapes carry the lengths every anchor uses (DESIGN §5).
         let lengths = v["lengths"].as_str().map(|spec| {
-            // "random:LO..HI", drawn once per sequence from a fixed seed.
-            let (lo, hi) = spec
-                .trim_start_matches("random:")
-                .split_once("..")
-                .expect("random:LO..HI");
-            let (lo, hi) = (lo.parse().unwrap(), hi.parse().unwrap());
-            let mut rng = SplitMix64::new(0x5EED);
-            let mut lengths: Vec<usize> = (0..batch).map(|_| rng.int_inclusive(lo, hi)).collect();
-            lengths[0] = hi; // as torch_anchor.py does
+            let list = v["lengths_list"]
+                .as_array()
+                .unwrap_or_else(|| panic!("shape with lengths {spec:?} has no lengths_list"));
+            let lengths: Vec<usize> = list
+                .iter()
+                .map(|l| l.as_u64().expect("a length") as usize)
+                .collect();
+            assert_eq!(lengths.len(), batch, "lengths_list has one length per sequence");
             lengths
         });
         Shape {
@@ -156,45 +162,203 @@ fn bench(
 }
 
 /// The reference is timed where one call takes well under a second.
-const CPU_MAX_FLOPS: u64 = 600_000_000;
+const REFERENCE_MAX_FLOPS: u64 = 600_000_000;
 
+/// Thread counts for the fast CPU path: `RNN_BENCH_THREADS` (default 1,2).
+fn cpu_thread_counts() -> Vec<usize> {
+    let spec = std::env::var("RNN_BENCH_THREADS").unwrap_or_else(|_| "1,2".into());
+    spec.split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("RNN_BENCH_THREADS={spec}: expected N,N,..."))
+        })
+        .collect()
+}
+
+/// `cpu_{n}t`, as the anchors name their variants.
+fn threads_variant(threads: usize) -> &'static str {
+    Box::leak(format!("cpu_{threads}t").into_boxed_str())
+}
+
+/// A shape's input `[T, B, I]`, from a fixed seed.
+fn shape_input(shape: &Shape, seed: u64) -> Tensor<f32> {
+    let mut rng = SplitMix64::new(seed);
+    let count = shape.seq_len * shape.batch * shape.config.input_size;
+    Tensor::new(
+        [shape.seq_len, shape.batch, shape.config.input_size],
+        random(&mut rng, count),
+    )
+    .unwrap()
+}
+
+/// Inference: the fast path on every shape (one step on step shapes, the
+/// state carried), the reference on the small ones.
 fn cpu_forward(c: &mut Criterion) {
-    for shape in load_shapes().into_iter().filter(|s| s.flops() <= CPU_MAX_FLOPS) {
-        let weights = Weights::<f32>::random(shape.config.clone(), 1).unwrap();
-        let mut rng = SplitMix64::new(2);
+    for shape in load_shapes() {
         let cfg = &shape.config;
+        let weights = Weights::<f32>::random(cfg.clone(), 1).unwrap();
+        let input = shape_input(&shape, 2);
+        let args = ForwardInput {
+            input: &input,
+            lengths: shape.lengths.as_deref(),
+            h0: None,
+            c0: None,
+        };
+        let x = Tensor::new(
+            [shape.batch, cfg.input_size],
+            input.data()[..shape.batch * cfg.input_size].to_vec(),
+        )
+        .unwrap();
+        for threads in cpu_thread_counts() {
+            let mut model = CpuRnn::with_threads(&weights, threads).unwrap();
+            if shape.step {
+                let mut state = State::zeros(cfg, shape.batch);
+                let mut h = Tensor::zeros([shape.batch, cfg.output_size()]);
+                bench(c, &shape, "infer", threads_variant(threads), || {
+                    let start = Instant::now();
+                    model.step_into(&x, &mut state, &mut h).unwrap();
+                    start.elapsed()
+                });
+            } else {
+                let mut out = model.forward(&args).unwrap();
+                bench(c, &shape, "infer", threads_variant(threads), || {
+                    let start = Instant::now();
+                    model.forward_into(&args, &mut out).unwrap();
+                    start.elapsed()
+                });
+            }
+        }
+        if shape.flops() > REFERENCE_MAX_FLOPS {
+            continue;
+        }
         if shape.step {
-            let x = Tensor::new(
-                [shape.batch, cfg.input_size],
-                random(&mut rng, shape.batch * cfg.input_size),
-            );
             let mut state = State::zeros(cfg, shape.batch);
-            let x = x.unwrap();
-            bench(c, &shape, "infer", "cpu_f32", || {
+            bench(c, &shape, "infer", "cpu_reference", || {
                 let start = Instant::now();
                 reference::step(&weights, &x, &mut state).unwrap();
                 start.elapsed()
             });
         } else {
-            let count = shape.seq_len * shape.batch * cfg.input_size;
-            let input = Tensor::new(
-                [shape.seq_len, shape.batch, cfg.input_size],
-                random(&mut rng, count),
-            )
-            .unwrap();
-            let args = ForwardInput {
-                input: &input,
-                lengths: shape.lengths.as_deref(),
-                h0: None,
-                c0: None,
-            };
-            bench(c, &shape, "infer", "cpu_f32", || {
+            bench(c, &shape, "infer", "cpu_reference", || {
                 let start = Instant::now();
                 reference::forward(&weights, &args).unwrap();
                 start.elapsed()
             });
         }
     }
+}
+
+/// Training (the forward that keeps what backward needs, then backward for
+/// input, initial state and every weight, with `output.sum()`'s gradient,
+/// as the anchors' train mode does): the fast path on every shape, the
+/// reference on the small ones.
+fn cpu_train(c: &mut Criterion) {
+    for shape in load_shapes().into_iter().filter(|s| !s.step) {
+        let cfg = &shape.config;
+        let weights = Weights::<f32>::random(cfg.clone(), 1).unwrap();
+        let input = shape_input(&shape, 3);
+        let args = ForwardInput {
+            input: &input,
+            lengths: shape.lengths.as_deref(),
+            h0: None,
+            c0: None,
+        };
+        let ones = Tensor::full([shape.seq_len, shape.batch, cfg.output_width()], 1.0f32);
+        let grads = GradOutputs {
+            output: &ones,
+            h_n: None,
+            c_n: None,
+        };
+        for threads in cpu_thread_counts() {
+            let mut model = CpuRnn::with_threads(&weights, threads).unwrap();
+            bench(c, &shape, "train", threads_variant(threads), || {
+                let start = Instant::now();
+                let (_, reserve) = model.forward_train(&args, None).unwrap();
+                model.backward(&args, &reserve, &grads).unwrap();
+                start.elapsed()
+            });
+        }
+        if 3 * shape.flops() > REFERENCE_MAX_FLOPS {
+            continue;
+        }
+        bench(c, &shape, "train", "cpu_reference", || {
+            let start = Instant::now();
+            let (_, reserve) = reference::forward_train(&weights, &args, None).unwrap();
+            reference::backward(&weights, &args, &reserve, &grads).unwrap();
+            start.elapsed()
+        });
+    }
+}
+
+/// The machine's SGEMM rate (GFLOP/s) with `threads` threads: the best of a
+/// few 1024³ products by the `gemm` crate, each thread a block of rows.
+fn sgemm_gflops(threads: usize) -> f64 {
+    let n = 1024;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut dst = vec![0.0f32; n * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for (i, block) in dst.chunks_mut(n * n.div_ceil(threads)).enumerate() {
+                let a = &a[i * n * n.div_ceil(threads)..];
+                let b = &b;
+                scope.spawn(move || {
+                    let m = block.len() / n;
+                    // SAFETY: block is m × n, a holds m × n rows from here, b is n × n.
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            n,
+                            n,
+                            block.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            false,
+                            a.as_ptr(),
+                            1,
+                            n as isize,
+                            b.as_ptr(),
+                            1,
+                            n as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                });
+            }
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    2.0 * (n * n * n) as f64 / best / 1e9
+}
+
+/// What the records ran on.
+fn machine_info() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|text| {
+        text.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, name)| name.trim().to_string())
+    });
+    let sgemm: serde_json::Map<String, Value> = cpu_thread_counts()
+        .into_iter()
+        .map(|t| (format!("{t}t"), json!((sgemm_gflops(t) * 10.0).round() / 10.0)))
+        .collect();
+    json!({
+        "device": "cpu",
+        "cpu": cpu,
+        "cpu_count": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "isa": rnn_kernels::cpu::Isa::detect().name(),
+        "sgemm_gflops": sgemm,
+        "commit": std::env::var("RNN_BENCH_COMMIT").ok(),
+    })
 }
 
 /// The GPU variant's name, and the blocking `RNN_BENCH_BLOCKING` forces.
@@ -381,43 +545,6 @@ fn gpu_train(c: &mut Criterion) {
     }
 }
 
-/// Training (forward keeping the reserve, then backward) on the CPU reference.
-fn cpu_train(c: &mut Criterion) {
-    for shape in load_shapes()
-        .into_iter()
-        .filter(|s| !s.step && 3 * s.flops() <= CPU_MAX_FLOPS)
-    {
-        let cfg = &shape.config;
-        let weights = Weights::<f32>::random(cfg.clone(), 1).unwrap();
-        let mut rng = SplitMix64::new(3);
-        let count = shape.seq_len * shape.batch * cfg.input_size;
-        let input = Tensor::new(
-            [shape.seq_len, shape.batch, cfg.input_size],
-            random(&mut rng, count),
-        )
-        .unwrap();
-        let args = ForwardInput {
-            input: &input,
-            lengths: shape.lengths.as_deref(),
-            h0: None,
-            c0: None,
-        };
-        // PyTorch's anchor backpropagates output.sum(): a gradient of ones.
-        let ones = Tensor::full([shape.seq_len, shape.batch, cfg.output_width()], 1.0f32);
-        bench(c, &shape, "train", "cpu_f32", || {
-            let start = Instant::now();
-            let (_, reserve) = reference::forward_train(&weights, &args, None).unwrap();
-            let grads = GradOutputs {
-                output: &ones,
-                h_n: None,
-                c_n: None,
-            };
-            reference::backward(&weights, &args, &reserve, &grads).unwrap();
-            start.elapsed()
-        });
-    }
-}
-
 fn random(rng: &mut SplitMix64, count: usize) -> Vec<f32> {
     (0..count).map(|_| rng.normal() as f32).collect()
 }
@@ -447,9 +574,10 @@ fn write_json(_: &mut Criterion) {
         })
         .collect();
     let path = PathBuf::from(dir).join("rnn_kernels.json");
+    let info = machine_info();
     std::fs::write(
         &path,
-        serde_json::to_string_pretty(&json!({ "records": records })).unwrap(),
+        serde_json::to_string_pretty(&json!({ "info": info, "records": records })).unwrap(),
     )
     .unwrap();
     eprintln!("wrote {} records to {}", records.len(), path.display());

@@ -125,16 +125,6 @@ impl Workers {
             panic!("a CPU worker thread panicked");
         }
     }
-
-    /// The parallelism to give the `gemm` crate (which runs on rayon's
-    /// global pool, used here only for backward's large products).
-    pub fn gemm_parallelism(&self) -> gemm::Parallelism {
-        if self.threads == 1 {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(self.threads)
-        }
-    }
 }
 
 impl Drop for Workers {

@@ -19,7 +19,7 @@ use super::kernel::{gemm_rows, AlignedBuf, Operands};
 use super::model::{CpuRnn, TrainingSink};
 use super::packed::{BackwardPanels, Dims, PackedLayer};
 use super::simd::{dispatch, Simd};
-use super::threads::SharedPtr;
+use super::threads::{SharedPtr, Workers};
 use crate::config::CellKind;
 use crate::dropout::Dropout;
 use crate::error::{Error, Result};
@@ -309,10 +309,9 @@ impl CpuRnn {
                 } else {
                     dgi
                 };
-                let parallelism = self.workers.gemm_parallelism();
                 let grads = {
                     layer_grads(
-                        parallelism,
+                        &self.workers,
                         &d,
                         rows,
                         in_size,
@@ -417,56 +416,91 @@ struct LayerGrads {
 }
 
 /// `dst[m × n] = gradᵀ · src` over `rows` rows (`grad` rows `grad_stride`
-/// apart, `m` wide; `src` rows `src_stride` apart, `n` wide), by the `gemm`
-/// crate, parallel over the output.
-#[allow(clippy::too_many_arguments)]
-fn transposed_product(
-    parallelism: gemm::Parallelism,
+/// apart, `m` wide; `src` rows `src_stride` apart, `n` wide): a weight
+/// gradient, summed over every row of the call.
+struct GradProduct<'a> {
     m: usize,
     n: usize,
-    rows: usize,
-    grad: &[f32],
+    grad: &'a [f32],
     grad_stride: usize,
-    src: &[f32],
+    src: &'a [f32],
     src_stride: usize,
-) -> Vec<f32> {
-    let mut dst = vec![0.0f32; m * n];
-    if rows == 0 || n == 0 || m == 0 {
-        return dst;
-    }
-    assert!(grad.len() >= (rows - 1) * grad_stride + m && src.len() >= (rows - 1) * src_stride + n);
-    // SAFETY: dst is m × n row-major; lhs(i, k) = grad[k·grad_stride + i]
-    // and rhs(k, j) = src[k·src_stride + j] stay inside the slices (asserted).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            rows,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            grad.as_ptr(),
-            grad_stride as isize,
-            1,
-            src.as_ptr(),
-            1,
-            src_stride as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    dst
+    /// `m × n`, row-major.
+    dst: SharedPtr,
 }
 
-/// The parameter gradients of one layer-direction from its gate gradients.
+// SAFETY: grad and src are only read; each task writes its own dst rows.
+unsafe impl Sync for GradProduct<'_> {}
+
+/// `dst[m × n] = gradᵀ · src`, the strides as [`GradProduct`]'s.
+fn product<'a>(
+    m: usize,
+    n: usize,
+    grad: &'a [f32],
+    grad_stride: usize,
+    src: &'a [f32],
+    src_stride: usize,
+    dst: *mut f32,
+) -> GradProduct<'a> {
+    GradProduct {
+        m,
+        n,
+        grad,
+        grad_stride,
+        src,
+        src_stride,
+        dst: SharedPtr(dst),
+    }
+}
+
+impl GradProduct<'_> {
+    /// Output rows `out_rows` of the product, by the `gemm` crate on this
+    /// thread (the model's workers split the rows: deterministic, and no
+    /// second pool competing for the cores).
+    fn run(&self, rows: usize, out_rows: std::ops::Range<usize>) {
+        let (m, n) = (out_rows.len(), self.n);
+        if rows == 0 || m == 0 || n == 0 {
+            return;
+        }
+        assert!(
+            self.grad.len() >= (rows - 1) * self.grad_stride + out_rows.end
+                && self.src.len() >= (rows - 1) * self.src_stride + n
+        );
+        // SAFETY: dst rows out_rows are this task's (m × n floats at
+        // out_rows.start · n); lhs(i, k) = grad[k·grad_stride + start + i]
+        // and rhs(k, j) = src[k·src_stride + j] stay inside the slices
+        // (asserted).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                rows,
+                self.dst.at(out_rows.start * n),
+                1,
+                n as isize,
+                false,
+                self.grad.as_ptr().add(out_rows.start),
+                self.grad_stride as isize,
+                1,
+                self.src.as_ptr(),
+                1,
+                self.src_stride as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+/// The parameter gradients of one layer-direction from its gate gradients,
+/// on `workers`: every product and the bias sums split by output rows.
 #[allow(clippy::too_many_arguments)]
 fn layer_grads(
-    parallelism: gemm::Parallelism,
+    workers: &Workers,
     d: &Dims,
     rows: usize,
     in_size: usize,
@@ -476,9 +510,85 @@ fn layer_grads(
     keep: &[AlignedBuf; 4],
     dproj: Option<&[f32]>,
 ) -> LayerGrads {
-    let gw = d.gate_width();
-    // Rows of padded gate columns back to PyTorch's rows.
-    let unpad = |padded: Vec<f32>, n: usize| -> Vec<f32> {
+    let (gw, hp) = (d.gate_width(), d.hidden_padded);
+    let mut w_ih = AlignedBuf::zeros(gw * in_size);
+    let mut w_hh = AlignedBuf::zeros(gw * d.out);
+    let mut w_hr = AlignedBuf::zeros(if dproj.is_some() {
+        d.out_padded * d.hidden
+    } else {
+        0
+    });
+    let mut biases = AlignedBuf::zeros(2 * gw);
+    let h_prev = keep[2].as_slice();
+    let mut products = vec![product(gw, in_size, dgi, gw, x, in_size, w_ih.as_mut_ptr())];
+    if d.original_gru() {
+        // The r, z rows multiply h; the n rows r ⊙ h (kept).
+        products.push(product(
+            2 * hp,
+            d.out,
+            dgh,
+            gw,
+            h_prev,
+            d.out_padded,
+            w_hh.as_mut_ptr(),
+        ));
+        // SAFETY: row 2·Hp of the gw × out buffer.
+        let n_rows = unsafe { w_hh.as_mut_ptr().add(2 * hp * d.out) };
+        products.push(product(
+            hp,
+            d.hidden,
+            &dgh[2 * hp..],
+            gw,
+            keep[1].as_slice(),
+            hp,
+            n_rows,
+        ));
+    } else {
+        products.push(product(
+            gw,
+            d.out,
+            dgh,
+            gw,
+            h_prev,
+            d.out_padded,
+            w_hh.as_mut_ptr(),
+        ));
+    }
+    if let Some(dproj) = dproj {
+        // dW_hr[Hout × H] = dhᵀ · h_new.
+        let h_new = keep[3].as_slice();
+        products.push(product(
+            d.out_padded,
+            d.hidden,
+            dproj,
+            d.out_padded,
+            h_new,
+            hp,
+            w_hr.as_mut_ptr(),
+        ));
+    }
+    let sums = SharedPtr(biases.as_mut_ptr());
+    let threads = workers.threads();
+    workers.run(threads, |w| {
+        for p in &products {
+            p.run(rows, share(p.m, w, threads));
+        }
+        // Bias gradients: column sums, in row order (the same bits for any
+        // thread count).
+        let cols = share(gw, w, threads);
+        for (offset, g) in [(0, dgi), (gw, dgh)] {
+            // SAFETY: this task's columns of the 2 · gw sums.
+            let out = unsafe { std::slice::from_raw_parts_mut(sums.at(offset + cols.start), cols.len()) };
+            for row in g.chunks_exact(gw).take(rows) {
+                for (s, &v) in out.iter_mut().zip(&row[cols.clone()]) {
+                    *s += v;
+                }
+            }
+        }
+    });
+    drop(products);
+    // Padded gate rows back to PyTorch's rows.
+    let unpad = |padded: &[f32], n: usize| -> Vec<f32> {
         let mut out = vec![0.0f32; d.gates * d.hidden * n];
         for col in 0..gw {
             if let Some(row) = d.gate_row(col) {
@@ -487,66 +597,12 @@ fn layer_grads(
         }
         out
     };
-    let w_ih = unpad(
-        transposed_product(parallelism, gw, in_size, rows, dgi, gw, x, in_size),
-        in_size,
-    );
-    let h_prev = keep[2].as_slice();
-    let w_hh = if d.original_gru() {
-        // The original GRU's n rows multiply r ⊙ h (kept), not h.
-        let hp = d.hidden_padded;
-        let mut rz = transposed_product(parallelism, 2 * hp, d.out, rows, dgh, gw, h_prev, d.out_padded);
-        rz.extend(transposed_product(
-            parallelism,
-            hp,
-            d.hidden,
-            rows,
-            &dgh[2 * hp..],
-            gw,
-            keep[1].as_slice(),
-            hp,
-        ));
-        unpad(rz, d.out)
-    } else {
-        unpad(
-            transposed_product(parallelism, gw, d.out, rows, dgh, gw, h_prev, d.out_padded),
-            d.out,
-        )
-    };
-    let column_sums = |g: &[f32]| {
-        let mut sums = vec![0.0f32; gw];
-        for row in g.chunks_exact(gw).take(rows) {
-            for (s, &v) in sums.iter_mut().zip(row) {
-                *s += v;
-            }
-        }
-        unpad(sums, 1)
-    };
-    let (b_ih, b_hh) = (column_sums(dgi), column_sums(dgh));
-    let w_hr = match dproj {
-        // dW_hr[Hout × H] = dhᵀ · h_new.
-        Some(dproj) => {
-            let h_new = keep[3].as_slice();
-            let padded = transposed_product(
-                parallelism,
-                d.out_padded,
-                d.hidden,
-                rows,
-                dproj,
-                d.out_padded,
-                h_new,
-                d.hidden_padded,
-            );
-            padded[..d.out * d.hidden].to_vec()
-        }
-        None => Vec::new(),
-    };
     LayerGrads {
-        w_ih,
-        w_hh,
-        b_ih,
-        b_hh,
-        w_hr,
+        w_ih: unpad(w_ih.as_slice(), in_size),
+        w_hh: unpad(w_hh.as_slice(), d.out),
+        b_ih: unpad(&biases.as_slice()[..gw], 1),
+        b_hh: unpad(&biases.as_slice()[gw..], 1),
+        w_hr: w_hr.as_slice()[..if dproj.is_some() { d.out * d.hidden } else { 0 }].to_vec(),
     }
 }
 
