@@ -451,3 +451,60 @@ fn a_reserve_from_other_inputs_is_refused() {
         .unwrap_err();
     assert!(err.to_string().starts_with("reserve:"), "{err}");
 }
+
+/// A reserve and the model's buffers reused across calls of different
+/// sizes, after a call whose inputs were NaN: nothing stale may leak in
+/// (rows past a sequence's end are summed over by the weight gradients).
+#[test]
+fn reused_reserves_and_workspaces_leak_nothing_between_calls() {
+    let mut rng = SplitMix64::new(seed());
+    for config in varied_configs() {
+        let weights = Weights::<f64>::random(config.clone(), rng.next_u64()).unwrap();
+        let mut model = CpuRnn::with_threads(&weights, 2).unwrap();
+        let mut reserve = rnn_kernels::cpu::CpuReserve::empty();
+        for (t, b, poison) in [(6, 5, true), (6, 5, false), (3, 7, false), (7, 2, false)] {
+            let (input, _) = random_inputs(&config, t, b, &mut rng);
+            let lengths = random_lengths(t, b, &mut rng);
+            let input32 = if poison {
+                Tensor::full(input.shape(), f32::NAN)
+            } else {
+                input.cast::<f32>()
+            };
+            let args = ForwardInput::new(&input32).lengths(&lengths);
+            let mut out = model.forward(&args).unwrap();
+            model
+                .forward_train_into(&args, &mut out, &mut reserve, None)
+                .unwrap();
+            let ones = Tensor::full(out.output.shape(), 1.0f32);
+            let grads = rnn_kernels::GradOutputs {
+                output: &ones,
+                h_n: None,
+                c_n: None,
+            };
+            let got = model.backward(&args, &reserve, &grads).unwrap();
+            if poison {
+                continue;
+            }
+            let args64 = ForwardInput::new(&input).lengths(&lengths);
+            let (want_out, reserve64) = reference::forward_train(&weights, &args64, None).unwrap();
+            let ones64 = Tensor::full(want_out.output.shape(), 1.0f64);
+            let grads64 = rnn_kernels::GradOutputs {
+                output: &ones64,
+                h_n: None,
+                c_n: None,
+            };
+            let want = reference::backward(&weights, &args64, &reserve64, &grads64).unwrap();
+            let what = format!("{} T={t} B={b}", rnn_kernels::weights::describe(&config));
+            check_against(&what, &out, &want_out, TOL);
+            assert_close_scaled(&format!("{what}: grad input"), &got.input, &want.input, 2e-4);
+            for ((name, g), (_, w)) in got
+                .weights
+                .named_parameters()
+                .into_iter()
+                .zip(want.weights.named_parameters())
+            {
+                assert_close_scaled(&format!("{what}: grad {name}"), g, w, 2e-4);
+            }
+        }
+    }
+}

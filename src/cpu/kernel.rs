@@ -20,6 +20,7 @@ use super::simd::Simd;
 use std::ops::Range;
 
 /// A 64-byte-aligned, zero-filled f32 buffer (a cache line per 16 floats).
+#[derive(Default)]
 pub struct AlignedBuf {
     lines: Vec<Line>,
     len: usize,
@@ -45,6 +46,25 @@ impl AlignedBuf {
     pub fn ensure(&mut self, len: usize) {
         if len > self.len {
             *self = AlignedBuf::zeros(len);
+        }
+    }
+
+    /// Makes the length `len`: within the allocation, the contents stay as
+    /// they are (the caller rewrites what it needs); past it, a fresh
+    /// zero-filled allocation.
+    pub fn resize(&mut self, len: usize) {
+        if len > 16 * self.lines.len() {
+            *self = AlignedBuf::zeros(len);
+        } else {
+            self.len = len;
+        }
+    }
+
+    /// Zeroes `rows`-many-float rows `which` (row `r` at `r * width`).
+    pub fn zero_rows(&mut self, width: usize, which: impl Iterator<Item = usize>) {
+        let data = self.as_mut_slice();
+        for r in which {
+            data[r * width..(r + 1) * width].fill(0.0);
         }
     }
 

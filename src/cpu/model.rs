@@ -57,6 +57,8 @@ pub(super) struct Workspace {
     states: Option<AlignedBuf>,
     pub lengths: Vec<usize>,
     pub scratch: Vec<TaskLists>,
+    /// Backward's buffers.
+    pub train: super::train::TrainScratch,
 }
 
 fn grown(buf: &mut Option<AlignedBuf>, len: usize) -> &mut AlignedBuf {

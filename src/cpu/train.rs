@@ -43,6 +43,18 @@ pub struct CpuReserve {
 }
 
 impl CpuReserve {
+    /// A reserve with nothing in it yet, for [`CpuRnn::forward_train_into`].
+    pub fn empty() -> Self {
+        CpuReserve {
+            dims: SequenceDims { seq_len: 0, batch: 0 },
+            lengths: Vec::new(),
+            dropout: None,
+            keeps: Vec::new(),
+            outputs: Vec::new(),
+            dropped: Vec::new(),
+        }
+    }
+
     /// Its size in bytes.
     pub fn bytes(&self) -> usize {
         let bufs = self
@@ -96,45 +108,66 @@ impl CpuRnn {
         dropout_seed: Option<u64>,
     ) -> Result<(ForwardOutput<f32>, CpuReserve)> {
         let mut out = self.empty_output(args)?;
-        let run = self.checked_run(args, &mut out)?;
+        let mut reserve = CpuReserve::empty();
+        self.forward_train_into(args, &mut out, &mut reserve, dropout_seed)?;
+        Ok((out, reserve))
+    }
+
+    /// [`CpuRnn::forward_train`] into caller-owned outputs and a reserve
+    /// that is reused (a training loop's reserve is allocated once, not per
+    /// step; start from [`CpuReserve::empty`]).
+    pub fn forward_train_into(
+        &mut self,
+        args: &ForwardInput<'_, f32>,
+        out: &mut ForwardOutput<f32>,
+        reserve: &mut CpuReserve,
+        dropout_seed: Option<u64>,
+    ) -> Result<()> {
+        let run = self.checked_run(args, out)?;
         let d = self.net.dims;
         let rows = run.rows.rows();
         let (seq_len, batch) = (run.rows.seq_len, run.rows.batch);
         let dropout = self.dropout(dropout_seed);
-        let keep = |_| {
-            [
-                AlignedBuf::zeros(rows * d.gate_width()),
-                AlignedBuf::zeros(rows * d.hidden_padded),
-                AlignedBuf::zeros(rows * d.out_padded),
-                AlignedBuf::zeros(if d.projects() { rows * d.hidden_padded } else { 0 }),
-            ]
-        };
+        reserve.dims = SequenceDims { seq_len, batch };
+        reserve.lengths.clear();
+        match args.lengths {
+            Some(l) => reserve.lengths.extend_from_slice(l),
+            None => reserve.lengths.resize(batch, seq_len),
+        }
+        reserve.dropout = dropout;
         let between = d.layers - 1;
-        let mut reserve = CpuReserve {
-            dims: SequenceDims { seq_len, batch },
-            lengths: args
-                .lengths
-                .map_or_else(|| vec![seq_len; batch], <[usize]>::to_vec),
-            dropout,
-            keeps: (0..d.layers * d.dirs).map(keep).collect(),
-            outputs: (0..between)
-                .map(|_| AlignedBuf::zeros(rows * d.out_width()))
-                .collect(),
-            dropped: (0..if dropout.is_some() { between } else { 0 })
-                .map(|_| AlignedBuf::zeros(rows * d.out_width()))
-                .collect(),
+        let widths = [
+            d.gate_width(),
+            d.hidden_padded,
+            d.out_padded,
+            if d.projects() { d.hidden_padded } else { 0 },
+        ];
+        reserve.keeps.resize_with(d.layers * d.dirs, || {
+            std::array::from_fn(|_| AlignedBuf::zeros(0))
+        });
+        // Rows past a sequence's end are never written, and the weight
+        // gradients sum over every row: they must read as zero.
+        let dead: Vec<usize> = (0..batch)
+            .flat_map(|b| (reserve.lengths[b]..seq_len).map(move |t| run.rows.row(t, b)))
+            .collect();
+        for keep in &mut reserve.keeps {
+            for (buf, width) in keep.iter_mut().zip(widths) {
+                buf.resize(rows * width);
+                buf.zero_rows(width, dead.iter().copied());
+            }
+        }
+        let sized = |bufs: &mut Vec<AlignedBuf>, count: usize| {
+            bufs.resize_with(count, || AlignedBuf::zeros(0));
+            bufs.iter_mut().for_each(|b| b.resize(rows * d.out_width()));
         };
+        sized(&mut reserve.outputs, between);
+        sized(&mut reserve.dropped, if dropout.is_some() { between } else { 0 });
         let keep_ptrs = reserve.keep_ptrs();
-        let outputs: Vec<SharedPtr> = reserve
-            .outputs
-            .iter_mut()
-            .map(|o| SharedPtr(o.as_mut_ptr()))
-            .collect();
-        let dropped: Vec<SharedPtr> = reserve
-            .dropped
-            .iter_mut()
-            .map(|o| SharedPtr(o.as_mut_ptr()))
-            .collect();
+        let pointers = |bufs: &mut Vec<AlignedBuf>| -> Vec<SharedPtr> {
+            bufs.iter_mut().map(|o| SharedPtr(o.as_mut_ptr())).collect()
+        };
+        let outputs = pointers(&mut reserve.outputs);
+        let dropped = pointers(&mut reserve.dropped);
         self.run_forward(
             &run,
             Some(TrainingSink {
@@ -143,7 +176,7 @@ impl CpuRnn {
                 dropout: dropout.map(|p| (p, &dropped[..])),
             }),
         );
-        Ok((out, reserve))
+        Ok(())
     }
 
     /// Backward through the training forward that produced `reserve` (on the
@@ -195,19 +228,42 @@ impl CpuRnn {
             .collect();
         let varlen = live_rows.len() < rows;
 
-        // The gradient flowing into the current layer's output.
-        let mut dy_buf = AlignedBuf::zeros(0);
-        let mut dy: *const f32 = grads.output.data().as_ptr();
-        let mut dgi_bufs: Vec<AlignedBuf> = (0..d.dirs)
-            .map(|_| AlignedBuf::zeros(rows * d.gate_width()))
+        // Buffers kept between calls: the gate gradients (whose rows past a
+        // sequence's end must read as zero: the weight gradients sum over
+        // every row), and the gradient flowing into each layer's output.
+        let mut bufs = std::mem::take(&mut self.ws.train);
+        let dead: Vec<usize> = (0..dims.batch)
+            .flat_map(|b| (lengths[b]..dims.seq_len).map(move |t| layout.row(t, b)))
             .collect();
         let two_gate_grads = d.cell == CellKind::Gru;
-        let mut dgh_bufs: Vec<AlignedBuf> = (0..if two_gate_grads { d.dirs } else { 0 })
-            .map(|_| AlignedBuf::zeros(rows * d.gate_width()))
-            .collect();
-        let mut dproj_bufs: Vec<AlignedBuf> = (0..if d.projects() { d.dirs } else { 0 })
-            .map(|_| AlignedBuf::zeros(rows * d.out_padded))
-            .collect();
+        let per_direction = |list: &mut Vec<AlignedBuf>, count: usize, width: usize| {
+            list.resize_with(count, || AlignedBuf::zeros(0));
+            for buf in list.iter_mut() {
+                buf.resize(rows * width);
+                buf.zero_rows(width, dead.iter().copied());
+            }
+        };
+        per_direction(&mut bufs.dgi, d.dirs, d.gate_width());
+        per_direction(
+            &mut bufs.dgh,
+            if two_gate_grads { d.dirs } else { 0 },
+            d.gate_width(),
+        );
+        per_direction(
+            &mut bufs.dproj,
+            if d.projects() { d.dirs } else { 0 },
+            d.out_padded,
+        );
+        let TrainScratch {
+            dgi: dgi_bufs,
+            dgh: dgh_bufs,
+            dproj: dproj_bufs,
+            dy: dy_buf,
+            input: input_copy,
+        } = &mut bufs;
+        // Only the rows the recurrence reads are ever read: no zeroing.
+        dy_buf.resize(rows * d.out_width());
+        let mut dy: *const f32 = grads.output.data().as_ptr();
         let zeros_state = Tensor::zeros(sequence::h_shape(&config, dims.batch));
         let zeros_cell = Tensor::zeros(sequence::c_shape(&config, dims.batch));
         let h_n_grad = grads.h_n.unwrap_or(&zeros_state).data();
@@ -286,17 +342,13 @@ impl CpuRnn {
             drop(runs);
 
             // Weight gradients over all rows at once.
-            let padded_input;
             let x: &[f32] = if layer == 0 && varlen {
                 // Padded steps of the caller's input may hold anything; their
                 // gate gradients are zero, and 0 · NaN is not.
-                let mut copy = vec![0.0f32; rows * in_size];
-                for &row in &live_rows {
-                    copy[row * in_size..(row + 1) * in_size]
-                        .copy_from_slice(&layer_input[row * in_size..(row + 1) * in_size]);
-                }
-                padded_input = copy;
-                &padded_input
+                input_copy.resize(rows * in_size);
+                input_copy.as_mut_slice().copy_from_slice(layer_input);
+                input_copy.zero_rows(in_size, dead.iter().copied());
+                input_copy.as_slice()
             } else {
                 layer_input
             };
@@ -329,7 +381,7 @@ impl CpuRnn {
             let (dx_ptr, dx_width): (*mut f32, usize) = if layer == 0 {
                 (grad_input.data_mut().as_mut_ptr(), in_size)
             } else {
-                dy_buf = AlignedBuf::zeros(rows * d.out_width());
+                // This layer's recurrence has read dy: dX may take its place.
                 (dy_buf.as_mut_ptr(), d.out_width())
             };
             let dx = SharedPtr(dx_ptr);
@@ -385,6 +437,7 @@ impl CpuRnn {
             };
             Tensor::new(spec.shape.clone(), data.clone())
         })?;
+        self.ws.train = bufs;
         Ok(Gradients {
             input: grad_input,
             h0: grad_h0,
@@ -392,6 +445,21 @@ impl CpuRnn {
             weights,
         })
     }
+}
+
+/// Backward's buffers, kept in the model's workspace between calls.
+#[derive(Default)]
+pub(super) struct TrainScratch {
+    /// Per direction, the gate gradients `[T·B, G·Hp]` (of the input
+    /// projection; of the recurrent product, GRU only).
+    dgi: Vec<AlignedBuf>,
+    dgh: Vec<AlignedBuf>,
+    /// Per direction (projection only), `dh` before `W_hrᵀ`, `[T·B, Hout_p]`.
+    dproj: Vec<AlignedBuf>,
+    /// The gradient of a layer's output below the top, `[T·B, D·Hout]`.
+    dy: AlignedBuf,
+    /// The first layer's input with the rows past each end zeroed.
+    input: AlignedBuf,
 }
 
 /// Row chunks per direction for the backward recurrence.
