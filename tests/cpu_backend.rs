@@ -508,3 +508,32 @@ fn reused_reserves_and_workspaces_leak_nothing_between_calls() {
         }
     }
 }
+
+/// A long sequence whose input projection is made a stretch of steps at a
+/// time (a task's whole projection would exceed the caches): both
+/// directions, variable lengths from 1 to T, one and two threads.
+#[test]
+fn long_sequences_projected_in_stretches_match_the_reference() {
+    let mut rng = SplitMix64::new(seed());
+    let config = RnnConfig {
+        bidirectional: true,
+        ..RnnConfig::lstm(6, 64)
+    };
+    let weights = Weights::<f64>::random(config.clone(), rng.next_u64()).unwrap();
+    let (t, b) = (600, 16);
+    let (input, state) = random_inputs(&config, t, b, &mut rng);
+    let lengths = random_lengths(t, b, &mut rng);
+    for threads in [1, 2] {
+        let mut model = CpuRnn::with_threads(&weights, threads).unwrap();
+        let what = format!("bidirectional lstm T={t} B={b} threads={threads}");
+        check_forward(
+            &what,
+            &mut model,
+            &weights,
+            &input,
+            Some(&lengths),
+            Some(&state.h),
+            state.c.as_ref(),
+        );
+    }
+}

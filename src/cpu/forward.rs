@@ -133,8 +133,11 @@ pub struct Recurrence<'a> {
     pub reverse: bool,
     pub lengths: &'a [usize],
     pub rows: RowLayout,
-    /// `[rows, G·Hp]`: this direction's input projection.
+    /// This direction's input projection, `[gi_steps · B, G·Hp]`: processing
+    /// step `s` of batch row `b` in slot `(s % gi_steps) · B + b` (a ring of
+    /// `gi_steps` steps, refilled by the caller before each stretch).
     pub gi: SharedPtr,
+    pub gi_steps: usize,
     /// The layer's output, `[rows, out_width]`; this direction writes
     /// columns `out_offset .. out_offset + Hout`.
     pub output: SharedPtr,
@@ -153,9 +156,15 @@ unsafe impl Sync for Recurrence<'_> {}
 const UNIT_SPLIT_MIN_WORK: usize = 1 << 15;
 
 impl Recurrence<'_> {
+    /// The slot of processing step `step` of batch row `b` in `gi`.
+    #[inline(always)]
+    pub fn gi_slot(&self, step: usize, b: usize) -> usize {
+        (step % self.gi_steps) * self.rows.batch + b
+    }
+
     /// Processing step `step` of a row of length `len` is time `time(step, len)`.
     #[inline(always)]
-    fn time(&self, step: usize, len: usize) -> usize {
+    pub fn time(&self, step: usize, len: usize) -> usize {
         if self.reverse {
             len - 1 - step
         } else {
@@ -163,12 +172,14 @@ impl Recurrence<'_> {
         }
     }
 
-    /// Runs batch rows `batch_rows` over all their steps; as worker `worker`
-    /// of `workers` (each taking a share of the panels of every product,
-    /// synchronised by `barrier`), or alone (`workers == 1`).
+    /// Runs batch rows `batch_rows` over processing steps `steps` (those of
+    /// them each row has); as worker `worker` of `workers` (each taking a
+    /// share of the panels of every product, synchronised by `barrier`), or
+    /// alone (`workers == 1`).
     pub fn run(
         &self,
         batch_rows: Range<usize>,
+        steps: Range<usize>,
         worker: usize,
         workers: usize,
         barrier: Option<&SpinBarrier>,
@@ -178,15 +189,17 @@ impl Recurrence<'_> {
             // SAFETY: the caller gives disjoint batch rows to concurrent
             // calls, or the same rows with a barrier (unit split); the
             // buffers are sized for `rows` by the workspace.
-            unsafe { self.run_with(s, batch_rows, worker, workers, barrier, lists) }
+            unsafe { self.run_with(s, batch_rows, steps, worker, workers, barrier, lists) }
         })
     }
 
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn run_with<S: Simd>(
         &self,
         s: S,
         batch_rows: Range<usize>,
+        steps: Range<usize>,
         worker: usize,
         workers: usize,
         barrier: Option<&SpinBarrier>,
@@ -201,7 +214,7 @@ impl Recurrence<'_> {
         };
         let max_len = batch_rows.clone().map(|b| self.lengths[b]).max().unwrap_or(0);
         let st = self.state;
-        for step in 0..max_len {
+        for step in steps.start..steps.end.min(max_len) {
             let (cur, next) = (step % 2, 1 - step % 2);
             lists.clear();
             // SAFETY (every `at` below): b < B and row < T·B index rows of
@@ -216,7 +229,7 @@ impl Recurrence<'_> {
                     let h_prev = st.h[cur].at(b * out_p);
                     let keep = self.keep;
                     lists.live.push(LiveRow {
-                        gi: self.gi.at(row * gate_width),
+                        gi: self.gi.at(self.gi_slot(step, b) * gate_width),
                         h_prev,
                         h_next: if d.projects() {
                             st.h_new.at(b * hp)
@@ -383,6 +396,14 @@ pub enum Split {
 }
 
 impl Split {
+    /// The batch rows one task of this split holds.
+    pub fn rows_per_task(&self, batch: usize) -> usize {
+        match *self {
+            Split::Rows { chunks } => batch.div_ceil(chunks),
+            Split::Units => batch,
+        }
+    }
+
     /// The split for `batch` rows of a layer whose step multiplies `k`-wide rows by `gate_width` columns.
     pub fn choose(d: &Dims, threads: usize, batch: usize) -> Split {
         if threads <= 1 {
@@ -431,11 +452,13 @@ pub fn run_layers(workers: &Workers, split: Split, passes: &[Vec<LayerPass<'_>>]
                     if w == 0 {
                         pass.begin(0..batch);
                     }
-                    pass.project(0..batch, w, threads, &mut lists);
-                    barrier.wait();
-                    pass.recurrence
-                        .run(0..batch, w, threads, Some(barrier), &mut lists);
-                    barrier.wait();
+                    for steps in pass.stretches(0..batch) {
+                        pass.project(0..batch, steps.clone(), w, threads, &mut lists);
+                        barrier.wait();
+                        pass.recurrence
+                            .run(0..batch, steps, w, threads, Some(barrier), &mut lists);
+                        barrier.wait();
+                    }
                     if w == 0 {
                         pass.finish(0..batch);
                     }
@@ -471,9 +494,19 @@ impl LayerPass<'_> {
     /// All of this layer-direction for batch rows `rows`, as one task.
     pub fn run_rows(&self, rows: Range<usize>, lists: &mut RowLists) {
         self.begin(rows.clone());
-        self.project(rows.clone(), 0, 1, lists);
-        self.recurrence.run(rows.clone(), 0, 1, None, lists);
+        for steps in self.stretches(rows.clone()) {
+            self.project(rows.clone(), steps.clone(), 0, 1, lists);
+            self.recurrence.run(rows.clone(), steps, 0, 1, None, lists);
+        }
         self.finish(rows);
+    }
+
+    /// The stretches of processing steps whose projections fit `gi`'s ring.
+    pub fn stretches(&self, rows: Range<usize>) -> impl Iterator<Item = Range<usize>> {
+        let r = &self.recurrence;
+        let max_len = rows.map(|b| r.lengths[b]).max().unwrap_or(0);
+        let chunk = r.gi_steps;
+        (0..max_len.div_ceil(chunk)).map(move |i| i * chunk..((i + 1) * chunk).min(max_len))
     }
 
     /// Zeroes the outputs of `rows` past their ends, and loads their state.
@@ -504,11 +537,21 @@ impl LayerPass<'_> {
         }
     }
 
-    /// Projects the live rows of batch rows `rows`: this worker's share of
-    /// the panels.
-    pub fn project(&self, rows: Range<usize>, worker: usize, workers: usize, lists: &mut RowLists) {
+    /// Projects processing steps `steps` of batch rows `rows` (those each
+    /// row has) into their `gi` slots: this worker's share of the panels.
+    pub fn project(
+        &self,
+        rows: Range<usize>,
+        steps: Range<usize>,
+        worker: usize,
+        workers: usize,
+        lists: &mut RowLists,
+    ) {
         let r = &self.recurrence;
-        let live = rows.flat_map(|b| (0..r.lengths[b]).map(move |t| r.rows.row(t, b)));
+        let live = rows.flat_map(|b| {
+            let len = r.lengths[b];
+            (steps.start..steps.end.min(len)).map(move |s| (r.rows.row(r.time(s, len), b), r.gi_slot(s, b)))
+        });
         self.projection.run(live, worker, workers, lists);
     }
 
@@ -562,10 +605,11 @@ pub struct Projection<'a> {
 unsafe impl Sync for Projection<'_> {}
 
 impl Projection<'_> {
-    /// Projects `rows` (row indices), this worker's share of the panels.
+    /// Projects input rows into `gi` slots (`(row, slot)` pairs), this
+    /// worker's share of the panels.
     pub fn run(
         &self,
-        rows: impl Iterator<Item = usize>,
+        rows: impl Iterator<Item = (usize, usize)>,
         worker: usize,
         workers: usize,
         lists: &mut RowLists,
@@ -573,11 +617,12 @@ impl Projection<'_> {
         let d = self.dims;
         let gate_width = d.gate_width();
         lists.clear();
-        for r in rows {
-            // SAFETY: every row index is below T·B, the rows of the input and of gi.
+        for (row, slot) in rows {
+            // SAFETY: every row index is below T·B rows of the input, every
+            // slot within gi's ring.
             unsafe {
-                lists.a.push(self.input.add(r * self.in_stride));
-                lists.out.push(self.gi.at(r * gate_width));
+                lists.a.push(self.input.add(row * self.in_stride));
+                lists.out.push(self.gi.at(slot * gate_width));
             }
         }
         let store = StoreRows {

@@ -268,7 +268,13 @@ impl CpuRnn {
         let ws = &mut self.ws;
         ws.prepare(&d, run, threads);
         let gate_width = d.gate_width();
-        let gi = SharedPtr(grown(&mut ws.gi, d.dirs * rows * gate_width).as_mut_ptr());
+        let split = Split::choose(&d, threads, batch);
+        let gi_steps = (0..d.layers)
+            .map(|layer| gi_steps(&d, layer, split.rows_per_task(batch), run.rows.seq_len))
+            .max()
+            .unwrap_or(1);
+        let gi_rows = gi_steps * batch;
+        let gi = SharedPtr(grown(&mut ws.gi, d.dirs * gi_rows * gate_width).as_mut_ptr());
         let state_len = state_floats(&d, batch);
         let states = SharedPtr(grown(&mut ws.states, d.dirs * state_len).as_mut_ptr());
         let out_width = d.out_width();
@@ -300,7 +306,8 @@ impl CpuRnn {
                     let state = layer * d.dirs + dir;
                     let packed = self.net.layer(layer, dir);
                     // SAFETY: direction dir's blocks of gi and of the states.
-                    let (gi, base) = unsafe { (gi.at(dir * rows * gate_width), states.at(dir * state_len)) };
+                    let (gi, base) =
+                        unsafe { (gi.at(dir * gi_rows * gate_width), states.at(dir * state_len)) };
                     let offset = |p: *const f32, len: usize| {
                         if p.is_null() {
                             p
@@ -324,6 +331,7 @@ impl CpuRnn {
                             lengths,
                             rows: run.rows,
                             gi: SharedPtr(gi),
+                            gi_steps,
                             output,
                             out_width,
                             out_offset: dir * d.out,
@@ -393,6 +401,24 @@ impl RowLists {
         self.a2.reserve(n);
         self.out.reserve(n);
     }
+}
+
+/// How many steps of the input projection `gi` holds at a time. One whole
+/// projection of `long` (T = 1000) is 32 MB a task, written and read back
+/// through DRAM: 15% of its time. A narrow layer (`in + Hout < 512`) whose
+/// whole projection would not stay in the caches projects a stretch of steps
+/// at a time into a ring that stays in L2. Otherwise all steps at once: a
+/// wide layer's products are compute-bound (and a stretch would read its
+/// weights once per step), and a small one's fit in cache anyway (and one
+/// large projection has less overhead than many small ones).
+fn gi_steps(d: &Dims, layer: usize, rows_per_task: usize, seq_len: usize) -> usize {
+    const RING_BYTES: usize = 512 << 10;
+    const CACHED_BYTES: usize = 8 << 20;
+    let per_step = rows_per_task.max(1) * d.gate_width() * 4;
+    if d.layer_input(layer) + d.out >= 512 || per_step * seq_len <= CACHED_BYTES {
+        return seq_len;
+    }
+    (RING_BYTES / per_step).clamp(1, seq_len)
 }
 
 /// Floats of one direction's state buffers for `batch` rows.
