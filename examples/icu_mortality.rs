@@ -1,148 +1,123 @@
 //! The seed model: PyTorch's `ICUTimeSeriesModel`, scoring ICU stays.
 //!
-//! A 2-layer LSTM reads hourly vitals (6 features), and the last layer's last
-//! hidden state goes through Linear(64, 32) → ReLU → Linear(32, 1) → sigmoid
-//! to give each patient's probability of in-hospital death.
+//! A batch-first LSTM reads hourly vitals, and the last layer's last hidden
+//! state goes through Linear → ReLU → Linear(·, 1) → sigmoid to give each
+//! patient's probability of in-hospital death.
 //!
 //! ```text
-//! cargo run --release --example icu_mortality [-- --model icu.safetensors] [--patients N] [--seed S]
-//!                                                [--device auto|cpu|cuda]
+//! icu_mortality --model M.safetensors --input C.safetensors --output P.safetensors [--device auto|cpu|cuda]
+//! icu_mortality [--model M.safetensors] [--patients N] [--seed S] [--device ...]     # synthetic demo
 //! ```
+//! - `--model`: the whole model saved with
+//!   `safetensors.torch.save_file(model.state_dict(), path)`: the LSTM under
+//!   `lstm.*`, the head under `head.1.*` and `head.3.*`. The number of
+//!   vitals, the hidden size and the number of layers come from the file.
+//! - `--input`: `vitals` f32 `[B, T, F]` and, optionally, `lengths` i64 `[B]`
+//!   (hours per stay, as `pack_padded_sequence(vitals, lengths,
+//!   batch_first=True, enforce_sorted=False)` takes them).
+//! - `--output`: `logit` and `prob` f32 `[B, 1]`, written whole or not at all.
+//!
 //! `auto` (the default) runs the LSTM on the GPU when there is one, else on
-//! the CPU reference; the head is a few thousand flops and stays on the CPU.
-//! `--model` takes the whole PyTorch model saved with
-//! `safetensors.torch.save_file(model.state_dict(), path)`: the LSTM under
-//! `lstm.*` and the head under `head.1.*` and `head.3.*`. Without it the
-//! weights are random (seeded), which shows the plumbing, not a prediction.
+//! the fast CPU path; the head is a few thousand flops and stays on the CPU.
+//! Without `--input` it scores a synthetic cohort (with random seeded
+//! weights unless `--model` is given: that shows the plumbing, not a
+//! prediction).
 
-mod icu;
+mod clinical;
 
 use clap::Parser;
-use icu::{Backend, DeviceChoice, Head, FEATURES, HIDDEN};
-use rnn_kernels::rng::SplitMix64;
-use rnn_kernels::{Error, ForwardInput, Result, RnnConfig, Tensor, TensorFile, Weights};
-use std::path::PathBuf;
+use clinical::{last_hidden, synthetic_cohort, Backend, Cohort, DeviceChoice, IcuModel, FEATURES};
+use rnn_kernels::{Error, ForwardInput, Result};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
+#[command(about = "Score ICU stays with PyTorch's ICUTimeSeriesModel")]
 struct Args {
-    /// The whole PyTorch model's state_dict as safetensors.
+    /// The whole PyTorch model's state_dict as safetensors (lstm.*, head.1.*, head.3.*).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// A cohort to score: vitals [B, T, F] f32, and optionally lengths [B] i64.
+    #[arg(long, requires = "output")]
+    input: Option<PathBuf>,
+    /// Where the scores go (logit and prob, [B, 1] f32).
+    #[arg(long, requires = "input")]
+    output: Option<PathBuf>,
+    /// Synthetic demo (no --input): how many patients.
     #[arg(long, default_value_t = 512)]
     patients: usize,
+    /// Synthetic demo: the cohort's (and random weights') seed.
     #[arg(long, default_value_t = 2024)]
     seed: u64,
+    /// Where the LSTM runs: the GPU if there is one (auto), the CPU, or the GPU.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
 }
 
-struct Model {
-    lstm: Weights<f32>,
-    head: Head,
+/// Scores the cohort file `input` with the model file `model` into `output`.
+fn score_file(model_path: &Path, input: &Path, output: &Path, device: DeviceChoice) -> Result<()> {
+    let model = IcuModel::load(model_path)?;
+    let config = model.lstm.config().clone();
+    let cohort = Cohort::load(input, config.input_size, None)?;
+    let (mut backend, backend_line) = Backend::choose(device, &model.lstm)?;
+    let out = backend.forward(&cohort.args())?;
+    let logits = model.logits(last_hidden(&out, &config));
+    clinical::write_scores(output, &logits, &[model_path, input])?;
+    let hours: usize = cohort.lengths.iter().sum();
+    println!(
+        "scored {} stays ({hours} patient-hours) with {} + head → {}",
+        cohort.batch(),
+        rnn_kernels::weights::describe(&config),
+        output.display()
+    );
+    println!("backend: {backend_line}");
+    Ok(())
 }
 
-impl Model {
-    fn load(path: &PathBuf) -> Result<Self> {
-        let file = TensorFile::open(path)?;
-        let mut lstm = Weights::<f32>::from_tensor_file(&file, Some("lstm"))?;
-        let config = lstm.config().clone();
-        let expected = RnnConfig {
-            num_layers: 2,
-            ..RnnConfig::lstm(FEATURES, HIDDEN)
-        };
-        if (
-            config.cell,
-            config.input_size,
-            config.hidden_size,
-            config.num_layers,
-            config.bidirectional,
-        ) != (
-            expected.cell,
-            expected.input_size,
-            expected.hidden_size,
-            expected.num_layers,
-            false,
-        ) {
-            return Err(Error::Config(format!(
-                "{} holds {}, but the ICU model is a 2-layer unidirectional lstm(6, 64)",
-                path.display(),
-                rnn_kernels::weights::describe(&config)
-            )));
-        }
-        // The model was built with batch_first=True; the weights don't record it.
-        if !config.batch_first {
-            let named = lstm
-                .named_parameters()
-                .into_iter()
-                .map(|(n, t)| (n, t.clone()))
-                .collect();
-            lstm = Weights::from_named(
-                RnnConfig {
-                    batch_first: true,
-                    ..config
-                },
-                named,
-            )?;
-        }
-        Ok(Model {
-            lstm,
-            head: Head::load(&file)?,
-        })
-    }
-
-    fn random(seed: u64) -> Self {
-        let mut rng = SplitMix64::new(seed ^ 0x4EAD);
-        Model {
-            lstm: Weights::random(icu::lstm_config(), seed).expect("a valid configuration"),
-            head: Head::random(&mut rng),
-        }
-    }
-
-    /// Probabilities for `vitals` `[B, T, 6]` with `lengths` hours each.
-    fn predict(&self, backend: &mut Backend, vitals: &Tensor<f32>, lengths: &[usize]) -> Result<Vec<f32>> {
-        let out = backend.forward(&self.lstm, &ForwardInput::new(vitals).lengths(lengths))?;
-        let batch = lengths.len();
-        let last_layer = &out.h_n.data()[batch * HIDDEN..]; // h_n[-1]
-        Ok(last_layer
-            .chunks(HIDDEN)
-            .map(|h| {
-                let (logit, _) = self.head.logit(h);
-                icu::sigmoid(logit)
-            })
-            .collect())
-    }
-}
-
-fn run(args: Args) -> Result<()> {
+/// Scores a synthetic cohort and prints what a ward would see.
+fn demo(args: &Args) -> Result<()> {
     if args.patients == 0 {
         return Err(Error::Config("--patients must be at least 1".into()));
     }
     let (model, source) = match &args.model {
-        Some(path) => (Model::load(path)?, format!("weights from {}", path.display())),
+        Some(path) => (IcuModel::load(path)?, format!("weights from {}", path.display())),
         None => (
-            Model::random(args.seed),
+            IcuModel::random(args.seed),
             format!("random weights (seed {})", args.seed),
         ),
     };
-    let cohort = icu::synthetic_cohort(args.patients, args.seed);
-    let (vitals, lengths) = (cohort.vitals, cohort.lengths);
+    let config = model.lstm.config().clone();
+    if config.input_size != FEATURES {
+        return Err(Error::Config(format!(
+            "the synthetic cohort has {FEATURES} vitals, the model takes {}: score a cohort file with --input",
+            config.input_size
+        )));
+    }
+    let cohort = synthetic_cohort(args.patients, args.seed);
+    let args_in = ForwardInput::new(&cohort.vitals).lengths(&cohort.lengths);
     let (mut backend, backend_line) = Backend::choose(args.device, &model.lstm)?;
 
-    // The first call sizes the GPU's workspace; time the second, as a service would run.
-    model.predict(&mut backend, &vitals, &lengths)?;
+    // The first call sizes the workspaces; time the second, as a service would run.
+    backend.forward(&args_in)?;
     let start = Instant::now();
-    let probabilities = model.predict(&mut backend, &vitals, &lengths)?;
+    let out = backend.forward(&args_in)?;
+    let probabilities: Vec<f32> = model
+        .logits(last_hidden(&out, &config))
+        .into_iter()
+        .map(clinical::sigmoid)
+        .collect();
     let elapsed = start.elapsed();
 
     let mut sorted = probabilities.clone();
     sorted.sort_by(f32::total_cmp);
     let quantile = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
     let mean = probabilities.iter().sum::<f32>() / probabilities.len() as f32;
-    let hours: usize = lengths.iter().sum();
-
-    println!("ICU mortality model: 2-layer LSTM(6 → 64) + MLP head, {source}");
+    let hours: usize = cohort.lengths.iter().sum();
+    println!(
+        "ICU mortality model: {} + MLP head, {source}",
+        rnn_kernels::weights::describe(&config)
+    );
     println!(
         "cohort: {} synthetic patients, {hours} patient-hours (stays of 12..=48 h)",
         args.patients
@@ -162,7 +137,7 @@ fn run(args: Args) -> Result<()> {
     let top: Vec<String> = ranked
         .iter()
         .take(5)
-        .map(|&p| format!("#{p} ({} h): {:.3}", lengths[p], probabilities[p]))
+        .map(|&p| format!("#{p} ({} h): {:.3}", cohort.lengths[p], probabilities[p]))
         .collect();
     println!("highest risk: {}", top.join(", "));
     println!("backend: {backend_line}");
@@ -170,13 +145,23 @@ fn run(args: Args) -> Result<()> {
         "time: {:.2} ms for the whole cohort ({:.1} µs per patient){}",
         elapsed.as_secs_f64() * 1e3,
         elapsed.as_secs_f64() * 1e6 / args.patients as f64,
-        if matches!(backend, Backend::Cuda(_)) {
+        if backend.is_cuda() {
             ", copies to and from the GPU included"
         } else {
             ""
         }
     );
     Ok(())
+}
+
+fn run(args: Args) -> Result<()> {
+    match (&args.model, &args.input, &args.output) {
+        (Some(model), Some(input), Some(output)) => score_file(model, input, output, args.device),
+        (None, Some(_), _) => Err(Error::Config(
+            "--input needs --model: the model file gives the sizes the cohort must have".into(),
+        )),
+        _ => demo(&args),
+    }
 }
 
 fn main() -> ExitCode {

@@ -10,10 +10,10 @@
 //! saves the trained model under PyTorch's names, loadable with
 //! `model.load_state_dict(safetensors.torch.load_file(path))`.
 
-mod icu;
+mod clinical;
 
 use clap::Parser;
-use icu::{Backend, DeviceChoice, Head, HIDDEN};
+use clinical::{Backend, DeviceChoice, Head, Synthetic, HIDDEN, ICU_HEAD};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::weights::config_metadata;
@@ -88,7 +88,7 @@ impl Adam {
 }
 
 /// Labels that depend on the trajectory: deteriorating patients die far more often.
-fn labels(cohort: &icu::Cohort, seed: u64) -> Vec<f32> {
+fn labels(cohort: &Synthetic, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);
     cohort
         .deteriorating
@@ -130,16 +130,16 @@ struct Model {
 
 impl Model {
     /// Probabilities of `rows` of the cohort (inference: no dropout).
-    fn predict(&mut self, cohort: &icu::Cohort, rows: &[usize]) -> Result<Vec<f32>> {
+    fn predict(&mut self, cohort: &Synthetic, rows: &[usize]) -> Result<Vec<f32>> {
         let vitals = gather(&cohort.vitals, rows);
         let lengths: Vec<usize> = rows.iter().map(|&r| cohort.lengths[r]).collect();
         let out = self
             .backend
-            .forward(&self.lstm, &ForwardInput::new(&vitals).lengths(&lengths))?;
+            .forward(&ForwardInput::new(&vitals).lengths(&lengths))?;
         let last = &out.h_n.data()[rows.len() * HIDDEN..];
         Ok(last
             .chunks(HIDDEN)
-            .map(|h| icu::sigmoid(self.head.logit(h).0))
+            .map(|h| clinical::sigmoid(self.head.logit(h).0))
             .collect())
     }
 
@@ -147,7 +147,7 @@ impl Model {
     /// backward through head and LSTM, one Adam step. Returns the loss.
     fn train_step(
         &mut self,
-        cohort: &icu::Cohort,
+        cohort: &Synthetic,
         y: &[f32],
         rows: &[usize],
         adam: &mut Adam,
@@ -156,7 +156,7 @@ impl Model {
         let vitals = gather(&cohort.vitals, rows);
         let lengths: Vec<usize> = rows.iter().map(|&r| cohort.lengths[r]).collect();
         let args = ForwardInput::new(&vitals).lengths(&lengths);
-        let (out, state) = self.backend.forward_train(&self.lstm, &args, seed)?;
+        let (out, state) = self.backend.forward_train(&args, seed)?;
         let batch = rows.len();
         let mut grad_h_n = Tensor::<f32>::zeros(out.h_n.shape());
         let (mut g_hidden, mut g_output) = (self.head.hidden.zeros_like(), self.head.output.zeros_like());
@@ -164,7 +164,7 @@ impl Model {
         for (b, &row) in rows.iter().enumerate() {
             let h = &out.h_n.data()[(batch + b) * HIDDEN..(batch + b + 1) * HIDDEN]; // h_n[-1]
             let (logit, pre) = self.head.logit(h);
-            let p = icu::sigmoid(logit);
+            let p = clinical::sigmoid(logit);
             loss -= y[row] * p.max(1e-7).ln() + (1.0 - y[row]) * (1.0 - p).max(1e-7).ln();
             let d_logit = (p - y[row]) / batch as f32;
             let relu: Vec<f32> = pre.iter().map(|v| v.max(0.0)).collect();
@@ -183,7 +183,7 @@ impl Model {
             h_n: Some(&grad_h_n),
             c_n: None,
         };
-        let lstm_grads = self.backend.backward(&self.lstm, &args, &state, &grads)?.weights;
+        let lstm_grads = self.backend.backward(&args, &state, &grads)?.weights;
 
         let head = &mut self.head;
         let mut params: Vec<&mut Tensor<f32>> = self
@@ -205,7 +205,7 @@ impl Model {
             .collect();
         grads.extend([&g_hidden.weight, &g_hidden.bias, &g_output.weight, &g_output.bias]);
         adam.update(params, grads);
-        self.backend.sync_weights(&self.lstm)?;
+        self.backend.set_weights(&self.lstm)?;
         Ok(loss / batch as f32)
     }
 
@@ -220,7 +220,7 @@ impl Model {
         tensors.extend(
             self.head
                 .named()
-                .map(|(n, t)| (n.to_string(), OwnedTensor::float(t, StoredDtype::F32))),
+                .map(|(n, t)| (n, OwnedTensor::float(t, StoredDtype::F32))),
         );
         // The configuration (batch_first above all) for rnnk; PyTorch ignores it.
         let mut metadata = config_metadata(self.lstm.config());
@@ -246,7 +246,7 @@ fn run(args: Args) -> Result<()> {
             "need --patients >= 20, --batch >= 1 and --epochs >= 1".into(),
         ));
     }
-    let cohort = icu::synthetic_cohort(args.patients, args.seed);
+    let cohort = clinical::synthetic_cohort(args.patients, args.seed);
     let y = labels(&cohort, args.seed ^ 0x1AB);
     let split = args.patients * 4 / 5;
     let (train, held_out): (Vec<usize>, Vec<usize>) =
@@ -259,12 +259,12 @@ fn run(args: Args) -> Result<()> {
         held_out.len()
     );
     let mut rng = SplitMix64::new(args.seed);
-    let lstm = Weights::random(icu::lstm_config(), args.seed)?;
+    let lstm = Weights::random(clinical::lstm_config(), args.seed)?;
     let (backend, backend_line) = Backend::choose(args.device, &lstm)?;
     println!("backend: {backend_line}");
     let mut model = Model {
         lstm,
-        head: Head::random(&mut rng),
+        head: Head::random(HIDDEN, 32, ICU_HEAD, &mut rng),
         backend,
     };
     let mut adam = Adam::new(args.lr);

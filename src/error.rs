@@ -58,7 +58,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn shape(tensor: impl Into<String>, expected: impl Into<String>, found: &[usize]) -> Self {
+    /// A tensor whose shape is not `expected`.
+    pub fn shape(tensor: impl Into<String>, expected: impl Into<String>, found: &[usize]) -> Self {
         Error::Shape {
             tensor: tensor.into(),
             expected: expected.into(),
@@ -66,14 +67,16 @@ impl Error {
         }
     }
 
-    pub(crate) fn invalid(tensor: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A tensor that is present but unusable, and why.
+    pub fn invalid(tensor: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Invalid {
             tensor: tensor.into(),
             message: message.into(),
         }
     }
 
-    pub(crate) fn file(path: &std::path::Path, message: impl fmt::Display) -> Self {
+    /// A file that cannot be read, parsed or written, and why.
+    pub fn file(path: &std::path::Path, message: impl fmt::Display) -> Self {
         Error::File {
             path: path.display().to_string(),
             message: message.to_string(),

@@ -80,6 +80,47 @@ impl<T: Element> State<T> {
     }
 }
 
+impl<T: Element> State<T> {
+    /// Zeroes the state of streams `rows` in every layer and direction (a
+    /// new patient in a bed, a new utterance in a stream): what
+    /// [`State::zeros`] gives them. The other streams keep theirs.
+    pub fn reset_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let shape = self.h.shape();
+        if shape.len() != 3 {
+            return Err(Error::shape("state.h", "[L*D, B, Hout]", shape));
+        }
+        let (states, batch) = (shape[0], shape[1]);
+        if let Some(c) = self
+            .c
+            .as_ref()
+            .filter(|c| c.shape().len() != 3 || c.shape()[..2] != shape[..2])
+        {
+            return Err(Error::shape(
+                "state.c",
+                format!("[{states}, {batch}, H]"),
+                c.shape(),
+            ));
+        }
+        if let Some(&bad) = rows.iter().find(|&&b| b >= batch) {
+            return Err(Error::invalid(
+                "rows",
+                format!("stream {bad} is outside the state's {batch} streams"),
+            ));
+        }
+        for tensor in std::iter::once(&mut self.h).chain(self.c.as_mut()) {
+            let width = tensor.shape()[2];
+            let data = tensor.data_mut();
+            for state in 0..states {
+                for &b in rows {
+                    let start = (state * batch + b) * width;
+                    data[start..start + width].fill(T::zero());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The size of a forward call, read off its checked input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SequenceDims {

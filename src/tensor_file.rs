@@ -202,6 +202,39 @@ impl safetensors::tensor::View for &OwnedTensor {
     }
 }
 
+/// Refuses to write `output` when it is one of `inputs` — the same file by
+/// its path, through a symbolic link or as a hard link — with an error that
+/// names both, so that a mistyped `--output` never destroys a model or an
+/// input. Call it before computing anything.
+pub fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(target) = std::fs::metadata(output) else {
+        return Ok(()); // nothing there yet (or nothing readable): nothing to destroy
+    };
+    for input in inputs {
+        if std::fs::metadata(input).is_ok_and(|m| same_file(&target, &m, output, input)) {
+            return Err(Error::file(
+                output,
+                format!(
+                    "is the same file as {}, which this run reads: refusing to overwrite it",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata, _: &Path, _: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata, a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
 /// Writes `tensors` and `metadata` to `path` atomically: the file appears
 /// complete or not at all (a temporary sibling is renamed into place).
 pub fn write(

@@ -1,25 +1,43 @@
-//! What the ICU examples share: PyTorch's `ICUTimeSeriesModel` (its LSTM
-//! configuration and its MLP head) and a synthetic cohort of hourly vitals.
+//! What the clinical examples share: the two PyTorch models they run, as
+//! their `state_dict`s name them, with every size read from the file; the
+//! cohort file they score and the score file they write; where the LSTM
+//! runs; and a synthetic cohort for the demos.
+//!
+//! - `ICUTimeSeriesModel`: `lstm = LSTM(F, H, num_layers=L, batch_first=True)`,
+//!   `head = Sequential(Dropout, Linear(H, 32), ReLU, Linear(32, 1))` on the
+//!   last layer's last hidden state (`lstm.*`, `head.1.*`, `head.3.*`).
+//! - The hybrid model: the same LSTM over vitals, `text_proj = Linear(E, H)`
+//!   on a note embedding (a BERT-style encoder's [CLS] vector: E = 768, or
+//!   384 for the small sentence encoders), and `head = Sequential(Linear(2H,
+//!   64), ReLU, Dropout, Linear(64, 1))` on `cat([h_n[-1], text_proj(e)])`
+//!   (`lstm.*`, `text_proj.*`, `head.0.*`, `head.3.*`).
+//!
+//! The heads are a few thousand flops a patient and run on the CPU; the LSTM
+//! runs on the chosen backend.
 #![allow(dead_code)] // each example uses its own part
 
+use rnn_kernels::cpu::{CpuReserve, CpuRnn};
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, CudaTrainingState};
-use rnn_kernels::reference;
+use rnn_kernels::error::ShapeDisplay;
 use rnn_kernels::rng::SplitMix64;
-use rnn_kernels::{Error, ForwardInput, ForwardOutput, Result, RnnConfig, Tensor, TensorFile, Weights};
+use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
+use rnn_kernels::{
+    CellKind, Error, ForwardInput, ForwardOutput, Result, RnnConfig, State, Tensor, TensorFile, Weights,
+};
 use rnn_kernels::{GradOutputs, Gradients};
+use std::collections::HashMap;
+use std::path::Path;
 
+/// The seed model's sizes, for the synthetic demos.
 pub const FEATURES: usize = 6;
 pub const HIDDEN: usize = 64;
-pub const HEAD_HIDDEN: usize = 32;
 pub const MAX_HOURS: usize = 48;
 
-/// `nn.LSTM(6, 64, num_layers=2, batch_first=True, dropout=0.2)`.
-pub fn lstm_config() -> RnnConfig {
-    RnnConfig {
-        num_layers: 2,
-        batch_first: true,
-        dropout: 0.2,
-        ..RnnConfig::lstm(FEATURES, HIDDEN)
+fn shape_error(tensor: &str, expected: String, found: &[usize]) -> Error {
+    Error::Shape {
+        tensor: tensor.into(),
+        expected,
+        found: ShapeDisplay(found.to_vec()),
     }
 }
 
@@ -30,26 +48,30 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(file: &TensorFile, name: &str, inputs: usize, outputs: usize) -> Result<Self> {
-        let get = |part: &str, shape: Vec<usize>| -> Result<Tensor<f32>> {
+    /// `name.weight` and `name.bias` from `file`, whatever their sizes
+    /// (checked against each other; the caller checks them against the
+    /// rest of the model).
+    pub fn load(file: &TensorFile, name: &str) -> Result<Self> {
+        let get = |part: &str| -> Result<Tensor<f32>> {
             let full = format!("{name}.{part}");
-            let t = file.float::<f32>(&full)?.ok_or_else(|| Error::Missing {
-                tensor: full.clone(),
-                context: "the ICU model's head".into(),
-            })?;
-            if t.shape() != shape.as_slice() {
-                return Err(Error::Shape {
-                    tensor: full,
-                    expected: format!("{shape:?}"),
-                    found: rnn_kernels::error::ShapeDisplay(t.shape().to_vec()),
-                });
-            }
-            Ok(t)
+            file.float::<f32>(&full)?.ok_or_else(|| Error::Missing {
+                tensor: full,
+                context: format!("{} must hold the model's {name} layer", file.path().display()),
+            })
         };
-        Ok(Linear {
-            weight: get("weight", vec![outputs, inputs])?,
-            bias: get("bias", vec![outputs])?,
-        })
+        let (weight, bias) = (get("weight")?, get("bias")?);
+        if weight.shape().len() != 2 {
+            return Err(shape_error(
+                &format!("{name}.weight"),
+                "[out, in]".into(),
+                weight.shape(),
+            ));
+        }
+        if bias.shape() != [weight.shape()[0]] {
+            let expected = format!("[{}] (one per row of {name}.weight)", weight.shape()[0]);
+            return Err(shape_error(&format!("{name}.bias"), expected, bias.shape()));
+        }
+        Ok(Linear { weight, bias })
     }
 
     /// PyTorch's default `nn.Linear` initialisation: uniform ±1/√in.
@@ -60,6 +82,28 @@ impl Linear {
             weight: Tensor::new([outputs, inputs], draw(outputs * inputs)).unwrap(),
             bias: Tensor::new([outputs], draw(outputs)).unwrap(),
         }
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.weight.shape()[0]
+    }
+
+    /// Checks that this layer takes `inputs` and gives `outputs` values
+    /// (`why` says where the sizes come from, for the message).
+    pub fn expect(&self, name: &str, inputs: usize, outputs: usize, why: &str) -> Result<()> {
+        if self.weight.shape() != [outputs, inputs] {
+            let expected = format!("[{outputs}, {inputs}] ({why})");
+            return Err(shape_error(
+                &format!("{name}.weight"),
+                expected,
+                self.weight.shape(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
@@ -95,42 +139,53 @@ impl Linear {
     }
 }
 
-/// `head = Sequential(Dropout, Linear(64, 32), ReLU, Linear(32, 1))`
-/// (the dropout is not applied here: inference, and a small head in training).
+/// A head `Linear → ReLU → Linear(·, 1)` (its dropouts are inference's
+/// identity), with the names its layers have in the `state_dict`.
 pub struct Head {
     pub hidden: Linear,
     pub output: Linear,
+    pub names: [&'static str; 2],
 }
 
 impl Head {
-    pub fn load(file: &TensorFile) -> Result<Self> {
+    /// Loads `names[0]` and `names[1]` and checks that the head takes
+    /// `inputs` values (`why`) and gives one logit.
+    pub fn load(file: &TensorFile, names: [&'static str; 2], inputs: usize, why: &str) -> Result<Self> {
+        let hidden = Linear::load(file, names[0])?;
+        hidden.expect(names[0], inputs, hidden.outputs(), why)?;
+        let output = Linear::load(file, names[1])?;
+        let why = format!("in = {}'s {} outputs; one logit", names[0], hidden.outputs());
+        output.expect(names[1], hidden.outputs(), 1, &why)?;
         Ok(Head {
-            hidden: Linear::load(file, "head.1", HIDDEN, HEAD_HIDDEN)?,
-            output: Linear::load(file, "head.3", HEAD_HIDDEN, 1)?,
+            hidden,
+            output,
+            names,
         })
     }
 
-    pub fn random(rng: &mut SplitMix64) -> Self {
+    pub fn random(inputs: usize, width: usize, names: [&'static str; 2], rng: &mut SplitMix64) -> Self {
         Head {
-            hidden: Linear::random(HIDDEN, HEAD_HIDDEN, rng),
-            output: Linear::random(HEAD_HIDDEN, 1, rng),
+            hidden: Linear::random(inputs, width, rng),
+            output: Linear::random(width, 1, rng),
+            names,
         }
     }
 
-    /// The logit for one patient's last hidden state, and the ReLU layer's input.
-    pub fn logit(&self, h: &[f32]) -> (f32, Vec<f32>) {
-        let pre = self.hidden.apply(h);
+    /// The logit for one patient's features, and the ReLU layer's input.
+    pub fn logit(&self, x: &[f32]) -> (f32, Vec<f32>) {
+        let pre = self.hidden.apply(x);
         let hidden: Vec<f32> = pre.iter().map(|v| v.max(0.0)).collect();
         (self.output.apply(&hidden)[0], pre)
     }
 
-    /// The parameters under the names PyTorch's `state_dict` gives them.
-    pub fn named(&self) -> [(&'static str, &Tensor<f32>); 4] {
+    /// The parameters under their `state_dict` names.
+    pub fn named(&self) -> [(String, &Tensor<f32>); 4] {
+        let [a, b] = self.names;
         [
-            ("head.1.weight", &self.hidden.weight),
-            ("head.1.bias", &self.hidden.bias),
-            ("head.3.weight", &self.output.weight),
-            ("head.3.bias", &self.output.bias),
+            (format!("{a}.weight"), &self.hidden.weight),
+            (format!("{a}.bias"), &self.hidden.bias),
+            (format!("{b}.weight"), &self.output.weight),
+            (format!("{b}.bias"), &self.output.bias),
         ]
     }
 }
@@ -139,47 +194,338 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// The model's LSTM under `lstm.*`, checked to be what these models use (an
+/// LSTM, unidirectional, no projection) and made batch-first (the models
+/// were built with `batch_first=True`, which a `state_dict` does not record).
+pub fn load_lstm(file: &TensorFile) -> Result<Weights<f32>> {
+    let lstm = Weights::<f32>::from_tensor_file(file, Some("lstm"))?;
+    let config = lstm.config().clone();
+    if config.cell != CellKind::Lstm || config.bidirectional || config.proj_size > 0 {
+        return Err(Error::Config(format!(
+            "{}: lstm.* holds {}, but these models run a unidirectional LSTM without projection",
+            file.path().display(),
+            rnn_kernels::weights::describe(&config)
+        )));
+    }
+    if config.batch_first {
+        return Ok(lstm);
+    }
+    let named = lstm
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.clone()))
+        .collect();
+    Weights::from_named(
+        RnnConfig {
+            batch_first: true,
+            ..config
+        },
+        named,
+    )
+}
+
+/// PyTorch's `ICUTimeSeriesModel`.
+pub struct IcuModel {
+    pub lstm: Weights<f32>,
+    pub head: Head,
+}
+
+pub const ICU_HEAD: [&str; 2] = ["head.1", "head.3"];
+
+impl IcuModel {
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = TensorFile::open(path)?;
+        let lstm = load_lstm(&file)?;
+        let hidden = lstm.config().hidden_size;
+        let head = Head::load(
+            &file,
+            ICU_HEAD,
+            hidden,
+            &format!("in = the LSTM's hidden size {hidden}"),
+        )?;
+        Ok(IcuModel { lstm, head })
+    }
+
+    /// The seed's model (2-layer LSTM(6, 64), head 64 → 32 → 1) with
+    /// PyTorch's initialisation from `seed`.
+    pub fn random(seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed ^ 0x4EAD);
+        IcuModel {
+            lstm: Weights::random(lstm_config(), seed).expect("a valid configuration"),
+            head: Head::random(HIDDEN, 32, ICU_HEAD, &mut rng),
+        }
+    }
+
+    /// Logits for the last layer's last hidden states `h` (`[B, H]`).
+    pub fn logits(&self, h: &[f32]) -> Vec<f32> {
+        let hidden = self.lstm.config().hidden_size;
+        h.chunks(hidden).map(|h| self.head.logit(h).0).collect()
+    }
+}
+
+/// The hybrid vitals + note-embedding model.
+pub struct HybridModel {
+    pub lstm: Weights<f32>,
+    pub text_proj: Linear,
+    pub head: Head,
+}
+
+pub const HYBRID_HEAD: [&str; 2] = ["head.0", "head.3"];
+
+impl HybridModel {
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = TensorFile::open(path)?;
+        let lstm = load_lstm(&file)?;
+        let hidden = lstm.config().hidden_size;
+        let text_proj = Linear::load(&file, "text_proj")?;
+        let why = format!("out = the LSTM's hidden size {hidden}");
+        text_proj.expect("text_proj", text_proj.inputs(), hidden, &why)?;
+        let why = format!("in = the LSTM's hidden size and text_proj's outputs, 2 × {hidden}");
+        let head = Head::load(&file, HYBRID_HEAD, 2 * hidden, &why)?;
+        Ok(HybridModel {
+            lstm,
+            text_proj,
+            head,
+        })
+    }
+
+    /// The seed's sizes with a BERT-sized embedding (`embed`), random weights.
+    pub fn random(embed: usize, seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed ^ 0x7E47);
+        let config = RnnConfig {
+            dropout: 0.0,
+            ..lstm_config()
+        };
+        HybridModel {
+            lstm: Weights::random(config, seed).expect("a valid configuration"),
+            text_proj: Linear::random(embed, HIDDEN, &mut rng),
+            head: Head::random(2 * HIDDEN, 64, HYBRID_HEAD, &mut rng),
+        }
+    }
+
+    pub fn embed_size(&self) -> usize {
+        self.text_proj.inputs()
+    }
+
+    /// Logits for the last hidden states `h` (`[B, H]`) and the note
+    /// embeddings `text` (`[B, E]`).
+    pub fn logits(&self, h: &[f32], text: &[f32]) -> Vec<f32> {
+        let hidden = self.lstm.config().hidden_size;
+        h.chunks(hidden)
+            .zip(text.chunks(self.embed_size()))
+            .map(|(h, e)| {
+                let mut features = h.to_vec();
+                features.extend(self.text_proj.apply(e));
+                self.head.logit(&features).0
+            })
+            .collect()
+    }
+}
+
+/// `nn.LSTM(6, 64, num_layers=2, batch_first=True, dropout=0.2)`.
+pub fn lstm_config() -> RnnConfig {
+    RnnConfig {
+        num_layers: 2,
+        batch_first: true,
+        dropout: 0.2,
+        ..RnnConfig::lstm(FEATURES, HIDDEN)
+    }
+}
+
+/// A cohort to score: `vitals` `[B, T, F]` (batch-first, as the PyTorch
+/// models take it), `lengths` (what `pack_padded_sequence(vitals, lengths,
+/// batch_first=True, enforce_sorted=False)` means; all `T` when absent) and,
+/// for the hybrid model, `text_embed` `[B, E]`.
+pub struct Cohort {
+    pub vitals: Tensor<f32>,
+    pub lengths: Vec<usize>,
+    pub text_embed: Option<Tensor<f32>>,
+}
+
+impl Cohort {
+    /// Reads and checks a cohort file for a model of `features` vitals (and
+    /// an embedding of `embed` values, for the hybrid model). Every tensor
+    /// the file holds must be one of these: a misspelled `lenghts` is an
+    /// error, not silently "no lengths".
+    pub fn load(path: &Path, features: usize, embed: Option<usize>) -> Result<Self> {
+        let file = TensorFile::open(path)?;
+        let mut allowed = vec!["vitals", "lengths"];
+        if embed.is_some() {
+            allowed.push("text_embed");
+        }
+        if let Some(extra) = file.names()?.into_iter().find(|n| !allowed.contains(&n.as_str())) {
+            return Err(Error::invalid(
+                extra,
+                format!(
+                    "is not a cohort tensor; {} may hold only {}",
+                    path.display(),
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        let vitals = file.float::<f32>("vitals")?.ok_or_else(|| Error::Missing {
+            tensor: "vitals".into(),
+            context: format!(
+                "{} must hold the hourly vitals [B, T, {features}]",
+                path.display()
+            ),
+        })?;
+        let shape = vitals.shape().to_vec();
+        if shape.len() != 3 || shape[2] != features || shape[0] == 0 || shape[1] == 0 {
+            let expected = format!("[B, T, {features}] with B, T >= 1 (the model takes {features} vitals)");
+            return Err(shape_error("vitals", expected, &shape));
+        }
+        let (batch, hours) = (shape[0], shape[1]);
+        let lengths = match file.integer("lengths")? {
+            None => vec![hours; batch],
+            Some((lshape, values)) => {
+                if lshape != [batch] {
+                    return Err(shape_error(
+                        "lengths",
+                        format!("[{batch}] (one per stay in vitals)"),
+                        &lshape,
+                    ));
+                }
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &v)| match usize::try_from(v) {
+                        Ok(len) if (1..=hours).contains(&len) => Ok(len),
+                        _ => Err(Error::invalid(
+                            "lengths",
+                            format!("lengths[{b}] = {v} is outside 1..={hours} (T = {hours})"),
+                        )),
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        let text_embed = match embed {
+            None => None,
+            Some(e) => {
+                let text = file.float::<f32>("text_embed")?.ok_or_else(|| Error::Missing {
+                    tensor: "text_embed".into(),
+                    context: format!("{} must hold each stay's note embedding [B, {e}]", path.display()),
+                })?;
+                if text.shape() != [batch, e] {
+                    let expected = format!("[{batch}, {e}] (one per stay; the model's text_proj takes {e})");
+                    return Err(shape_error("text_embed", expected, text.shape()));
+                }
+                Some(text)
+            }
+        };
+        Ok(Cohort {
+            vitals,
+            lengths,
+            text_embed,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn args(&self) -> ForwardInput<'_, f32> {
+        ForwardInput::new(&self.vitals).lengths(&self.lengths)
+    }
+}
+
+/// Writes `logit` and `prob` (`[B, 1]` each) to `path`, whole or not at
+/// all, refusing to write over any of `inputs`.
+pub fn write_scores(path: &Path, logits: &[f32], inputs: &[&Path]) -> Result<()> {
+    tensor_file::refuse_overwrite(path, inputs)?;
+    let batch = logits.len();
+    let logit = Tensor::new([batch, 1], logits.to_vec())?;
+    let prob = Tensor::new([batch, 1], logits.iter().map(|&l| sigmoid(l)).collect())?;
+    let tensors = vec![
+        ("logit".to_string(), OwnedTensor::float(&logit, StoredDtype::F32)),
+        ("prob".to_string(), OwnedTensor::float(&prob, StoredDtype::F32)),
+    ];
+    tensor_file::write(path, &tensors, HashMap::new())
+}
+
 /// A synthetic cohort: standardised hourly vitals `[B, 48, 6]` (heart rate,
 /// systolic pressure, respiratory rate, SpO2, temperature, lactate), each
 /// stay 12..=48 hours, about one patient in six deteriorating over the stay.
-pub struct Cohort {
+pub struct Synthetic {
     pub vitals: Tensor<f32>,
     pub lengths: Vec<usize>,
     pub deteriorating: Vec<bool>,
 }
 
-pub fn synthetic_cohort(patients: usize, seed: u64) -> Cohort {
-    const MEAN: [f64; FEATURES] = [85.0, 120.0, 18.0, 96.0, 37.0, 1.5];
-    const STD: [f64; FEATURES] = [15.0, 20.0, 4.0, 3.0, 0.7, 1.0];
-    // Per hour, for a deteriorating patient: tachycardia, falling pressure,
-    // faster breathing, falling saturation, fever, rising lactate.
-    const DRIFT: [f64; FEATURES] = [0.8, -0.9, 0.25, -0.15, 0.03, 0.08];
+const MEAN: [f64; FEATURES] = [85.0, 120.0, 18.0, 96.0, 37.0, 1.5];
+const STD: [f64; FEATURES] = [15.0, 20.0, 4.0, 3.0, 0.7, 1.0];
+// Per hour, for a deteriorating patient: tachycardia, falling pressure,
+// faster breathing, falling saturation, fever, rising lactate.
+const DRIFT: [f64; FEATURES] = [0.8, -0.9, 0.25, -0.15, 0.03, 0.08];
+
+/// One synthetic patient: a baseline, and a drift if they deteriorate.
+#[derive(Clone, Debug)]
+pub struct Patient {
+    baseline: [f64; FEATURES],
+    pub deteriorating: bool,
+}
+
+impl Patient {
+    pub fn admit(rng: &mut SplitMix64) -> Self {
+        let deteriorating = rng.next_f64() < 1.0 / 6.0;
+        Patient {
+            baseline: std::array::from_fn(|f| MEAN[f] + 0.5 * STD[f] * rng.normal()),
+            deteriorating,
+        }
+    }
+
+    /// The standardised vitals of hour `hour` of the stay.
+    pub fn vitals(&self, hour: usize, rng: &mut SplitMix64, out: &mut [f32]) {
+        for (f, value) in out.iter_mut().enumerate() {
+            let drift = if self.deteriorating {
+                DRIFT[f] * hour as f64
+            } else {
+                0.0
+            };
+            let raw = self.baseline[f] + drift + 0.3 * STD[f] * rng.normal();
+            *value = ((raw - MEAN[f]) / STD[f]) as f32;
+        }
+    }
+}
+
+pub fn synthetic_cohort(patients: usize, seed: u64) -> Synthetic {
     let mut rng = SplitMix64::new(seed);
     let mut data = vec![0.0f32; patients * MAX_HOURS * FEATURES];
     let mut lengths = Vec::with_capacity(patients);
     let mut deteriorating = Vec::with_capacity(patients);
     for stay in data.chunks_mut(MAX_HOURS * FEATURES) {
         let hours = rng.int_inclusive(12, MAX_HOURS);
-        let worsening = rng.next_f64() < 1.0 / 6.0;
+        let patient = Patient::admit(&mut rng);
         lengths.push(hours);
-        deteriorating.push(worsening);
-        let baseline: Vec<f64> = (0..FEATURES)
-            .map(|f| MEAN[f] + 0.5 * STD[f] * rng.normal())
-            .collect();
+        deteriorating.push(patient.deteriorating);
         // Rows past `hours` stay zero: padding, never read.
         for (hour, row) in stay.chunks_mut(FEATURES).take(hours).enumerate() {
-            for (f, value) in row.iter_mut().enumerate() {
-                let drift = if worsening { DRIFT[f] * hour as f64 } else { 0.0 };
-                let raw = baseline[f] + drift + 0.3 * STD[f] * rng.normal();
-                *value = ((raw - MEAN[f]) / STD[f]) as f32;
-            }
+            patient.vitals(hour, &mut rng, row);
         }
     }
-    Cohort {
+    Synthetic {
         vitals: Tensor::new([patients, MAX_HOURS, FEATURES], data).unwrap(),
         lengths,
         deteriorating,
     }
+}
+
+/// Synthetic note embeddings `[B, E]`: noise, with a shared "concerning
+/// note" direction added for the patients who deteriorate.
+pub fn synthetic_notes(deteriorating: &[bool], embed: usize, seed: u64) -> Tensor<f32> {
+    let mut rng = SplitMix64::new(seed ^ 0x4074);
+    let concern: Vec<f64> = (0..embed).map(|_| rng.normal()).collect();
+    let data = deteriorating
+        .iter()
+        .flat_map(|&worse| {
+            let noise: Vec<f64> = (0..embed).map(|_| rng.normal()).collect();
+            noise
+                .into_iter()
+                .zip(&concern)
+                .map(move |(n, c)| (n + if worse { 0.5 * c } else { 0.0 }) as f32)
+        })
+        .collect();
+    Tensor::new([deteriorating.len(), embed], data).unwrap()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -189,15 +535,15 @@ pub enum DeviceChoice {
     Cuda,
 }
 
-/// Where the LSTM runs: the CPU reference, or the GPU.
+/// Where the LSTM runs: the fast CPU path, or the GPU.
 pub enum Backend {
-    Cpu,
+    Cpu(Box<CpuRnn>),
     Cuda(Box<CudaRnn>),
 }
 
 /// What a training forward keeps for its backward, on either backend.
 pub enum TrainingState {
-    Cpu(reference::Reserve<f32>),
+    Cpu(Box<CpuReserve>),
     Cuda(Box<CudaTrainingState>),
 }
 
@@ -205,8 +551,13 @@ impl Backend {
     /// The GPU if asked for (or if `auto` finds one), else the CPU, with a
     /// line saying which and why.
     pub fn choose(choice: DeviceChoice, lstm: &Weights<f32>) -> Result<(Backend, String)> {
+        let cpu = |why: String| -> Result<(Backend, String)> {
+            let model = CpuRnn::new(lstm)?;
+            let line = format!("CPU, f32, {} with {} threads{why}", model.isa(), model.threads());
+            Ok((Backend::Cpu(Box::new(model)), line))
+        };
         if choice == DeviceChoice::Cpu {
-            return Ok((Backend::Cpu, "CPU reference, f32".into()));
+            return cpu(String::new());
         }
         match CudaDevice::new(0).and_then(|device| Ok((CudaRnn::new(&device, lstm)?, device))) {
             Ok((model, device)) => Ok((
@@ -214,31 +565,37 @@ impl Backend {
                 format!("CUDA on {}, f32", device.name()),
             )),
             Err(e) if choice == DeviceChoice::Cuda => Err(e),
-            Err(e) => Ok((Backend::Cpu, format!("CPU reference, f32 (no GPU: {e})"))),
+            Err(e) => cpu(format!(" (no GPU: {e})")),
         }
     }
 
-    pub fn forward(
-        &mut self,
-        lstm: &Weights<f32>,
-        args: &ForwardInput<'_, f32>,
-    ) -> Result<ForwardOutput<f32>> {
+    pub fn forward(&mut self, args: &ForwardInput<'_, f32>) -> Result<ForwardOutput<f32>> {
         match self {
-            Backend::Cpu => reference::forward(lstm, args),
+            Backend::Cpu(model) => model.forward(args),
             Backend::Cuda(model) => model.forward(args),
+        }
+    }
+
+    /// One step of every stream; `out` gets the last layer's new `h`.
+    pub fn step(&mut self, x: &Tensor<f32>, state: &mut State<f32>, out: &mut Tensor<f32>) -> Result<()> {
+        match self {
+            Backend::Cpu(model) => model.step_into(x, state, out),
+            Backend::Cuda(model) => {
+                *out = model.step(x, state)?;
+                Ok(())
+            }
         }
     }
 
     pub fn forward_train(
         &mut self,
-        lstm: &Weights<f32>,
         args: &ForwardInput<'_, f32>,
         seed: u64,
     ) -> Result<(ForwardOutput<f32>, TrainingState)> {
         Ok(match self {
-            Backend::Cpu => {
-                let (out, reserve) = reference::forward_train(lstm, args, Some(seed))?;
-                (out, TrainingState::Cpu(reserve))
+            Backend::Cpu(model) => {
+                let (out, reserve) = model.forward_train(args, Some(seed))?;
+                (out, TrainingState::Cpu(Box::new(reserve)))
             }
             Backend::Cuda(model) => {
                 let (out, state) = model.forward_train(args, Some(seed))?;
@@ -249,13 +606,12 @@ impl Backend {
 
     pub fn backward(
         &mut self,
-        lstm: &Weights<f32>,
         args: &ForwardInput<'_, f32>,
         state: &TrainingState,
         grads: &GradOutputs<'_, f32>,
     ) -> Result<Gradients<f32>> {
         match (self, state) {
-            (Backend::Cpu, TrainingState::Cpu(reserve)) => reference::backward(lstm, args, reserve, grads),
+            (Backend::Cpu(model), TrainingState::Cpu(reserve)) => model.backward(args, reserve, grads),
             (Backend::Cuda(model), TrainingState::Cuda(state)) => model.backward(state, grads),
             _ => Err(Error::Unsupported(
                 "a training state from the other backend".into(),
@@ -263,11 +619,22 @@ impl Backend {
         }
     }
 
-    /// After an optimizer step on the host copy: the GPU's copy follows.
-    pub fn sync_weights(&mut self, lstm: &Weights<f32>) -> Result<()> {
+    /// After an optimizer step on the host copy: the backend's copy follows.
+    pub fn set_weights(&mut self, lstm: &Weights<f32>) -> Result<()> {
         match self {
-            Backend::Cpu => Ok(()),
+            Backend::Cpu(model) => model.set_weights(lstm),
             Backend::Cuda(model) => model.set_weights(lstm),
         }
     }
+
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Backend::Cuda(_))
+    }
+}
+
+/// Each stay's last layer's state after its own last hour: `h_n[-1]`, `[B, H]`.
+pub fn last_hidden<'a>(out: &'a ForwardOutput<f32>, config: &RnnConfig) -> &'a [f32] {
+    let rows = out.h_n.shape()[1] * config.output_size();
+    let data = out.h_n.data();
+    &data[data.len() - rows..]
 }
