@@ -1,8 +1,8 @@
 //! `rnnk`: run a recurrent network saved from PyTorch on safetensors inputs.
 //!
 //! ```text
-//! rnnk forward  --model M --input IN --output OUT [--device cpu|cuda] [--prefix P] [--precision f32|f64]
-//! rnnk backward --model M --input IN --output OUT [--device cpu|cuda] [--prefix P] [--precision f32|f64]
+//! rnnk forward  --model M --input IN --output OUT [--device auto|cpu|cuda] [--prefix P] [--precision f32|f64]
+//! rnnk backward --model M --input IN --output OUT [--device auto|cpu|cuda] [--prefix P] [--precision f32|f64]
 //!               [--dropout-seed S]
 //! rnnk info --model M [--prefix P]
 //! ```
@@ -10,6 +10,7 @@
 //! arguments); an output file is written whole or not at all.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rnn_kernels::cpu::CpuRnn;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn};
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::weights::{describe, param_specs};
@@ -73,20 +74,41 @@ struct Run {
     input: PathBuf,
     #[arg(long)]
     output: PathBuf,
-    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    /// Where to run: the GPU if there is one, else the CPU (auto); the CPU
+    /// (the fast path in f32, the reference in f64); or the GPU.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
     /// The module's name in a whole model's state_dict (e.g. `lstm`).
     #[arg(long)]
     prefix: Option<String>,
-    /// Arithmetic precision: f64 on the CPU only (the output file is f32 either way).
+    /// Arithmetic precision: f64 runs the reference, on the CPU (the output file is f32 either way).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Device {
+    Auto,
     Cpu,
     Cuda,
+}
+
+/// Where a run goes: `auto` is the GPU when there is one and the run is f32.
+enum Backend {
+    Cpu,
+    Cuda(Box<CudaRnn>),
+}
+
+fn backend(device: Device, precision: Precision, weights: &Weights<f64>) -> Result<Backend> {
+    match (device, precision) {
+        (Device::Cpu, _) | (Device::Auto, Precision::F64) => Ok(Backend::Cpu),
+        (Device::Cuda, Precision::F64) => Err(f64_on_cuda()),
+        (_, Precision::F32) => match CudaDevice::new(0).and_then(|d| CudaRnn::new(&d, weights)) {
+            Ok(model) => Ok(Backend::Cuda(Box::new(model))),
+            Err(e) if device == Device::Cuda => Err(e),
+            Err(_) => Ok(Backend::Cpu),
+        },
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,51 +137,45 @@ type Outputs = Vec<(String, OwnedTensor)>;
 fn forward(run: &Run) -> Result<()> {
     let weights = Weights::<f64>::load(&run.model, run.prefix.as_deref())?;
     let file = TensorFile::open(&run.input)?;
-    let tensors = match (run.device, run.precision) {
-        (Device::Cpu, Precision::F32) => cpu_forward::<f32>(&weights.cast(), &file)?,
-        (Device::Cpu, Precision::F64) => cpu_forward::<f64>(&weights, &file)?,
-        (Device::Cuda, Precision::F32) => {
-            let mut model = CudaRnn::new(&CudaDevice::new(0)?, &weights)?;
+    let tensors = match (backend(run.device, run.precision, &weights)?, run.precision) {
+        (Backend::Cpu, Precision::F32) => {
+            let mut model = CpuRnn::new(&weights)?;
             let inputs = Inputs::<f32>::read(&file)?;
             forward_outputs(&model.forward(&inputs.args())?)
         }
-        (Device::Cuda, Precision::F64) => return Err(f64_on_cuda()),
+        (Backend::Cpu, Precision::F64) => {
+            let inputs = Inputs::<f64>::read(&file)?;
+            forward_outputs(&reference::forward(&weights, &inputs.args())?)
+        }
+        (Backend::Cuda(mut model), _) => {
+            let inputs = Inputs::<f32>::read(&file)?;
+            forward_outputs(&model.forward(&inputs.args())?)
+        }
     };
     tensor_file::write(&run.output, &tensors, HashMap::new())
-}
-
-fn cpu_forward<T: Element>(weights: &Weights<T>, file: &TensorFile) -> Result<Outputs> {
-    let inputs = Inputs::<T>::read(file)?;
-    Ok(forward_outputs(&reference::forward(weights, &inputs.args())?))
 }
 
 fn backward(run: &Run, dropout_seed: Option<u64>) -> Result<()> {
     let weights = Weights::<f64>::load(&run.model, run.prefix.as_deref())?;
     let file = TensorFile::open(&run.input)?;
-    let tensors = match (run.device, run.precision) {
-        (Device::Cpu, Precision::F32) => cpu_backward::<f32>(&weights.cast(), &file, dropout_seed)?,
-        (Device::Cpu, Precision::F64) => cpu_backward::<f64>(&weights, &file, dropout_seed)?,
-        (Device::Cuda, Precision::F32) => {
-            let mut model = CudaRnn::new(&CudaDevice::new(0)?, &weights)?;
+    let tensors = match (backend(run.device, run.precision, &weights)?, run.precision) {
+        (Backend::Cpu, Precision::F32) => {
+            let mut model = CpuRnn::new(&weights)?;
             backward_with::<f32>(&file, |args, grads| {
-                let (result, state) = model.forward_train(args, dropout_seed)?;
-                Ok((result, model.backward(&state, grads)?))
+                let (result, reserve) = model.forward_train(args, dropout_seed)?;
+                Ok((result, model.backward(args, &reserve, grads)?))
             })?
         }
-        (Device::Cuda, Precision::F64) => return Err(f64_on_cuda()),
+        (Backend::Cpu, Precision::F64) => backward_with::<f64>(&file, |args, grads| {
+            let (result, reserve) = reference::forward_train(&weights, args, dropout_seed)?;
+            Ok((result, reference::backward(&weights, args, &reserve, grads)?))
+        })?,
+        (Backend::Cuda(mut model), _) => backward_with::<f32>(&file, |args, grads| {
+            let (result, state) = model.forward_train(args, dropout_seed)?;
+            Ok((result, model.backward(&state, grads)?))
+        })?,
     };
     tensor_file::write(&run.output, &tensors, HashMap::new())
-}
-
-fn cpu_backward<T: Element>(
-    weights: &Weights<T>,
-    file: &TensorFile,
-    dropout_seed: Option<u64>,
-) -> Result<Outputs> {
-    backward_with::<T>(file, |args, grads| {
-        let (result, reserve) = reference::forward_train(weights, args, dropout_seed)?;
-        Ok((result, reference::backward(weights, args, &reserve, grads)?))
-    })
 }
 
 /// Reads the inputs and incoming gradients, runs `train` (a training forward
