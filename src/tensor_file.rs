@@ -1,6 +1,20 @@
 //! Reading and writing safetensors files: named tensors in f32, f64, f16 or
 //! bf16 (converted to the caller's float type), i64/i32 integer tensors, and
 //! the string metadata PyTorch-side tools put in `__metadata__`.
+//!
+//! Files are handled as a careful user's tools handle them:
+//! - only regular files are read (a FIFO, a device or a directory is refused
+//!   at once), and never more than the file's size;
+//! - a header that lists a tensor (or any key) twice is named as such;
+//! - a file is written whole or not at all: into a temporary beside it
+//!   (`.NAME.rnnk-tmp-PID`, recognisable if a killed process leaves it),
+//!   flushed and synced, then renamed over the destination. A symbolic link
+//!   is written through to its target, as `cp` does; a destination that is
+//!   not a regular file is refused; a new file's mode follows the umask, an
+//!   existing file keeps its mode. The temporary is removed on every error,
+//!   and [`remove_temporaries`] removes those in flight (for a signal
+//!   handler: `rnnk` calls it on SIGINT and SIGTERM);
+//! - [`refuse_overwrite`] refuses an output that is one of the inputs.
 
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -8,8 +22,10 @@ use crate::tensor::Tensor;
 use half::{bf16, f16};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The float formats a file may store tensors in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,12 +82,53 @@ pub struct TensorFile {
 }
 
 impl TensorFile {
+    /// Reads a safetensors file: a regular file (through symbolic links),
+    /// no more than its size.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|e| Error::file(&path, e))?;
-        let file = TensorFile { path, bytes };
+        let bytes = read_regular_file(&path)?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// A safetensors file already in memory; `path` names it in messages.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        let file = TensorFile {
+            path: path.into(),
+            bytes,
+        };
+        file.check_header_keys()?;
         file.parsed()?; // fail at open, not at first use
         Ok(file)
+    }
+
+    /// The header must list every key once: with a name twice, the parser
+    /// keeps the last and then finds bytes no tensor covers, a message that
+    /// points nowhere near the cause.
+    fn check_header_keys(&self) -> Result<()> {
+        let header = self
+            .bytes
+            .get(..8)
+            .map(|n| u64::from_le_bytes(n.try_into().expect("8 bytes")))
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(|n| self.bytes.get(8..8usize.checked_add(n)?));
+        let Some(header) = header else {
+            return Ok(()); // too short: the parser says so
+        };
+        let mut deserializer = serde_json::Deserializer::from_slice(header);
+        match serde::de::DeserializeSeed::deserialize(UniqueKeys, &mut deserializer) {
+            Err(e) if e.to_string().starts_with(DUPLICATE) => {
+                let key = e.to_string()[DUPLICATE.len()..]
+                    .split(" at line")
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                Err(Error::file(
+                    &self.path,
+                    format!("the header lists {key} twice (a tensor or key may appear once)"),
+                ))
+            }
+            _ => Ok(()), // valid, or invalid in a way the parser reports
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -95,6 +152,11 @@ impl TensorFile {
         let mut names: Vec<String> = self.parsed()?.names().into_iter().map(str::to_owned).collect();
         names.sort();
         Ok(names)
+    }
+
+    /// How a tensor is stored (`F32`, `BF16`, `I64`, ...), `None` when absent.
+    pub fn stored_dtype(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.view(name)?.map(|v| format!("{:?}", v.dtype())))
     }
 
     pub fn shape(&self, name: &str) -> Result<Option<Vec<usize>>> {
@@ -145,6 +207,107 @@ impl TensorFile {
             }
         };
         Ok(Some((view.shape().to_vec(), values)))
+    }
+}
+
+/// Reads `path` if it is a regular file (through symbolic links), never more
+/// than the size it had when checked.
+fn read_regular_file(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::file(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::file(
+            path,
+            format!(
+                "is not a regular file ({}): refusing to read it",
+                file_kind(&meta)
+            ),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(meta.len())
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::file(path, e))?;
+    Ok(bytes)
+}
+
+/// What kind of file system object `meta` describes, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    "not a regular file"
+}
+
+const DUPLICATE: &str = "duplicate key ";
+
+/// Checks a JSON value for a key that appears twice in one object, at any depth.
+struct UniqueKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("{DUPLICATE}{key:?}")));
+            }
+            map.next_value_seed(UniqueKeys)?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while seq.next_element_seed(UniqueKeys)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        Ok(())
     }
 }
 
@@ -235,8 +398,8 @@ fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata, a: &Path, b: &Path) -
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
-/// Writes `tensors` and `metadata` to `path` atomically: the file appears
-/// complete or not at all (a temporary sibling is renamed into place).
+/// Writes `tensors` and `metadata` to `path`, whole or not at all (see the
+/// module docs for how).
 pub fn write(
     path: impl AsRef<Path>,
     tensors: &[(String, OwnedTensor)],
@@ -245,5 +408,144 @@ pub fn write(
     let path = path.as_ref();
     let metadata = (!metadata.is_empty()).then_some(metadata);
     let views = tensors.iter().map(|(name, tensor)| (name.as_str(), tensor));
-    safetensors::tensor::serialize_to_file(views, metadata, path).map_err(|e| Error::file(path, e))
+    let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| Error::file(path, e))?;
+    write_file(path, &bytes)
+}
+
+/// Writes `bytes` to `path` whole or not at all: into a temporary beside the
+/// destination (through symbolic links), synced, renamed over it.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let target = resolve_links(path)?;
+    let fail = |e: std::io::Error| Error::file(path, format!("cannot write it: {e}"));
+    let keep_mode = match std::fs::metadata(&target) {
+        Ok(meta) if meta.is_file() => Some(meta.permissions()),
+        Ok(meta) => {
+            return Err(Error::file(
+                path,
+                format!(
+                    "is not a regular file ({}): refusing to replace it",
+                    file_kind(&meta)
+                ),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(fail(e)),
+    };
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::file(path, "names no file to write"))?;
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let temporary = Temporary::new(dir.join(format!(
+        ".{}.rnnk-tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )));
+    write_new(&temporary.0, bytes, keep_mode).map_err(fail)?;
+    if let Some(delay) = std::env::var("RNNK_TEST_WRITE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        // For the tests of what a signal mid-write leaves behind.
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+    }
+    std::fs::rename(&temporary.0, &target).map_err(fail)?;
+    temporary.renamed();
+    // Make the rename itself durable (best effort: not every file system
+    // lets a directory be opened and synced).
+    if let Ok(dir) = std::fs::File::open(&dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Creates `path` anew (a leftover of a killed process with this PID is
+/// replaced), writes and syncs `bytes`, and gives it `mode` if any (else
+/// the umask's).
+fn write_new(path: &Path, bytes: &[u8], mode: Option<std::fs::Permissions>) -> std::io::Result<()> {
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    let mut file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path)?;
+            create()?
+        }
+        other => other?,
+    };
+    file.write_all(bytes)?;
+    file.flush()?;
+    if let Some(mode) = mode {
+        file.set_permissions(mode)?;
+    }
+    file.sync_all()
+}
+
+/// `path` with every symbolic link along its last component followed (a
+/// link is written through to its target, as `cp` does).
+fn resolve_links(path: &Path) -> Result<PathBuf> {
+    let mut current = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&current).map_err(|e| Error::file(path, e))?;
+                current = match current.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(current),
+        }
+    }
+    Err(Error::file(path, "too many levels of symbolic links"))
+}
+
+/// The temporaries being written, for [`remove_temporaries`].
+static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A temporary file that is removed when dropped, unless renamed into place.
+struct Temporary(PathBuf);
+
+impl Temporary {
+    fn new(path: PathBuf) -> Self {
+        TEMPORARIES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+        Temporary(path)
+    }
+
+    fn renamed(self) {
+        forget_temporary(&self.0);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        forget_temporary(&self.0);
+    }
+}
+
+fn forget_temporary(path: &Path) {
+    TEMPORARIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| p != path);
+}
+
+/// Removes every temporary file a write of this process has in flight: for a
+/// signal handler, before the process exits (the writes then fail, and the
+/// destinations stay as they were).
+pub fn remove_temporaries() {
+    let paths = std::mem::take(&mut *TEMPORARIES.lock().unwrap_or_else(|e| e.into_inner()));
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
 }
