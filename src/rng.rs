@@ -25,8 +25,9 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Uniform in `[low, high)`.
-    pub fn uniform(&mut self, low: f64, high: f64) -> f64 {
+    /// Uniform between `a` and `b`, in either order: `[min, max)`.
+    pub fn uniform(&mut self, a: f64, b: f64) -> f64 {
+        let (low, high) = if a <= b { (a, b) } else { (b, a) };
         low + (high - low) * self.next_f64()
     }
 
@@ -37,9 +38,12 @@ impl SplitMix64 {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
-    /// Uniform integer in `low..=high`.
-    pub fn int_inclusive(&mut self, low: usize, high: usize) -> usize {
-        assert!(low <= high);
-        low + (self.next_u64() % (high - low + 1) as u64) as usize
+    /// Uniform integer between `a` and `b` inclusive, in either order.
+    pub fn int_inclusive(&mut self, a: usize, b: usize) -> usize {
+        let (low, high) = (a.min(b), a.max(b));
+        match (high - low).checked_add(1) {
+            Some(span) => low + (self.next_u64() % span as u64) as usize,
+            None => self.next_u64() as usize, // the whole range of usize
+        }
     }
 }

@@ -17,7 +17,12 @@ impl<T: Copy> Tensor<T> {
     /// A tensor over `data`, which must hold exactly `shape`'s element count.
     pub fn new(shape: impl Into<Vec<usize>>, data: Vec<T>) -> Result<Self> {
         let shape = shape.into();
-        let count: usize = shape.iter().product();
+        let Some(count) = element_count(&shape) else {
+            return Err(Error::invalid(
+                "tensor",
+                format!("shape {shape:?} has more elements than memory can address"),
+            ));
+        };
         if count != data.len() {
             return Err(Error::invalid(
                 "tensor",
@@ -30,13 +35,29 @@ impl<T: Copy> Tensor<T> {
         Ok(Tensor { shape, data })
     }
 
+    /// A tensor of `shape` with every element `value`.
+    ///
+    /// # Panics
+    /// When `shape`'s element count overflows `usize`, as `vec![value; n]`
+    /// would; [`Tensor::try_full`] returns an error instead.
     pub fn full(shape: impl Into<Vec<usize>>, value: T) -> Self {
+        Self::try_full(shape, value).expect("a tensor shape whose element count fits in usize")
+    }
+
+    /// [`Tensor::full`], with an error for a shape whose element count
+    /// overflows `usize`.
+    pub fn try_full(shape: impl Into<Vec<usize>>, value: T) -> Result<Self> {
         let shape = shape.into();
-        let count = shape.iter().product();
-        Tensor {
+        let count = element_count(&shape).ok_or_else(|| {
+            Error::invalid(
+                "tensor",
+                format!("shape {shape:?} has more elements than memory can address"),
+            )
+        })?;
+        Ok(Tensor {
             shape,
             data: vec![value; count],
-        }
+        })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -64,9 +85,16 @@ impl<T: Copy> Tensor<T> {
     }
 
     /// Swaps the first two axes: `[A, B, ...] -> [B, A, ...]`. This converts
-    /// between time-major and batch-first layouts.
-    pub fn swap_leading_axes(&self) -> Self {
-        assert!(self.shape.len() >= 2, "swap_leading_axes needs two axes");
+    /// between time-major and batch-first layouts; a tensor of fewer than
+    /// two axes is an error.
+    pub fn swap_leading_axes(&self) -> Result<Self> {
+        if self.shape.len() < 2 {
+            return Err(Error::shape(
+                "tensor",
+                "[A, B, ...] (two axes or more)",
+                &self.shape,
+            ));
+        }
         let (a, b) = (self.shape[0], self.shape[1]);
         let inner: usize = self.shape[2..].iter().product();
         let mut data = Vec::with_capacity(self.data.len());
@@ -78,13 +106,19 @@ impl<T: Copy> Tensor<T> {
         }
         let mut shape = self.shape.clone();
         shape.swap(0, 1);
-        Tensor { shape, data }
+        Ok(Tensor { shape, data })
     }
 }
 
 impl<T: Element> Tensor<T> {
+    /// A tensor of zeros (panics as [`Tensor::full`] does).
     pub fn zeros(shape: impl Into<Vec<usize>>) -> Self {
         Self::full(shape, T::zero())
+    }
+
+    /// A tensor of zeros, or an error for a shape too large to address.
+    pub fn try_zeros(shape: impl Into<Vec<usize>>) -> Result<Self> {
+        Self::try_full(shape, T::zero())
     }
 
     /// Converts every element to another float type (through f64).
@@ -114,4 +148,9 @@ impl<T: Element> Tensor<T> {
             })
             .fold(0.0, f64::max)
     }
+}
+
+/// The number of elements of `shape`, or `None` when it overflows `usize`.
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
 }

@@ -195,7 +195,19 @@ impl<T: Element> Weights<T> {
     }
 
     /// The parameters of `layer` in `direction` (0 forward, 1 reverse).
-    pub fn layer(&self, layer: usize, direction: usize) -> &LayerWeights<T> {
+    pub fn layer(&self, layer: usize, direction: usize) -> Result<&LayerWeights<T>> {
+        let (layers, dirs) = (self.config.num_layers, self.config.num_directions());
+        if layer >= layers || direction >= dirs {
+            return Err(Error::Config(format!(
+                "layer {layer} direction {direction} is outside the {layers} layers and {dirs} directions of {}",
+                describe(&self.config)
+            )));
+        }
+        Ok(self.layer_in_range(layer, direction))
+    }
+
+    /// [`Weights::layer`] for indices the caller took from the configuration.
+    pub(crate) fn layer_in_range(&self, layer: usize, direction: usize) -> &LayerWeights<T> {
         &self.layers[layer * self.config.num_directions() + direction]
     }
 
@@ -205,7 +217,7 @@ impl<T: Element> Weights<T> {
             .into_iter()
             .map(|spec| {
                 let tensor = self
-                    .layer(spec.layer, spec.direction)
+                    .layer_in_range(spec.layer, spec.direction)
                     .slot(spec.kind)
                     .expect("spec listed");
                 (spec.name, tensor)
@@ -290,9 +302,20 @@ impl<T: Element> Weights<T> {
         let description = describe(&config);
         Self::from_fn(config, |spec| {
             let full = format!("{prefix}{}", spec.name);
+            let partner = match spec.kind {
+                ParamKind::BiasIh => Some(ParamKind::BiasHh),
+                ParamKind::BiasHh => Some(ParamKind::BiasIh),
+                _ => None,
+            }
+            .map(|kind| format!("{prefix}{}", param_name(kind, spec.layer, spec.direction)));
             let tensor = file.float::<T>(&full)?.ok_or_else(|| Error::Missing {
                 tensor: full.clone(),
-                context: format!("required by {description}"),
+                context: match &partner {
+                    Some(partner) if names.contains(partner) => {
+                        format!("biases come in pairs, and the file has {partner}")
+                    }
+                    _ => format!("required by {description}"),
+                },
             })?;
             if tensor.shape() != spec.shape.as_slice() {
                 return Err(Error::shape(full, format!("{:?}", spec.shape), tensor.shape()));
@@ -372,6 +395,18 @@ fn looks_like_parameter(name: &str) -> bool {
     })
 }
 
+/// The prefix (`"lstm."`, or `""`) of the network [`Weights::from_tensor_file`]
+/// loads from `file` given `prefix`.
+pub fn network_prefix(file: &TensorFile, prefix: Option<&str>) -> Result<String> {
+    resolve_prefix(file, &file.names()?, prefix)
+}
+
+/// A boolean `__metadata__` entry of `file` (`true`/`false`, `True`/`False`,
+/// `1`/`0`), `None` when absent.
+pub fn metadata_flag(file: &TensorFile, key: &str) -> Result<Option<bool>> {
+    file.metadata()?.get(key).map(|v| parse_bool(key, v)).transpose()
+}
+
 fn resolve_prefix(file: &TensorFile, names: &[String], prefix: Option<&str>) -> Result<String> {
     const ANCHOR: &str = "weight_ih_l0";
     if let Some(prefix) = prefix {
@@ -443,8 +478,28 @@ fn infer_config(file: &TensorFile, names: &[String], prefix: &str) -> Result<Rnn
     let w_ih = require_2d("weight_ih_l0")?;
     let w_hh = require_2d("weight_hh_l0")?;
     let (rows, input_size, output_size) = (w_ih[0], w_ih[1], w_hh[1]);
+    let hh_name = format!("{prefix}weight_hh_l0");
+    if w_hh[0] != rows {
+        return Err(Error::shape(
+            hh_name,
+            format!("[{rows}, Hout] (as many rows as {prefix}weight_ih_l0 {w_ih:?})"),
+            &w_hh,
+        ));
+    }
     let (hidden_size, proj_size) = match shape_of("weight_hr_l0")? {
-        Some(w_hr) if w_hr.len() == 2 => (w_hr[1], w_hr[0]),
+        Some(w_hr) if w_hr.len() == 2 => {
+            if w_hr[0] != output_size {
+                return Err(Error::shape(
+                    hh_name,
+                    format!(
+                        "[{rows}, {}] (Hout = the projection size of {prefix}weight_hr_l0 {w_hr:?})",
+                        w_hr[0]
+                    ),
+                    &w_hh,
+                ));
+            }
+            (w_hr[1], w_hr[0])
+        }
         Some(w_hr) => {
             return Err(Error::shape(
                 format!("{prefix}weight_hr_l0"),
@@ -454,6 +509,7 @@ fn infer_config(file: &TensorFile, names: &[String], prefix: &str) -> Result<Rnn
         }
         None => (output_size, 0),
     };
+    let named_cell: Option<CellKind> = metadata.get("cell").map(|name| name.parse()).transpose()?;
     let gates = if hidden_size > 0 && rows % hidden_size == 0 {
         rows / hidden_size
     } else {
@@ -464,16 +520,33 @@ fn infer_config(file: &TensorFile, names: &[String], prefix: &str) -> Result<Rnn
         3 => CellKind::Gru,
         1 => CellKind::RnnTanh,
         _ => {
+            // weight_ih's rows are G·H; weight_hh's (or weight_hr's) columns
+            // give H. Say which hidden sizes the rows allow.
+            let allowed: Vec<String> = [(4, "lstm"), (3, "gru"), (1, "rnn")]
+                .into_iter()
+                .filter(|&(g, _)| named_cell.is_none_or(|c| c.gates() == g) && rows % g == 0)
+                .map(|(g, cell)| format!("{} ({cell})", rows / g))
+                .collect();
+            let allowed = if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(" or ")
+            };
+            let (tensor, found, expected) = if proj_size > 0 {
+                let w_hr = shape_of("weight_hr_l0")?.unwrap_or_default();
+                (format!("{prefix}weight_hr_l0"), w_hr, format!("[{proj_size}, H]"))
+            } else {
+                (hh_name, w_hh.clone(), format!("[{rows}, H]"))
+            };
             return Err(Error::shape(
-                format!("{prefix}weight_ih_l0"),
-                format!("[G*{hidden_size}, in] with G = 4 (lstm), 3 (gru) or 1 (rnn)"),
-                &w_ih,
-            ))
+                tensor,
+                format!("{expected} with H = {allowed} (what {prefix}weight_ih_l0's {rows} rows allow)"),
+                &found,
+            ));
         }
     };
-    let cell = match metadata.get("cell") {
-        Some(name) => {
-            let cell: CellKind = name.parse()?;
+    let cell = match named_cell {
+        Some(cell) => {
             if cell.gates() != gates {
                 return Err(Error::Config(format!(
                     "metadata cell = {cell} has {} gates, but {prefix}weight_ih_l0 {w_ih:?} has {gates} per hidden unit",
@@ -491,7 +564,8 @@ fn infer_config(file: &TensorFile, names: &[String], prefix: &str) -> Result<Rnn
 
     let mut config = RnnConfig {
         num_layers,
-        bias: has("bias_ih_l0"),
+        // Biases come in pairs: either present means the layer has both.
+        bias: has("bias_ih_l0") || has("bias_hh_l0"),
         bidirectional: has("weight_ih_l0_reverse"),
         proj_size,
         ..RnnConfig::new(cell, input_size, hidden_size)

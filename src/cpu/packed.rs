@@ -256,7 +256,7 @@ impl PackedNetwork {
         let dims = Dims::new(&config, isa);
         let layers = (0..config.num_layers)
             .flat_map(|l| (0..dims.dirs).map(move |d| (l, d)))
-            .map(|(l, d)| PackedLayer::new(&dims, weights.layer(l, d)))
+            .map(|(l, d)| PackedLayer::new(&dims, weights.layer_in_range(l, d)))
             .collect();
         PackedNetwork {
             dims,

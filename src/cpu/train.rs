@@ -284,7 +284,7 @@ impl CpuRnn {
                 .map(|dir| {
                     self.net
                         .layer(layer, dir)
-                        .backward(&d, self.net.weights.layer(layer, dir))
+                        .backward(&d, self.net.weights.layer_in_range(layer, dir))
                 })
                 .collect();
             let runs: Vec<BackwardRecurrence<'_>> = (0..d.dirs)

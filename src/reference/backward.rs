@@ -87,8 +87,8 @@ pub fn backward<T: Element>(
     let mut dc_state = grads.c_n.map_or_else(|| zeros_c.clone(), Tensor::clone);
     let mut param_grads: Vec<Option<ParamGrads<T>>> = (0..config.num_states()).map(|_| None).collect();
 
-    let input = batch_major(config, args.input);
-    let mut dy = batch_major(config, grads.output).into_data();
+    let input = batch_major(config, args.input)?;
+    let mut dy = batch_major(config, grads.output)?.into_data();
     let mut d_input = Vec::new();
     for layer in (0..config.num_layers).rev() {
         let x: Vec<T> = if layer == 0 {
@@ -173,7 +173,7 @@ pub fn backward<T: Element>(
         input: if config.batch_first {
             input_grad
         } else {
-            input_grad.swap_leading_axes()
+            input_grad.swap_leading_axes()?
         },
         h0: dh_state,
         c0: config.has_cell_state().then_some(dc_state),

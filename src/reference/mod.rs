@@ -72,7 +72,7 @@ fn run<T: Element>(
         cells: Vec::new(),
     });
 
-    let mut layer_input = batch_major(config, args.input);
+    let mut layer_input = batch_major(config, args.input)?;
     for layer in 0..config.num_layers {
         let mut layer_output = Tensor::zeros([batch, seq_len, config.output_width()]);
         let mut cells = vec![
@@ -117,7 +117,7 @@ fn run<T: Element>(
     let output = if config.batch_first {
         layer_input
     } else {
-        layer_input.swap_leading_axes()
+        layer_input.swap_leading_axes()?
     };
     let output = ForwardOutput {
         output,
@@ -129,9 +129,9 @@ fn run<T: Element>(
 
 /// A `[T, B, *]` or `[B, T, *]` tensor (as configured) in the batch-major
 /// layout the reference computes in.
-fn batch_major<T: Element>(config: &crate::RnnConfig, t: &Tensor<T>) -> Tensor<T> {
+fn batch_major<T: Element>(config: &crate::RnnConfig, t: &Tensor<T>) -> Result<Tensor<T>> {
     if config.batch_first {
-        t.clone()
+        Ok(t.clone())
     } else {
         t.swap_leading_axes()
     }
@@ -184,7 +184,7 @@ impl<'w, T: Element> DirectionRun<'w, T> {
         seq_len: usize,
     ) -> Self {
         DirectionRun {
-            cell: CellStep::new(config, weights.layer(layer, direction)),
+            cell: CellStep::new(config, weights.layer_in_range(layer, direction)),
             reverse: direction == 1,
             seq_len,
             in_width: config.layer_input_size(layer),

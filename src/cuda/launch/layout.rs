@@ -68,7 +68,7 @@ impl WeightLayout {
         };
         for (l, offsets) in self.layers.iter().enumerate() {
             for d in 0..config.num_directions() {
-                let w = weights.layer(l, d);
+                let w = weights.layer_in_range(l, d);
                 put(offsets.w_ih, d, w.weight_ih.data());
                 put(offsets.w_hh, d, w.weight_hh.data());
                 if let (Some(o), Some(b)) = (offsets.b_ih, &w.bias_ih) {
