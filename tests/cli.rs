@@ -51,6 +51,37 @@ fn rnnk(args: &[&str]) -> Run {
     }
 }
 
+/// A fixture's inputs (what `rnnk forward` takes, and with `grads` what
+/// `backward` adds), as an input file of their own: an input file may hold
+/// nothing else.
+fn inputs_of(case: &Path, grads: bool) -> PathBuf {
+    let file = TensorFile::open(case).unwrap();
+    let mut names = vec!["input", "lengths", "h0", "c0"];
+    if grads {
+        names.extend(["grad_output", "grad_h_n", "grad_c_n"]);
+    }
+    let tensors: Vec<(String, OwnedTensor)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let tensor = if name == "lengths" {
+                let (shape, values) = file.integer(name).unwrap()?;
+                OwnedTensor::i64(shape, &values)
+            } else {
+                OwnedTensor::float(&file.float::<f64>(name).unwrap()?, StoredDtype::F64)
+            };
+            Some((name.to_string(), tensor))
+        })
+        .collect();
+    let dir = temp_dir("inputs");
+    let stem = case.file_stem().unwrap().to_string_lossy();
+    let path = dir.join(format!(
+        "{stem}{}.inputs.safetensors",
+        if grads { ".grads" } else { "" }
+    ));
+    tensor_file::write(&path, &tensors, HashMap::new()).unwrap();
+    path
+}
+
 fn forward(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Run {
     let mut args = vec![
         "forward",
@@ -71,7 +102,12 @@ fn forward_reproduces_pytorch_on_every_fixture() {
         let case = Case::<f64>::load(&path);
         for (precision, tol) in [("f32", 2e-5), ("f64", 1e-6)] {
             let out_path = dir.join(format!("{}-{precision}.safetensors", case.name));
-            let run = forward(&path, &path, &out_path, &["--precision", precision]);
+            let run = forward(
+                &path,
+                &inputs_of(&path, false),
+                &out_path,
+                &["--precision", precision],
+            );
             assert!(run.ok, "{}: {}", case.name, run.stderr);
             let out = TensorFile::open(&out_path).unwrap();
             let get = |n: &str| out.float::<f64>(n).unwrap();
@@ -96,7 +132,7 @@ fn forward_on_cuda_fails_cleanly_without_a_gpu() {
     let dir = temp_dir("no-gpu");
     let case = fixtures_dir().join("gru_basic.safetensors");
     let out = dir.join("out.safetensors");
-    let run = forward(&case, &case, &out, &["--device", "cuda"]);
+    let run = forward(&case, &inputs_of(&case, false), &out, &["--device", "cuda"]);
     assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
     assert!(
         run.stderr.contains("CUDA") || run.stderr.contains("nvcc"),
@@ -117,7 +153,7 @@ fn forward_on_cuda_reproduces_pytorch() {
     for path in case_files() {
         let case = Case::<f64>::load(&path);
         let out_path = dir.join(format!("{}.safetensors", case.name));
-        let run = forward(&path, &path, &out_path, &["--device", "cuda"]);
+        let run = forward(&path, &inputs_of(&path, false), &out_path, &["--device", "cuda"]);
         assert!(run.ok, "{}: {}", case.name, run.stderr);
         let out = TensorFile::open(&out_path).unwrap();
         let get = |n: &str| out.float::<f64>(n).unwrap().unwrap();
@@ -153,8 +189,9 @@ fn forward_takes_a_prefix_of_a_whole_model() {
     let dir = temp_dir("prefix");
     let icu = fixtures_dir().join("icu_model.safetensors");
     let out = dir.join("out.safetensors");
+    let inputs = inputs_of(&icu, false);
     for extra in [&["--prefix", "lstm"][..], &["--prefix", "lstm."][..], &[][..]] {
-        let run = forward(&icu, &icu, &out, extra);
+        let run = forward(&icu, &inputs, &out, extra);
         assert!(run.ok, "{extra:?}: {}", run.stderr);
         let file = TensorFile::open(&out).unwrap();
         assert_eq!(file.shape("h_n").unwrap(), Some(vec![2, 9, 64]));
@@ -164,7 +201,7 @@ fn forward_takes_a_prefix_of_a_whole_model() {
             "batch-first from metadata"
         );
     }
-    let run = forward(&icu, &icu, &out, &["--prefix", "head"]);
+    let run = forward(&icu, &inputs, &out, &["--prefix", "head"]);
     assert!(
         !run.ok && run.stderr.contains("head.weight_ih_l0"),
         "{}",
@@ -352,12 +389,13 @@ fn bad_inputs_fail_with_one_clear_line_and_no_output_file() {
 fn bad_files_and_devices_fail_cleanly() {
     let dir = temp_dir("files");
     let case = fixtures_dir().join("gru_basic.safetensors");
+    let inputs = inputs_of(&case, false);
     let garbage = dir.join("garbage.safetensors");
     std::fs::write(&garbage, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}").unwrap();
     let out = dir.join("out.safetensors");
     let runs = [
         (
-            forward(&garbage, &case, &out, &[]),
+            forward(&garbage, &inputs, &out, &[]),
             "not a valid safetensors file",
         ),
         (
@@ -365,15 +403,15 @@ fn bad_files_and_devices_fail_cleanly() {
             "not a valid safetensors file",
         ),
         (
-            forward(&dir.join("absent.safetensors"), &case, &out, &[]),
+            forward(&dir.join("absent.safetensors"), &inputs, &out, &[]),
             "absent.safetensors",
         ),
         (
-            forward(&case, &case, &dir.join("no/such/dir/out.safetensors"), &[]),
+            forward(&case, &inputs, &dir.join("no/such/dir/out.safetensors"), &[]),
             "out.safetensors",
         ),
         (
-            forward(&case, &case, &out, &["--device", "cuda", "--precision", "f64"]),
+            forward(&case, &inputs, &out, &["--device", "cuda", "--precision", "f64"]),
             "--precision f64",
         ),
     ];
@@ -388,7 +426,7 @@ fn bad_files_and_devices_fail_cleanly() {
     }
     assert!(!out.exists());
     // A bad flag is clap's business: usage and status 2.
-    let run = forward(&case, &case, &out, &["--device", "tpu"]);
+    let run = forward(&case, &inputs, &out, &["--device", "tpu"]);
     assert_eq!(run.code, Some(2));
 }
 
@@ -446,7 +484,12 @@ fn backward_reproduces_pytorch_autograd_on_every_fixture() {
         let name = common::case_name(&path);
         for (precision, tol) in [("f32", 1e-4), ("f64", 1e-6)] {
             let out_path = dir.join(format!("{name}-{precision}.safetensors"));
-            let run = backward(&path, &path, &out_path, &["--precision", precision]);
+            let run = backward(
+                &path,
+                &inputs_of(&path, true),
+                &out_path,
+                &["--precision", precision],
+            );
             assert!(run.ok, "{name}: {}", run.stderr);
             let checked = check_against_fixture(&fixture, &out_path, &format!("{name} {precision}"), tol);
             // At least output, h_n, grad_input, grad_h0 and two weight gradients.
@@ -507,7 +550,9 @@ fn backward_dropout_is_off_without_a_seed_and_reproducible_with_one() {
     assert_ne!(seeded, off);
 
     let forward_out = dir.join("forward.safetensors");
-    assert!(forward(&model, &inputs, &forward_out, &[]).ok);
+    let forward_inputs = dir.join("forward_inputs.safetensors");
+    tensor_file::write(&forward_inputs, &tensors[..2], HashMap::new()).unwrap();
+    assert!(forward(&model, &forward_inputs, &forward_out, &[]).ok);
     let out_forward = TensorFile::open(&forward_out)
         .unwrap()
         .float::<f32>("output")
@@ -535,7 +580,7 @@ fn backward_on_cuda_reproduces_pytorch_autograd() {
         let fixture = TensorFile::open(&path).unwrap();
         let name = common::case_name(&path);
         let out_path = dir.join(format!("{name}.safetensors"));
-        let run = backward(&path, &path, &out_path, &["--device", "cuda"]);
+        let run = backward(&path, &inputs_of(&path, true), &out_path, &["--device", "cuda"]);
         assert!(run.ok, "{name}: {}", run.stderr);
         check_against_fixture(&fixture, &out_path, &format!("{name} cuda"), 1e-4);
     }

@@ -1,25 +1,28 @@
 //! `rnnk`: run a recurrent network saved from PyTorch on safetensors inputs.
 //!
 //! ```text
-//! rnnk forward  --model M --input IN --output OUT [--device auto|cpu|cuda] [--prefix P] [--precision f32|f64]
-//! rnnk backward --model M --input IN --output OUT [--device auto|cpu|cuda] [--prefix P] [--precision f32|f64]
-//!               [--dropout-seed S]
-//! rnnk info --model M [--prefix P]
+//! rnnk forward  --model M --input IN --output OUT [--batch-first] [--cell C] [--gru-original]
+//!               [--device auto|cpu|cuda] [--prefix P] [--precision f32|f64]
+//! rnnk backward (as forward) [--dropout-seed S]
+//! rnnk info --model M [--prefix P] [--batch-first] [--cell C] [--gru-original]
 //! ```
 //! Errors print one line on stderr and exit with status 1 (2 for bad
-//! arguments); an output file is written whole or not at all.
+//! arguments, 130 when interrupted); nothing is computed before the output
+//! is known not to be the model or the input, and an output file is written
+//! whole or not at all (see `tensor_file`).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rnn_kernels::cpu::CpuRnn;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn};
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
-use rnn_kernels::weights::{describe, param_specs};
+use rnn_kernels::weights::{describe, metadata_flag, network_prefix, param_specs};
 use rnn_kernels::{
-    reference, Element, Error, ForwardInput, ForwardOutput, Result, Tensor, TensorFile, Weights,
+    reference, CellKind, Element, Error, ForwardInput, ForwardOutput, Result, RnnConfig, Tensor, TensorFile,
+    Weights,
 };
 use rnn_kernels::{GradOutputs, Gradients};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -55,25 +58,69 @@ enum Command {
         #[arg(long)]
         dropout_seed: Option<u64>,
     },
-    /// Print the configuration and parameters found in a model file.
+    /// Print how a model file will be read: the configuration, the
+    /// tensors used (with their stored dtypes), and those ignored.
     Info {
+        /// A safetensors file with the weights (a whole model's state_dict will do).
         #[arg(long)]
         model: PathBuf,
+        /// The module's name in a whole model's state_dict (e.g. `lstm`).
         #[arg(long)]
         prefix: Option<String>,
+        #[command(flatten)]
+        facts: Facts,
     },
+}
+
+/// What a `state_dict` does not record, for the caller to say.
+#[derive(Args, Clone, Copy)]
+struct Facts {
+    /// Inputs and outputs are [B, T, ·] (PyTorch's batch_first=True), not [T, B, ·].
+    #[arg(long)]
+    batch_first: bool,
+    /// The cell, where the weights' shapes cannot tell (rnn_tanh or rnn_relu).
+    #[arg(long, value_enum)]
+    cell: Option<Cell>,
+    /// A GRU in the original formulation (Cho et al.; ONNX linear_before_reset=0), not PyTorch's.
+    #[arg(long)]
+    gru_original: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum Cell {
+    Lstm,
+    Gru,
+    RnnTanh,
+    RnnRelu,
+}
+
+impl Cell {
+    fn kind(self) -> CellKind {
+        match self {
+            Cell::Lstm => CellKind::Lstm,
+            Cell::Gru => CellKind::Gru,
+            Cell::RnnTanh => CellKind::RnnTanh,
+            Cell::RnnRelu => CellKind::RnnRelu,
+        }
+    }
 }
 
 #[derive(Args)]
 struct Run {
-    /// Weights by PyTorch names; `__metadata__` may hold `cell`,
-    /// `batch_first` and `gru_linear_before_reset`.
+    /// Weights by PyTorch names (a whole model's state_dict will do, with
+    /// --prefix); `__metadata__` may hold cell, batch_first and
+    /// gru_linear_before_reset.
     #[arg(long)]
     model: PathBuf,
+    /// The inputs (see the command's description for the tensor names).
     #[arg(long)]
     input: PathBuf,
+    /// Where the results go (never the model or the input file).
     #[arg(long)]
     output: PathBuf,
+    #[command(flatten)]
+    facts: Facts,
     /// Where to run: the GPU if there is one, else the CPU (auto); the CPU
     /// (the fast path in f32, the reference in f64); or the GPU.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
@@ -91,6 +138,12 @@ enum Device {
     Auto,
     Cpu,
     Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Precision {
+    F32,
+    F64,
 }
 
 /// Where a run goes: `auto` is the GPU when there is one and the run is f32.
@@ -111,20 +164,25 @@ fn backend(device: Device, precision: Precision, weights: &Weights<f64>) -> Resu
     }
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Precision {
-    F32,
-    F64,
-}
-
 fn main() -> ExitCode {
+    // An interrupted write leaves no temporary file behind.
+    let _ = ctrlc::set_handler(|| {
+        tensor_file::remove_temporaries();
+        eprintln!("rnnk: interrupted");
+        std::process::exit(130);
+    });
     let result = match Cli::parse().command {
         Command::Forward(run) => forward(&run),
         Command::Backward { run, dropout_seed } => backward(&run, dropout_seed),
-        Command::Info { model, prefix } => info(&model, prefix.as_deref()),
+        Command::Info { model, prefix, facts } => info(&model, prefix.as_deref(), facts),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(notes) => {
+            for note in notes {
+                eprintln!("rnnk: note: {note}");
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("rnnk: error: {e}");
             ExitCode::FAILURE
@@ -134,9 +192,129 @@ fn main() -> ExitCode {
 
 type Outputs = Vec<(String, OwnedTensor)>;
 
-fn forward(run: &Run) -> Result<()> {
-    let weights = Weights::<f64>::load(&run.model, run.prefix.as_deref())?;
-    let file = TensorFile::open(&run.input)?;
+/// What a run could not know, said after it succeeded.
+type Notes = Vec<String>;
+
+/// The model's weights as the run will use them: the file's configuration
+/// with the caller's facts applied (a fact that contradicts the file's
+/// metadata is an error), and notes on what neither said.
+fn load_model(path: &Path, prefix: Option<&str>, facts: Facts) -> Result<(Weights<f64>, TensorFile, Notes)> {
+    let file = TensorFile::open(path)?;
+    let weights = Weights::<f64>::from_tensor_file(&file, prefix)?;
+    let mut config = weights.config().clone();
+    let contradiction = |flag: &str, key: &str, value: String| {
+        Error::Config(format!(
+            "{flag} contradicts {}'s metadata {key} = {value}",
+            path.display()
+        ))
+    };
+    let mut notes = Vec::new();
+    let batch_first = metadata_flag(&file, "batch_first")?;
+    if facts.batch_first {
+        if batch_first == Some(false) {
+            return Err(contradiction("--batch-first", "batch_first", "false".into()));
+        }
+        config.batch_first = true;
+    } else if batch_first.is_none() {
+        notes.push(format!(
+            "{} does not record batch_first: the input was read as [T, B, I] (give --batch-first for [B, T, I])",
+            path.display()
+        ));
+    }
+    let recorded_cell = file.metadata()?.get("cell").cloned();
+    if let Some(cell) = facts.cell.map(Cell::kind) {
+        if let Some(recorded) = recorded_cell.as_deref().filter(|r| *r != cell.name()) {
+            return Err(contradiction(
+                &format!("--cell {cell}"),
+                "cell",
+                recorded.to_string(),
+            ));
+        }
+        if cell.gates() != config.gates() {
+            return Err(Error::Config(format!(
+                "--cell {cell}: {cell} has {} gates per hidden unit, the weights in {} have {} ({})",
+                cell.gates(),
+                path.display(),
+                config.gates(),
+                config.cell
+            )));
+        }
+        config.cell = cell;
+    } else if recorded_cell.is_none() && config.cell == CellKind::RnnTanh {
+        notes.push(format!(
+            "{} does not record the nonlinearity: tanh was used (give --cell rnn_relu for ReLU)",
+            path.display()
+        ));
+    }
+    if facts.gru_original {
+        if config.cell != CellKind::Gru {
+            return Err(Error::Config(format!(
+                "--gru-original applies to a GRU; {} holds {}",
+                path.display(),
+                config.cell
+            )));
+        }
+        if metadata_flag(&file, "gru_linear_before_reset")? == Some(true) {
+            return Err(contradiction(
+                "--gru-original",
+                "gru_linear_before_reset",
+                "true".into(),
+            ));
+        }
+        config.gru_linear_before_reset = false;
+    }
+    let weights = if &config == weights.config() {
+        weights
+    } else {
+        let named = weights
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.clone()))
+            .collect();
+        Weights::from_named(config, named)?
+    };
+    Ok((weights, file, notes))
+}
+
+/// The tensors an input file may hold for `command`.
+const FORWARD_INPUTS: [&str; 4] = ["input", "lengths", "h0", "c0"];
+const BACKWARD_INPUTS: [&str; 7] = [
+    "input",
+    "lengths",
+    "h0",
+    "c0",
+    "grad_output",
+    "grad_h_n",
+    "grad_c_n",
+];
+
+/// Opens the input file and refuses any tensor `command` does not take (a
+/// misspelled `lenghts` would otherwise silently mean "no lengths").
+fn open_input(path: &Path, command: &str, allowed: &[&str]) -> Result<TensorFile> {
+    let file = TensorFile::open(path)?;
+    if let Some(extra) = file.names()?.into_iter().find(|n| !allowed.contains(&n.as_str())) {
+        return Err(Error::invalid(
+            extra,
+            format!(
+                "is not an input of rnnk {command}; {} may hold only {}",
+                path.display(),
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// The model, the input and the output's safety, checked before any work.
+fn prepare(run: &Run, command: &str, allowed: &[&str]) -> Result<(Weights<f64>, TensorFile, Notes)> {
+    tensor_file::refuse_overwrite(&run.output, &[&run.model, &run.input])?;
+    let (weights, _, notes) = load_model(&run.model, run.prefix.as_deref(), run.facts)?;
+    let input = open_input(&run.input, command, allowed)?;
+    Ok((weights, input, notes))
+}
+
+fn forward(run: &Run) -> Result<Notes> {
+    let (weights, file, notes) = prepare(run, "forward", &FORWARD_INPUTS)?;
     let tensors = match (backend(run.device, run.precision, &weights)?, run.precision) {
         (Backend::Cpu, Precision::F32) => {
             let mut model = CpuRnn::new(&weights)?;
@@ -152,12 +330,12 @@ fn forward(run: &Run) -> Result<()> {
             forward_outputs(&model.forward(&inputs.args())?)
         }
     };
-    tensor_file::write(&run.output, &tensors, HashMap::new())
+    tensor_file::write(&run.output, &tensors, HashMap::new())?;
+    Ok(notes)
 }
 
-fn backward(run: &Run, dropout_seed: Option<u64>) -> Result<()> {
-    let weights = Weights::<f64>::load(&run.model, run.prefix.as_deref())?;
-    let file = TensorFile::open(&run.input)?;
+fn backward(run: &Run, dropout_seed: Option<u64>) -> Result<Notes> {
+    let (weights, file, notes) = prepare(run, "backward", &BACKWARD_INPUTS)?;
     let tensors = match (backend(run.device, run.precision, &weights)?, run.precision) {
         (Backend::Cpu, Precision::F32) => {
             let mut model = CpuRnn::new(&weights)?;
@@ -175,7 +353,8 @@ fn backward(run: &Run, dropout_seed: Option<u64>) -> Result<()> {
             Ok((result, model.backward(&state, grads)?))
         })?,
     };
-    tensor_file::write(&run.output, &tensors, HashMap::new())
+    tensor_file::write(&run.output, &tensors, HashMap::new())?;
+    Ok(notes)
 }
 
 /// Reads the inputs and incoming gradients, runs `train` (a training forward
@@ -266,35 +445,58 @@ fn read_lengths(file: &TensorFile) -> Result<Option<Vec<usize>>> {
         return Ok(None);
     };
     if shape.len() != 1 {
-        return Err(Error::Shape {
-            tensor: "lengths".into(),
-            expected: "[B]".into(),
-            found: rnn_kernels::error::ShapeDisplay(shape),
-        });
+        return Err(Error::shape("lengths", "[B]", &shape));
     }
     values
         .iter()
         .enumerate()
         .map(|(b, &v)| {
-            usize::try_from(v).map_err(|_| Error::Invalid {
-                tensor: "lengths".into(),
-                message: format!("lengths[{b}] = {v} is negative"),
-            })
+            usize::try_from(v)
+                .map_err(|_| Error::invalid("lengths", format!("lengths[{b}] = {v} is negative")))
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }
 
-fn info(model: &PathBuf, prefix: Option<&str>) -> Result<()> {
-    let weights = Weights::<f64>::load(model, prefix)?;
-    let config = weights.config();
+/// How `forward` would read the model: the configuration, each tensor used
+/// (with its stored dtype), and every other tensor of the file, ignored.
+fn info(model: &Path, prefix: Option<&str>, facts: Facts) -> Result<Notes> {
+    let (weights, file, notes) = load_model(model, prefix, facts)?;
+    let config: &RnnConfig = weights.config();
+    let prefix = network_prefix(&file, prefix)?;
     println!("{}", describe(config));
     println!(
-        "batch_first={} dropout={} gru_linear_before_reset={}",
-        config.batch_first, config.dropout, config.gru_linear_before_reset
+        "reads input as {}; dropout={} (training only); {}",
+        if config.batch_first {
+            "[B, T, I] (batch-first)"
+        } else {
+            "[T, B, I] (time-major)"
+        },
+        config.dropout,
+        match (config.cell, config.gru_linear_before_reset) {
+            (CellKind::Gru, true) => "PyTorch's GRU (linear before reset)",
+            (CellKind::Gru, false) => "the original GRU (reset before the recurrent product)",
+            (CellKind::RnnTanh, _) => "nonlinearity tanh",
+            (CellKind::RnnRelu, _) => "nonlinearity relu",
+            (CellKind::Lstm, _) => "gates i, f, g, o",
+        }
     );
+    let mut used = Vec::new();
+    println!("used:");
     for spec in param_specs(config) {
-        println!("  {:<24} {:?}", spec.name, spec.shape);
+        let name = format!("{prefix}{}", spec.name);
+        let dtype = file.stored_dtype(&name)?.unwrap_or_default();
+        println!("  {name:<32} {:<16} {dtype}", format!("{:?}", spec.shape));
+        used.push(name);
     }
-    Ok(())
+    let ignored: Vec<String> = file.names()?.into_iter().filter(|n| !used.contains(n)).collect();
+    if !ignored.is_empty() {
+        println!("ignored:");
+        for name in ignored {
+            let shape = file.shape(&name)?.unwrap_or_default();
+            let dtype = file.stored_dtype(&name)?.unwrap_or_default();
+            println!("  {name:<32} {:<16} {dtype}", format!("{shape:?}"));
+        }
+    }
+    Ok(notes)
 }
