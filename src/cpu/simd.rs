@@ -28,8 +28,33 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best instruction set this machine has.
+    /// The best instruction set this machine has, or the one `RNN_CPU_ISA`
+    /// names (`avx512f`, `avx2` or `portable`) if this machine has it: for
+    /// comparisons, and for tools without AVX-512 (valgrind).
     pub fn detect() -> Isa {
+        let best = Self::best();
+        let chosen = std::env::var("RNN_CPU_ISA").ok().and_then(|name| {
+            [Isa::Avx512, Isa::Avx2, Isa::Portable]
+                .into_iter()
+                .find(|isa| isa.name().starts_with(name.as_str()) && !name.is_empty())
+        });
+        match chosen {
+            Some(isa) if Self::runs(best, isa) => isa,
+            _ => best,
+        }
+    }
+
+    /// Whether a machine whose best is `best` can run `isa`.
+    fn runs(best: Isa, isa: Isa) -> bool {
+        let rank = |i: Isa| match i {
+            Isa::Avx512 => 2,
+            Isa::Avx2 => 1,
+            Isa::Portable => 0,
+        };
+        rank(isa) <= rank(best)
+    }
+
+    fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
