@@ -103,15 +103,13 @@ fn mutate(bytes: &[u8], rng: &mut SplitMix64) -> Vec<u8> {
         _ => {
             if let Some((mut header, data)) = split(bytes) {
                 edit_header(&mut header, rng);
-                let text = if rng.next_f64() < 0.1 {
+                let text = header.to_string();
+                let text = match (text.find('{'), text.find("},\"")) {
                     // A tensor listed twice.
-                    let t = header.to_string();
-                    match t.find("},\"") {
-                        Some(k) => format!("{}}},{}", &t[..k], &t[t.find('{').unwrap() + 1..]),
-                        None => t,
+                    (Some(open), Some(k)) if rng.next_f64() < 0.1 => {
+                        format!("{}}},{}", &text[..k], &text[open + 1..])
                     }
-                } else {
-                    header.to_string()
+                    _ => text,
                 };
                 out = join(&text, data);
             }
@@ -163,8 +161,9 @@ fn edit_header(header: &mut serde_json::Value, rng: &mut SplitMix64) {
             );
         }
         1 => {
-            let mut shape: Vec<u64> = info["shape"]
-                .as_array()
+            let mut shape: Vec<u64> = info
+                .get("shape")
+                .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_u64).collect())
                 .unwrap_or_default();
             match rng.int_inclusive(0, 4) {
@@ -248,6 +247,9 @@ fn exercise(bytes: Vec<u8>, rng: &mut SplitMix64) {
 /// Forward, step and backward on `weights` with random, often wrong, arguments.
 fn run_calls(weights: &Weights<f32>, rng: &mut SplitMix64) {
     let config = weights.config().clone();
+    if config.input_size > 4096 || config.hidden_size > 4096 {
+        return; // a valid but huge model: nothing new to learn, much to allocate
+    }
     let (t, b) = (rng.int_inclusive(1, 3), rng.int_inclusive(1, 3));
     let batch_shape = if config.batch_first { [b, t] } else { [t, b] };
     let input = tensor(vec![batch_shape[0], batch_shape[1], config.input_size], rng, true);
@@ -318,16 +320,21 @@ fn no_mutated_file_or_argument_panics() {
     let (mut runs, mut failures) = (0u64, Vec::new());
     // The default hook would print every caught panic's backtrace.
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    if std::env::var_os("RNN_FUZZ_LOUD").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     while Instant::now() < deadline {
         let base = &corpus[rng.int_inclusive(0, corpus.len() - 1)];
-        let mut bytes = mutate(base, &mut rng);
-        if rng.next_f64() < 0.3 {
-            bytes = mutate(&bytes, &mut rng);
-        }
         let case_seed = rng.next_u64();
+        let mut bytes = Vec::new();
+        // The mutation is inside too: a panic of the harness itself is reported, not lost.
         let result = catch_unwind(AssertUnwindSafe(|| {
-            exercise(bytes.clone(), &mut SplitMix64::new(case_seed))
+            let mut case_rng = SplitMix64::new(case_seed);
+            bytes = mutate(base, &mut case_rng);
+            if case_rng.next_f64() < 0.3 {
+                bytes = mutate(&bytes, &mut case_rng);
+            }
+            exercise(bytes.clone(), &mut case_rng)
         }));
         if let Err(panic) = result {
             let message = panic
