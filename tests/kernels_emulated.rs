@@ -169,7 +169,8 @@ fn auto_keeps_small_weights_in_one_cta_and_splits_large_ones() {
         auto.weights_in_smem && auto.ctas_per_group >= 22 && auto.smem_bytes <= LIMITS.max_smem_per_block
     );
     assert!(
-        auto.ctas_per_group * auto.tiles <= LIMITS.sm_count * occupancy("", auto.threads, auto.smem_bytes)
+        auto.ctas_per_group * auto.tiles
+            <= LIMITS.sm_count * occupancy("", auto.threads, auto.smem_bytes).unwrap()
     );
     // Too large for the whole device's shared memory: read from L2.
     let huge = RnnConfig::lstm(6, 1024);
@@ -216,6 +217,18 @@ fn odd_sizes_single_row_and_single_step() {
         Some(&[2, 6, 1, 4]),
         true,
         52,
+    );
+    // A forced split of 3 CTAs launches 2 (4 units, 2 a CTA): each must
+    // take 2 of the 3 projected outputs, not 1.
+    check(
+        &RnnConfig {
+            proj_size: 3,
+            ..RnnConfig::lstm(5, 4)
+        },
+        3,
+        Some(&[3, 1, 2]),
+        true,
+        53,
     );
 }
 
@@ -298,19 +311,21 @@ fn blockings_the_kernel_cannot_run_are_errors() {
     }
 }
 
-/// The planner on an H100 (132 SMs, 227 KiB per block; occupancy as the
-/// driver computes it from threads, shared memory and ~128 registers).
+/// The planner on an H100 (132 SMs, 227 KiB opt-in per block less the
+/// sm_90 cubins' 1 KiB of static shared memory, as `CudaDevice` reports it;
+/// occupancy as the driver computes it from threads, shared memory and ~128
+/// registers).
 #[test]
 fn benchmark_shapes_get_the_intended_plans() {
     let h100 = DeviceLimits {
         sm_count: 132,
-        max_smem_per_block: 232_448,
+        max_smem_per_block: 232_448 - 1024,
         max_threads_per_block: 1024,
     };
     let occupancy = |_: &'static str, threads: usize, smem: usize| {
-        (65_536 / (threads * 128))
+        Ok((65_536 / (threads * 128))
             .min((228 << 10) / (smem + 1024))
-            .min(32)
+            .min(32))
     };
     let plan = |config: RnnConfig, batch| {
         plan_recurrence(&config, batch, &h100, &occupancy, Strategy::Auto).unwrap()

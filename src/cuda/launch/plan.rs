@@ -15,14 +15,16 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceLimits {
     pub sm_count: usize,
-    /// The most dynamic shared memory one block may use (the opt-in maximum).
+    /// The most dynamic shared memory one block may use: the opt-in maximum
+    /// less the kernels' static shared memory.
     pub max_smem_per_block: usize,
     pub max_threads_per_block: usize,
 }
 
 /// Blocks of `kernel` with `threads` threads and `smem` bytes of dynamic
-/// shared memory that fit on one SM at once (the driver's occupancy query).
-pub type Occupancy<'a> = &'a dyn Fn(&'static str, usize, usize) -> usize;
+/// shared memory that fit on one SM at once (the driver's occupancy query;
+/// its failure is an error, never "nothing fits").
+pub type Occupancy<'a> = &'a dyn Fn(&'static str, usize, usize) -> Result<usize>;
 
 /// Which recurrence a plan is for: the forward, or its backpropagation
 /// (recurrence_backward.cu), which splits the same way but keeps other
@@ -279,27 +281,44 @@ pub fn plan_pass(
     strategy: Strategy,
 ) -> Result<RecurrencePlan> {
     let h = config.hidden_size;
-    let split = |n: usize, in_smem: bool| -> Option<RecurrencePlan> {
-        let upc = h.div_ceil(n);
+    let split = |requested: usize, in_smem: bool| -> Result<Option<RecurrencePlan>> {
+        let upc = h.div_ceil(requested);
+        // The grid has h / upc CTAs (rounded up), which can be fewer than
+        // requested (4 units in 3 CTAs: 2, 2, 0): the projected outputs are
+        // shared among the CTAs that exist, or some are never computed.
+        let n = h.div_ceil(upc);
         let opc = if config.proj_size > 0 {
             config.output_size().div_ceil(n)
         } else {
             0
         };
-        let split = Split {
-            n: h.div_ceil(upc),
-            upc,
-            opc,
-            in_smem,
-        };
+        let split = Split { n, upc, opc, in_smem };
         fit_batch(pass, config, batch, limits, occupancy, split)
     };
+    // Requests that give the same units per CTA give the same split: ask
+    // about each split once (64 for H = 1024, not 1024).
+    let first =
+        |requests: &mut dyn Iterator<Item = usize>, in_smem: bool| -> Result<Option<RecurrencePlan>> {
+            let mut last_upc = 0;
+            for n in requests {
+                let upc = h.div_ceil(n);
+                if upc == last_upc {
+                    continue;
+                }
+                last_upc = upc;
+                if let Some(plan) = split(n, in_smem)? {
+                    return Ok(Some(plan));
+                }
+            }
+            Ok(None)
+        };
     let plan = match strategy {
-        Strategy::Auto => (1..=h)
-            .find_map(|n| split(n, true))
-            .or_else(|| (1..=h.div_ceil(32)).rev().find_map(|n| split(n, false))),
-        Strategy::OnChip { ctas_per_group } => split(ctas_per_group.clamp(1, h), true),
-        Strategy::OffChip { ctas_per_group } => split(ctas_per_group.clamp(1, h), false),
+        Strategy::Auto => match first(&mut (1..=h), true)? {
+            Some(plan) => Some(plan),
+            None => first(&mut (1..=h.div_ceil(32)).rev(), false)?,
+        },
+        Strategy::OnChip { ctas_per_group } => split(ctas_per_group.clamp(1, h), true)?,
+        Strategy::OffChip { ctas_per_group } => split(ctas_per_group.clamp(1, h), false)?,
     };
     plan.ok_or_else(|| {
         Error::Unsupported(format!(
@@ -328,12 +347,20 @@ fn fit_batch(
     limits: &DeviceLimits,
     occupancy: Occupancy<'_>,
     split: Split,
-) -> Option<RecurrencePlan> {
+) -> Result<Option<RecurrencePlan>> {
     let Split { n, upc, opc, in_smem } = split;
     let kernel = pass.kernel(config.cell);
     let dirs = config.num_directions();
     let mut fallback = None;
+    let mut last_tiles = 0;
     for bt in 1..=batch {
+        // A larger tile with as many tiles needs more of the SM and fits no
+        // better: the smallest tile for each tile count is the one to try.
+        let tiles = batch.div_ceil(bt);
+        if tiles == last_tiles {
+            continue;
+        }
+        last_tiles = tiles;
         let blocking = match pass {
             // Phase 1's products are HO long, the second phase's H: the shorter decides.
             Pass::Forward => Blocking::choose(
@@ -349,7 +376,6 @@ fn fit_batch(
             break;
         }
         let threads = recurrence_threads(&split, bt, blocking).min(limits.max_threads_per_block);
-        let tiles = batch.div_ceil(bt);
         let plan = RecurrencePlan {
             kernel,
             ctas_per_group: n,
@@ -362,16 +388,50 @@ fn fit_batch(
             threads,
             smem_bytes: smem,
         };
-        let resident = limits.sm_count * occupancy(kernel, threads, smem);
+        let resident = limits.sm_count * occupancy(kernel, threads, smem)?;
         if n * dirs * tiles <= resident {
-            return Some(plan);
+            return Ok(Some(plan));
         }
         // One CTA per group never waits for another: it runs in waves if it must.
         if n == 1 && resident > 0 {
             fallback = Some(plan);
         }
     }
-    fallback
+    Ok(fallback)
+}
+
+/// The recurrence kernels count a group's barrier arrivals in a 32-bit
+/// counter (`rnn_group_barrier`): one barrier before the first step, and per
+/// step one forward (two with a second phase: the LSTM projection, the
+/// original GRU) and up to three backward, each counted once per CTA of the
+/// group. A sequence long enough to pass 2^31 arrivals is refused with a
+/// clear error instead of a barrier that stops waiting.
+pub fn check_barrier_count(
+    pass: Pass,
+    config: &RnnConfig,
+    plan: &RecurrencePlan,
+    seq_len: usize,
+) -> Result<()> {
+    let ctas = plan.ctas_per_group;
+    if ctas <= 1 {
+        return Ok(()); // one CTA a group synchronises with __syncthreads
+    }
+    let two_phase = config.proj_size > 0 || (config.cell == CellKind::Gru && !config.gru_linear_before_reset);
+    let per_step = match pass {
+        Pass::Forward => 1 + usize::from(two_phase),
+        Pass::Backward => 3,
+    };
+    let limit = (1usize << 31) / ctas;
+    let barriers = (seq_len as u128) * per_step as u128 + 1;
+    if barriers >= limit as u128 {
+        return Err(Error::Unsupported(format!(
+            "T = {seq_len}: with {ctas} CTAs a group, the recurrence would count more barrier arrivals than \
+             its 32-bit counter holds; at most {} steps a call (split the sequence, carrying h_n/c_n as the \
+             next call's h0/c0)",
+            (limit - 2) / per_step
+        )));
+    }
+    Ok(())
 }
 
 /// Regions of the one workspace buffer, in 4-byte words.
@@ -523,6 +583,7 @@ pub fn forward_steps(
     batch: usize,
     buffers: &ForwardBuffers,
 ) -> Result<Vec<Step>> {
+    check_barrier_count(Pass::Forward, config, plan, seq_len)?;
     let ws = WorkspaceLayout::new(config, plan, seq_len, batch);
     let ws_word = |offset: usize| word(buffers.workspace, offset);
     let mut steps = Vec::new();
