@@ -183,6 +183,7 @@ pub fn forward_train_steps(
     dropout: Option<Dropout>,
     b: &TrainingBuffers,
 ) -> Result<Vec<Step>> {
+    super::plan::check_barrier_count(super::Pass::Forward, config, plan, seq_len)?;
     let ws = |offset| word(b.workspace, offset);
     let rs = |offset| word(b.reserve, offset);
     let width = config.output_width();
@@ -263,6 +264,7 @@ pub fn backward_steps(
     dropout: Option<Dropout>,
     b: &TrainingBuffers,
 ) -> Result<Vec<Step>> {
+    super::plan::check_barrier_count(super::Pass::Backward, config, plan, seq_len)?;
     let ws = |offset| word(b.workspace, offset);
     let rs = |offset| word(b.reserve, offset);
     let w = |offset| word(b.weights, offset);
