@@ -8,7 +8,7 @@ use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Wraps a driver error with what was being done.
 pub(crate) fn cuda_err(context: impl std::fmt::Display) -> impl FnOnce(DriverError) -> Error {
@@ -23,6 +23,9 @@ pub struct CudaDevice {
     limits: DeviceLimits,
     name: String,
     compute_capability: (i32, i32),
+    /// Occupancy answers by (kernel, threads, dynamic shared bytes): the
+    /// planner asks about the same launch shapes again and again.
+    occupancy: Mutex<HashMap<(&'static str, usize, usize), usize>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -79,15 +82,9 @@ impl CudaDevice {
                 .map(|v| v.max(0) as usize)
                 .map_err(cuda_err(format!("reading {a:?}")))
         };
-        let limits = DeviceLimits {
-            sm_count: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
-            max_smem_per_block: attribute(
-                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            )?,
-            max_threads_per_block: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
-        };
-
+        let opt_in = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
         let mut functions = HashMap::new();
+        let mut most_static = 0;
         for (file, fatbin, entry_points) in module::fatbins() {
             let loaded = context
                 .load_module(Ptx::from_binary(fatbin.to_vec()))
@@ -96,22 +93,36 @@ impl CudaDevice {
                 let function = loaded
                     .load_function(kernel)
                     .map_err(cuda_err(format!("finding kernel {kernel}")))?;
-                // Allow the opt-in maximum of dynamic shared memory (above 48 KiB).
+                // Allow all the dynamic shared memory the driver allows above
+                // 48 KiB: the opt-in maximum less the function's static shared
+                // memory (1 KiB in every sm_90 cubin), not the whole opt-in.
+                let fixed = function
+                    .shared_size_bytes()
+                    .map_err(cuda_err(format!("reading {kernel}'s static shared memory")))?
+                    .max(0) as usize;
+                most_static = most_static.max(fixed);
                 function
                     .set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        limits.max_smem_per_block as i32,
+                        opt_in.saturating_sub(fixed) as i32,
                     )
                     .map_err(cuda_err(format!("raising {kernel}'s shared memory limit")))?;
                 functions.insert(kernel.to_string(), function);
             }
         }
+        let limits = DeviceLimits {
+            sm_count: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            // What every kernel may ask for.
+            max_smem_per_block: opt_in.saturating_sub(most_static),
+            max_threads_per_block: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+        };
         Ok(Arc::new(CudaDevice {
             context,
             functions,
             limits,
             name,
             compute_capability,
+            occupancy: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -142,13 +153,33 @@ impl CudaDevice {
             .ok_or_else(|| Error::Cuda(format!("kernel {kernel} is not in the loaded modules")))
     }
 
-    /// Blocks of `kernel` that fit on one SM with this launch shape.
-    pub(crate) fn occupancy(&self, kernel: &'static str, threads: usize, smem: usize) -> usize {
-        self.function(kernel)
-            .and_then(|f| {
-                f.occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem, None)
-                    .map_err(cuda_err("occupancy query"))
-            })
-            .map_or(0, |n| n as usize)
+    /// Makes this device's context current on the calling thread (a model
+    /// may move to another thread; cudarc binds it for most calls, not all).
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.context
+            .bind_to_thread()
+            .map_err(cuda_err("making the CUDA context current"))
+    }
+
+    /// Blocks of `kernel` that fit on one SM with this launch shape; each
+    /// shape is asked of the driver once. A failed query is an error, not
+    /// "nothing fits".
+    pub(crate) fn occupancy(&self, kernel: &'static str, threads: usize, smem: usize) -> Result<usize> {
+        let key = (kernel, threads, smem);
+        if let Some(&n) = self.occupancy.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(n);
+        }
+        let function = self.function(kernel)?;
+        self.bind()?;
+        let n = function
+            .occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem, None)
+            .map_err(cuda_err(format!(
+                "occupancy of {kernel} with {threads} threads and {smem} bytes of shared memory"
+            )))? as usize;
+        self.occupancy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, n);
+        Ok(n)
     }
 }

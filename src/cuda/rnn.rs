@@ -89,7 +89,9 @@ pub struct CudaRnn {
     pub(super) layout: WeightLayout,
     pub(super) weights: CudaSlice<f32>,
     pub(super) workspace: Option<CudaSlice<f32>>,
+    /// Plans by batch size: the forward's, and (training) the backward's.
     plans: HashMap<usize, RecurrencePlan>,
+    pub(super) backward_plans: HashMap<usize, RecurrencePlan>,
     pub(super) strategy: Strategy,
     blocking: Option<Blocking>,
 }
@@ -111,6 +113,7 @@ impl CudaRnn {
             weights: weights_dev,
             workspace: None,
             plans: HashMap::new(),
+            backward_plans: HashMap::new(),
             strategy: Strategy::Auto,
             blocking: None,
         })
@@ -149,6 +152,7 @@ impl CudaRnn {
     pub fn set_strategy(&mut self, strategy: Strategy) {
         self.strategy = strategy;
         self.plans.clear();
+        self.backward_plans.clear();
     }
 
     /// Forces how the forward recurrence's threads share their dot
@@ -156,6 +160,7 @@ impl CudaRnn {
     pub fn set_blocking(&mut self, blocking: Option<Blocking>) {
         self.blocking = blocking;
         self.plans.clear();
+        self.backward_plans.clear();
     }
 
     /// The split the recurrence uses for `batch` rows.
@@ -169,7 +174,7 @@ impl CudaRnn {
         let mut plan = plan_recurrence(&self.config, batch, device.limits(), &occupancy, self.strategy)?;
         if let Some(blocking) = self.blocking {
             plan = plan.with_blocking(&self.config, blocking)?;
-            let resident = device.limits().sm_count * occupancy(plan.kernel, plan.threads, plan.smem_bytes);
+            let resident = device.limits().sm_count * occupancy(plan.kernel, plan.threads, plan.smem_bytes)?;
             let groups = plan.groups(&self.config) * plan.ctas_per_group;
             if plan.smem_bytes > device.limits().max_smem_per_block
                 || (plan.cooperative() && groups > resident)
@@ -448,6 +453,8 @@ pub(super) fn check_len(tensor: &str, found: usize, expected: usize) -> Result<(
 
 /// Enqueues a plan's steps on `stream`.
 pub(super) fn execute(device: &CudaDevice, stream: &CudaStream, steps: &[Step]) -> Result<()> {
+    // The raw memset below is not one of cudarc's calls that bind the context.
+    device.bind()?;
     for step in steps {
         match step {
             Step::FillWords { addr, count, value } => {

@@ -64,17 +64,26 @@ impl CudaRnn {
         dropout: bool,
     ) -> Result<(RecurrencePlan, RecurrencePlan, TrainingLayout)> {
         let forward = self.plan(dims.batch)?;
-        let device = self.device.clone();
-        let occupancy =
-            |kernel: &'static str, threads: usize, smem: usize| device.occupancy(kernel, threads, smem);
-        let backward = plan_pass(
-            Pass::Backward,
-            &self.config,
-            dims.batch,
-            device.limits(),
-            &occupancy,
-            self.strategy,
-        )?;
+        // Planned once per batch size: training asks for it on every call.
+        let backward = match self.backward_plans.get(&dims.batch) {
+            Some(plan) => *plan,
+            None => {
+                let device = self.device.clone();
+                let occupancy = |kernel: &'static str, threads: usize, smem: usize| {
+                    device.occupancy(kernel, threads, smem)
+                };
+                let plan = plan_pass(
+                    Pass::Backward,
+                    &self.config,
+                    dims.batch,
+                    device.limits(),
+                    &occupancy,
+                    self.strategy,
+                )?;
+                self.backward_plans.insert(dims.batch, plan);
+                plan
+            }
+        };
         let layout = TrainingLayout::new(
             &self.config,
             &forward,

@@ -188,8 +188,8 @@ pub const EMULATED_LIMITS: rnn_kernels::cuda::launch::DeviceLimits =
     };
 
 /// A rule of thumb that stands in for the driver's occupancy query there.
-pub fn emulated_occupancy(_: &'static str, threads: usize, smem: usize) -> usize {
-    (2048 / threads).min((96 << 10) / smem.max(1)).min(32)
+pub fn emulated_occupancy(_: &'static str, threads: usize, smem: usize) -> rnn_kernels::Result<usize> {
+    Ok((2048 / threads).min((96 << 10) / smem.max(1)).min(32))
 }
 
 /// Executes a launch plan on the host SIMT emulation. Every address in it
