@@ -35,11 +35,15 @@ fn builds_that_require_nvcc_have_kernels() {
 }
 
 #[test]
+#[cfg_attr(
+    not(rnn_kernels_built),
+    ignore = "this build has no kernels: nvcc was not found (scripts/install-nvcc; RNN_KERNELS_REQUIRE_NVCC=1 makes that a build error)"
+)]
 fn no_shipped_kernel_spills_registers() {
-    if !module::kernels_built() {
-        eprintln!("skipped: this build has no kernels (no nvcc)");
-        return;
-    }
+    assert!(
+        module::kernels_built(),
+        "built with nvcc, yet no kernels are embedded"
+    );
     let report = module::ptxas_report();
     for kernel in planned_kernels() {
         for arch in ["sm_80", "sm_86", "sm_89", "sm_90"] {
