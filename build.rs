@@ -13,6 +13,8 @@
 
 #[path = "build_support/entry_points.rs"]
 mod entry_points;
+#[path = "build_support/nvcc.rs"]
+mod nvcc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,7 +49,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", local.display());
 
     let required = std::env::var("RNN_KERNELS_REQUIRE_NVCC").is_ok_and(|v| v == "1");
-    let Some(nvcc) = find_nvcc(&local) else {
+    let Some(nvcc) = nvcc::find(&local) else {
         let message = "nvcc not found: building without CUDA kernels (CPU only). \
                        Run scripts/install-nvcc, or set NVCC or CUDA_HOME.";
         if required {
@@ -128,23 +130,4 @@ fn write_index(out: &Path, built: &[(String, PathBuf, Vec<String>)], nvcc: Optio
         ptxas.display().to_string()
     ));
     std::fs::write(out.join("kernels.rs"), index).unwrap();
-}
-
-fn find_nvcc(local: &Path) -> Option<PathBuf> {
-    let exe = |dir: PathBuf| dir.join("nvcc");
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(p) = std::env::var("NVCC") {
-        candidates.push(p.into());
-    }
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Ok(dir) = std::env::var(var) {
-            candidates.push(exe(PathBuf::from(dir).join("bin")));
-        }
-    }
-    candidates.push("/usr/local/cuda/bin/nvcc".into());
-    if let Ok(path) = std::env::var("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(exe));
-    }
-    candidates.push(local.to_path_buf());
-    candidates.into_iter().find(|p| p.is_file())
 }
