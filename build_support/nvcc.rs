@@ -1,5 +1,4 @@
-//! Shared by build.rs and emu/driver/build.rs: where nvcc is, and what
-//! ptxas says each kernel uses.
+//! Where nvcc is.
 
 use std::path::{Path, PathBuf};
 
@@ -22,24 +21,4 @@ pub fn find(local: &Path) -> Option<PathBuf> {
     }
     candidates.push(local.to_path_buf());
     candidates.into_iter().find(|p| p.is_file())
-}
-
-/// Registers per thread of each kernel compiled for `arch` (`sm_90`), from
-/// a `ptxas -v` report: `(kernel, registers)`.
-#[allow(dead_code)] // build.rs keeps the whole report; the driver stand-in parses it
-pub fn registers(report: &str, arch: &str) -> Vec<(String, usize)> {
-    let mut out = Vec::new();
-    let mut current: Option<String> = None;
-    for line in report.lines() {
-        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-            let (name, tail) = rest.split_once('\'').unwrap_or((rest, ""));
-            current = tail.contains(&format!("'{arch}'")).then(|| name.to_string());
-        } else if let (Some(name), Some(rest)) = (&current, line.split("Used ").nth(1)) {
-            if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
-                out.push((name.clone(), n));
-                current = None;
-            }
-        }
-    }
-    out
 }

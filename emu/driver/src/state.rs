@@ -1,0 +1,197 @@
+//! The driver's state: one device (posing as the chip `RNN_EMU_DEVICE`
+//! names), its primary context, and the handles the API gives out —
+//! modules, functions, streams, events — each checked on every use.
+
+use crate::chip::{Chip, DEFAULT_SHARED_PER_BLOCK};
+use crate::cubin::KernelImage;
+use crate::memory::Arena;
+use cudarc::driver::sys::CUresult;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+pub type Outcome<T = ()> = Result<T, CUresult>;
+
+/// The primary context's handle (the stand-in has one device).
+pub const PRIMARY_CONTEXT: usize = 0xC0_0000;
+/// Stream handles that need no creating: the legacy default stream (0 and
+/// CU_STREAM_LEGACY) and the per-thread default stream.
+pub const BUILT_IN_STREAMS: [usize; 3] = [0, 1, 2];
+
+#[derive(Clone)]
+pub struct Function {
+    pub module: usize,
+    pub image: KernelImage,
+    pub max_dynamic_shared: i32,
+    pub carveout: i32,
+}
+
+impl Function {
+    pub fn new(module: usize, image: KernelImage) -> Function {
+        let max_dynamic_shared = DEFAULT_SHARED_PER_BLOCK - image.static_shared;
+        Function {
+            module,
+            image,
+            max_dynamic_shared,
+            carveout: -1,
+        }
+    }
+
+    /// What `CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK` reports: the launch
+    /// bounds, 1,024, and what the registers allow, whichever is least.
+    pub fn max_threads(&self, chip: &Chip) -> i32 {
+        let by_bounds = self
+            .image
+            .max_threads
+            .unwrap_or(crate::chip::MAX_THREADS_PER_BLOCK);
+        let by_registers =
+            chip.registers_per_sm / crate::chip::registers_per_warp(self.image.registers) * crate::chip::WARP;
+        by_bounds
+            .min(crate::chip::MAX_THREADS_PER_BLOCK)
+            .min(by_registers)
+    }
+}
+
+pub struct Event {
+    pub timing: bool,
+    pub recorded: Option<Instant>,
+}
+
+/// The live primary context and everything made in it.
+pub struct Context {
+    pub retains: u32,
+    pub modules: HashMap<usize, Vec<usize>>,
+    pub functions: HashMap<usize, Function>,
+    pub streams: HashSet<usize>,
+    pub events: HashMap<usize, Event>,
+    /// A sticky error (an illegal address): every later call returns it,
+    /// until the context is reset, as on hardware.
+    pub poisoned: Option<CUresult>,
+}
+
+impl Context {
+    fn new() -> Context {
+        Context {
+            retains: 0,
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            streams: HashSet::new(),
+            events: HashMap::new(),
+            poisoned: None,
+        }
+    }
+
+    pub fn check_stream(&self, stream: usize) -> Outcome {
+        if BUILT_IN_STREAMS.contains(&stream) || self.streams.contains(&stream) {
+            Ok(())
+        } else {
+            Err(CUresult::CUDA_ERROR_INVALID_HANDLE)
+        }
+    }
+}
+
+pub struct Driver {
+    pub chip: Chip,
+    pub arena: Arena,
+    /// `Some` while the primary context is retained.
+    pub context: Option<Context>,
+    next_handle: usize,
+}
+
+impl Driver {
+    pub fn handle(&mut self) -> usize {
+        self.next_handle += 0x10;
+        self.next_handle
+    }
+
+    /// The context, if it is current on this thread, alive and not poisoned.
+    pub fn current(&mut self) -> Outcome<&mut Context> {
+        if CURRENT.with(Cell::get) != PRIMARY_CONTEXT {
+            return Err(CUresult::CUDA_ERROR_INVALID_CONTEXT);
+        }
+        self.live()
+    }
+
+    /// The context, current or not, if it is alive and not poisoned.
+    pub fn live(&mut self) -> Outcome<&mut Context> {
+        let context = self
+            .context
+            .as_mut()
+            .ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
+        match context.poisoned {
+            Some(error) => Err(error),
+            None => Ok(context),
+        }
+    }
+
+    pub fn retain(&mut self) {
+        self.context.get_or_insert_with(Context::new).retains += 1;
+    }
+
+    /// Drops one retain; the last one destroys the context and its memory.
+    pub fn release(&mut self) -> Outcome {
+        let context = self
+            .context
+            .as_mut()
+            .ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
+        context.retains -= 1;
+        if context.retains == 0 {
+            self.reset();
+        }
+        Ok(())
+    }
+
+    /// Destroys the context's objects and memory, and its sticky error.
+    pub fn reset(&mut self) {
+        self.arena.reset();
+        if let Some(context) = self.context.as_mut() {
+            let retains = context.retains;
+            *context = Context::new();
+            context.retains = retains;
+            if retains == 0 {
+                self.context = None;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The context current on this thread (0: none).
+    pub static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
+
+/// `cuInit`: the device and memory, once.
+pub fn init() -> Outcome {
+    let mut guard = lock();
+    if guard.is_none() {
+        let chip = Chip::from_env().map_err(|why| {
+            crate::refuse(&why);
+            CUresult::CUDA_ERROR_NO_DEVICE
+        })?;
+        let arena = Arena::new().map_err(|why| {
+            crate::refuse(&why);
+            CUresult::CUDA_ERROR_OUT_OF_MEMORY
+        })?;
+        *guard = Some(Driver {
+            chip,
+            arena,
+            context: None,
+            next_handle: 0x1000,
+        });
+    }
+    Ok(())
+}
+
+pub fn lock() -> MutexGuard<'static, Option<Driver>> {
+    DRIVER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on the initialised driver (`CUDA_ERROR_NOT_INITIALIZED` before `cuInit`).
+pub fn with<T>(f: impl FnOnce(&mut Driver) -> Outcome<T>) -> Outcome<T> {
+    let mut guard = lock();
+    let driver = guard.as_mut().ok_or(CUresult::CUDA_ERROR_NOT_INITIALIZED)?;
+    f(driver)
+}
