@@ -15,6 +15,8 @@
 //! instruction set and the machine's SGEMM rate (the `gemm` crate, 1024³) at
 //! each thread count.
 //!
+//! `RNN_BENCH_SHAPES=icu,stream_b1` runs only the shapes it names.
+//!
 //! `RNN_BENCH_BLOCKING=K,R` forces the forward recurrence's blocking (K
 //! lanes per dot product, R batch rows per thread) instead of the planner's,
 //! to measure one against the other; its records are the variant
@@ -103,14 +105,28 @@ fn shapes_path() -> PathBuf {
     .expect("shapes.json: set RNN_SHAPES, or keep ../shared beside the crate")
 }
 
+/// The shapes of shapes.json, or those `RNN_BENCH_SHAPES=name,name` names.
 fn load_shapes() -> Vec<Shape> {
     let text = std::fs::read_to_string(shapes_path()).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
-    doc["shapes"]
+    let all: Vec<Shape> = doc["shapes"]
         .as_array()
         .unwrap()
         .iter()
         .map(Shape::parse)
+        .collect();
+    let Ok(spec) = std::env::var("RNN_BENCH_SHAPES") else {
+        return all;
+    };
+    let wanted: Vec<&str> = spec.split(',').map(str::trim).collect();
+    for name in &wanted {
+        if !all.iter().any(|s| s.name == *name) {
+            let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+            panic!("RNN_BENCH_SHAPES: no shape {name:?}; shapes.json has {known:?}");
+        }
+    }
+    all.into_iter()
+        .filter(|s| wanted.contains(&s.name.as_str()))
         .collect()
 }
 
@@ -384,12 +400,24 @@ fn gpu_variant() -> (&'static str, Option<Blocking>) {
     (Box::leak(name.into_boxed_str()), Some(blocking))
 }
 
+/// GPU 0; without one the GPU variants are skipped, saying so, unless
+/// `RNN_REQUIRE_GPU=1` (as CI sets on the driver stand-in) makes it an error.
+fn gpu_device() -> Option<std::sync::Arc<CudaDevice>> {
+    match CudaDevice::new(0) {
+        Ok(device) => Some(device),
+        Err(e) if std::env::var("RNN_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("RNN_REQUIRE_GPU=1 but no usable GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("GPU benches skipped: {e}");
+            None
+        }
+    }
+}
+
 /// The CUDA path on every shape, through the device API (no copies).
 fn gpu_forward(c: &mut Criterion) {
-    let device = match CudaDevice::new(0) {
-        Ok(device) => device,
-        Err(e) => return eprintln!("GPU benches skipped: {e}"),
-    };
+    let Some(device) = gpu_device() else { return };
     eprintln!("GPU: {} ({:?})", device.name(), device.limits());
     let (variant, blocking) = gpu_variant();
     for shape in load_shapes() {
@@ -468,7 +496,7 @@ fn gpu_forward(c: &mut Criterion) {
 /// reserve, then backward for input, initial state and every weight, with
 /// `output.sum()`'s gradient, as torch_anchor.py's train mode does.
 fn gpu_train(c: &mut Criterion) {
-    let Ok(device) = CudaDevice::new(0) else { return };
+    let Some(device) = gpu_device() else { return };
     let (variant, blocking) = gpu_variant();
     for shape in load_shapes().into_iter().filter(|s| !s.step) {
         let cfg = shape.config.clone();

@@ -215,7 +215,18 @@ fn every_split_strategy_gives_the_same_answer() {
     ] {
         let mut m = model(&device, &case);
         m.set_strategy(strategy);
-        let plan = m.plan(9).unwrap();
+        // W_hh on chip in few CTAs needs shared memory a smaller chip (an
+        // L4's 99 KiB) lacks: the planner must say so; nothing else may fail.
+        let plan = match (strategy, m.plan(9)) {
+            (_, Ok(plan)) => plan,
+            (Strategy::OnChip { ctas_per_group }, Err(rnn_kernels::Error::Unsupported(why)))
+                if ctas_per_group < 16 =>
+            {
+                eprintln!("{strategy:?} does not fit {}: {why}", device.name());
+                continue;
+            }
+            (_, Err(e)) => panic!("{strategy:?}: {e}"),
+        };
         case.check(&format!("{strategy:?} {plan:?}"), &case.run(&mut m), 2e-5);
     }
     // Every way of sharing the dot products, on the planner's split.
