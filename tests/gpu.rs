@@ -8,11 +8,30 @@ mod common;
 use common::{assert_close, gpu, random_tensor, varied_configs};
 use cudarc::driver::CudaSlice;
 use rnn_kernels::cuda::launch::{Blocking, Strategy};
-use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceInput, DeviceOutput};
+use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceGradOutputs, DeviceGradients, DeviceInput, DeviceOutput};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::sequence::{c_shape, h_shape};
 use rnn_kernels::{reference, ForwardInput, ForwardOutput, RnnConfig, State, Tensor, Weights};
 use std::sync::Arc;
+
+/// This run's seed, mixed into every case's: fresh each run, unless
+/// `RNN_TEST_SEED` replays one. Each case prints it (shown on failure).
+fn run_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| match std::env::var("RNN_TEST_SEED") {
+        Ok(v) => {
+            let v = v.trim();
+            let parsed = match v.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => v.parse(),
+            };
+            parsed.unwrap_or_else(|_| panic!("RNN_TEST_SEED={v}: expected an integer"))
+        }
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    })
+}
 
 /// Random inputs for a shape, as f32, and the f64 reference's answer.
 struct Case {
@@ -25,6 +44,12 @@ struct Case {
 
 impl Case {
     fn new(config: &RnnConfig, seq_len: usize, batch: usize, varlen: bool, seed: u64) -> Case {
+        eprintln!(
+            "case {seed} of run seed {:#x} (RNN_TEST_SEED={:#x} replays it)",
+            run_seed(),
+            run_seed()
+        );
+        let seed = seed ^ run_seed();
         let weights = Weights::<f64>::random(config.clone(), seed).unwrap();
         let mut rng = SplitMix64::new(seed ^ 0xC0FFEE);
         let shape = if config.batch_first {
@@ -311,11 +336,18 @@ fn models_on_separate_threads_and_streams_agree() {
         ..RnnConfig::lstm(6, 64)
     };
     let case = Arc::new(Case::new(&config, 48, 32, true, 600));
+    // Half of them on a cooperative multi-CTA split: cooperative kernels on
+    // several streams at once.
     let handles: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|i| {
             let (device, case) = (device.clone(), case.clone());
             std::thread::spawn(move || {
                 let mut m = model(&device, &case);
+                if i % 2 == 1 {
+                    m.set_strategy(Strategy::OnChip { ctas_per_group: 3 });
+                    let plan = m.plan(32).unwrap();
+                    assert!(plan.cooperative(), "{plan:?}");
+                }
                 (0..5).map(|_| case.run(&mut m)).collect::<Vec<_>>()
             })
         })
@@ -407,8 +439,216 @@ fn wrong_device_buffer_sizes_are_errors() {
     );
 }
 
-/// A training step on the GPU against the CPU reference's forward_train and
-/// backward (f64), for one configuration.
+/// A training step's inputs and the CPU reference's answer (f64):
+/// forward_train's outputs and backward's gradients.
+struct TrainingCase {
+    case: Case,
+    config: RnnConfig,
+    seq_len: usize,
+    batch: usize,
+    dropout_seed: Option<u64>,
+    grad_output: Tensor<f32>,
+    grad_h_n: Tensor<f32>,
+    grad_c_n: Option<Tensor<f32>>,
+    expected: ForwardOutput<f64>,
+    expected_grads: rnn_kernels::Gradients<f64>,
+}
+
+impl TrainingCase {
+    fn new(
+        config: &RnnConfig,
+        seq_len: usize,
+        batch: usize,
+        dropout_seed: Option<u64>,
+        seed: u64,
+    ) -> TrainingCase {
+        let case = Case::new(config, seq_len, batch, true, seed);
+        let mut rng = SplitMix64::new(seed ^ run_seed() ^ 0xBAC);
+        let grad_output: Tensor<f32> = random_tensor(case.expected.output.shape(), &mut rng);
+        let grad_h_n: Tensor<f32> = random_tensor(case.expected.h_n.shape(), &mut rng);
+        let grad_c_n: Option<Tensor<f32>> = case
+            .expected
+            .c_n
+            .as_ref()
+            .map(|c| random_tensor(c.shape(), &mut rng));
+        let w64 = case.weights.cast::<f32>().cast::<f64>();
+        let (x64, h64, c64) = (
+            case.input.cast::<f64>(),
+            case.state.h.cast::<f64>(),
+            case.state.c.as_ref().map(|c| c.cast::<f64>()),
+        );
+        let (go64, gh64, gc64) = (
+            grad_output.cast::<f64>(),
+            grad_h_n.cast::<f64>(),
+            grad_c_n.as_ref().map(|c| c.cast::<f64>()),
+        );
+        let args64 = ForwardInput {
+            input: &x64,
+            lengths: case.lengths.as_deref(),
+            h0: Some(&h64),
+            c0: c64.as_ref(),
+        };
+        let (expected, reserve) = reference::forward_train(&w64, &args64, dropout_seed).unwrap();
+        let grads64 = rnn_kernels::GradOutputs {
+            output: &go64,
+            h_n: Some(&gh64),
+            c_n: gc64.as_ref(),
+        };
+        let expected_grads = reference::backward(&w64, &args64, &reserve, &grads64).unwrap();
+        TrainingCase {
+            case,
+            config: config.clone(),
+            seq_len,
+            batch,
+            dropout_seed,
+            grad_output,
+            grad_h_n,
+            grad_c_n,
+            expected,
+            expected_grads,
+        }
+    }
+
+    fn what(&self, m: &mut CudaRnn, t: &str) -> String {
+        format!(
+            "{} T={} B={} {:?} train: {t}",
+            rnn_kernels::weights::describe(&self.config),
+            self.seq_len,
+            self.batch,
+            m.plan(self.batch).ok()
+        )
+    }
+
+    fn check(&self, m: &mut CudaRnn, out: &ForwardOutput<f32>, got: &rnn_kernels::Gradients<f32>) {
+        assert_close(&self.what(m, "output"), &out.output, &self.expected.output, 2e-5);
+        assert_close(&self.what(m, "h_n"), &out.h_n, &self.expected.h_n, 2e-5);
+        if let (Some(g), Some(e)) = (&out.c_n, &self.expected.c_n) {
+            assert_close(&self.what(m, "c_n"), g, e, 2e-5);
+        }
+        let e = &self.expected_grads;
+        let tol = 1e-4 * (1.0 + self.seq_len as f64 / 50.0);
+        assert_close(&self.what(m, "grad_input"), &got.input, &e.input, tol);
+        assert_close(&self.what(m, "grad_h0"), &got.h0, &e.h0, tol);
+        if let (Some(g), Some(e)) = (&got.c0, &e.c0) {
+            assert_close(&self.what(m, "grad_c0"), g, e, tol);
+        }
+        for ((name, g), (_, e)) in got
+            .weights
+            .named_parameters()
+            .into_iter()
+            .zip(e.weights.named_parameters())
+        {
+            // Weight gradients sum over T*B terms: scale the tolerance with them.
+            let scale = e.data().iter().fold(1.0f64, |a, v| a.max(v.abs()));
+            assert_close(&self.what(m, &format!("grad.{name}")), g, e, tol * scale);
+        }
+    }
+
+    /// Through the host-tensor API.
+    fn check_host(&self, m: &mut CudaRnn) {
+        let case = &self.case;
+        let args = ForwardInput {
+            input: &case.input,
+            lengths: case.lengths.as_deref(),
+            h0: Some(&case.state.h),
+            c0: case.state.c.as_ref(),
+        };
+        let grads = rnn_kernels::GradOutputs {
+            output: &self.grad_output,
+            h_n: Some(&self.grad_h_n),
+            c_n: self.grad_c_n.as_ref(),
+        };
+        let (out, state) = m.forward_train(&args, self.dropout_seed).unwrap();
+        let got = m.backward(&state, &grads).unwrap();
+        self.check(m, &out, &got);
+        let dropout = self.dropout_seed.is_some() && self.config.dropout > 0.0;
+        assert_eq!(
+            m.reserve_bytes(self.seq_len, self.batch, dropout).unwrap(),
+            state.reserve_bytes()
+        );
+    }
+
+    /// Through the device API, into outputs, reserve and gradients that
+    /// start as NaN (the stand-in's workspace does too).
+    fn check_device(&self, m: &mut CudaRnn) {
+        let (case, c, t, b) = (&self.case, &self.config, self.seq_len, self.batch);
+        let stream = m.stream().clone();
+        let up = |v: &[f32]| stream.clone_htod(v).unwrap();
+        let nan = |n: usize| stream.clone_htod(&vec![f32::NAN; n]).unwrap();
+        let down =
+            |s: &CudaSlice<f32>, shape: &[usize]| Tensor::new(shape, stream.clone_dtoh(s).unwrap()).unwrap();
+        let input = up(case.input.data());
+        let lengths: Option<CudaSlice<i32>> = case.lengths.as_ref().map(|l| {
+            stream
+                .clone_htod(&l.iter().map(|&v| v as i32).collect::<Vec<_>>())
+                .unwrap()
+        });
+        let h0 = up(case.state.h.data());
+        let c0 = case.state.c.as_ref().map(|c| up(c.data()));
+        let args = DeviceInput {
+            input: &input,
+            seq_len: t,
+            batch: b,
+            lengths: lengths.as_ref(),
+            h0: Some(&h0),
+            c0: c0.as_ref(),
+        };
+        let (mut output, mut h_n) = (nan(self.expected.output.len()), nan(self.expected.h_n.len()));
+        let mut c_n = self.expected.c_n.as_ref().map(|e| nan(e.len()));
+        let dropout = self.dropout_seed.is_some() && c.dropout > 0.0;
+        let mut reserve = nan(m.reserve_bytes(t, b, dropout).unwrap() / 4);
+        m.forward_train_device(
+            &args,
+            &mut DeviceOutput {
+                output: &mut output,
+                h_n: &mut h_n,
+                c_n: c_n.as_mut(),
+            },
+            &mut reserve,
+            self.dropout_seed,
+        )
+        .unwrap();
+        let (go, gh) = (up(self.grad_output.data()), up(self.grad_h_n.data()));
+        let gc = self.grad_c_n.as_ref().map(|g| up(g.data()));
+        let (mut gi, mut gh0, mut gw) = (
+            nan(case.input.len()),
+            nan(self.expected_grads.h0.len()),
+            nan(m.gradient_len()),
+        );
+        let mut gc0 = self.expected_grads.c0.as_ref().map(|g| nan(g.len()));
+        m.backward_device(
+            &args,
+            &reserve,
+            self.dropout_seed,
+            &DeviceGradOutputs {
+                output: &go,
+                h_n: Some(&gh),
+                c_n: gc.as_ref(),
+            },
+            &mut DeviceGradients {
+                input: &mut gi,
+                h0: &mut gh0,
+                c0: gc0.as_mut(),
+                weights: &mut gw,
+            },
+        )
+        .unwrap();
+        let out = ForwardOutput {
+            output: down(&output, self.expected.output.shape()),
+            h_n: down(&h_n, &h_shape(c, b)),
+            c_n: c_n.as_ref().map(|x| down(x, &c_shape(c, b))),
+        };
+        let got = rnn_kernels::Gradients {
+            input: down(&gi, case.input.shape()),
+            h0: down(&gh0, self.expected_grads.h0.shape()),
+            c0: (gc0.as_ref().zip(self.expected_grads.c0.as_ref())).map(|(g, e)| down(g, e.shape())),
+            weights: m.unpack_gradients(&gw).unwrap(),
+        };
+        self.check(m, &out, &got);
+    }
+}
+
+/// A training step on the GPU through the host API against the reference.
 fn check_training(
     device: &Arc<CudaDevice>,
     config: &RnnConfig,
@@ -417,84 +657,8 @@ fn check_training(
     dropout_seed: Option<u64>,
     seed: u64,
 ) {
-    let case = Case::new(config, seq_len, batch, true, seed);
-    let mut rng = SplitMix64::new(seed ^ 0xBAC);
-    let grad_output: Tensor<f32> = random_tensor(case.expected.output.shape(), &mut rng);
-    let grad_h_n: Tensor<f32> = random_tensor(case.expected.h_n.shape(), &mut rng);
-    let grad_c_n: Option<Tensor<f32>> = case
-        .expected
-        .c_n
-        .as_ref()
-        .map(|c| random_tensor(c.shape(), &mut rng));
-    let args = ForwardInput {
-        input: &case.input,
-        lengths: case.lengths.as_deref(),
-        h0: Some(&case.state.h),
-        c0: case.state.c.as_ref(),
-    };
-    let grads = rnn_kernels::GradOutputs {
-        output: &grad_output,
-        h_n: Some(&grad_h_n),
-        c_n: grad_c_n.as_ref(),
-    };
-
-    let w64 = case.weights.cast::<f32>().cast::<f64>();
-    let (x64, h64, c64) = (
-        case.input.cast::<f64>(),
-        case.state.h.cast::<f64>(),
-        case.state.c.as_ref().map(|c| c.cast::<f64>()),
-    );
-    let (go64, gh64, gc64) = (
-        grad_output.cast::<f64>(),
-        grad_h_n.cast::<f64>(),
-        grad_c_n.as_ref().map(|c| c.cast::<f64>()),
-    );
-    let args64 = ForwardInput {
-        input: &x64,
-        lengths: case.lengths.as_deref(),
-        h0: Some(&h64),
-        c0: c64.as_ref(),
-    };
-    let (expected, reserve) = reference::forward_train(&w64, &args64, dropout_seed).unwrap();
-    let grads64 = rnn_kernels::GradOutputs {
-        output: &go64,
-        h_n: Some(&gh64),
-        c_n: gc64.as_ref(),
-    };
-    let expected_grads = reference::backward(&w64, &args64, &reserve, &grads64).unwrap();
-
-    let mut m = model(device, &case);
-    let (out, state) = m.forward_train(&args, dropout_seed).unwrap();
-    let what = |t: &str| {
-        format!(
-            "{} T={seq_len} B={batch} train: {t}",
-            rnn_kernels::weights::describe(config)
-        )
-    };
-    assert_close(&what("output"), &out.output, &expected.output, 2e-5);
-    assert_close(&what("h_n"), &out.h_n, &expected.h_n, 2e-5);
-    let got = m.backward(&state, &grads).unwrap();
-    let tol = 1e-4 * (1.0 + seq_len as f64 / 50.0);
-    assert_close(&what("grad_input"), &got.input, &expected_grads.input, tol);
-    assert_close(&what("grad_h0"), &got.h0, &expected_grads.h0, tol);
-    if let (Some(g), Some(e)) = (&got.c0, &expected_grads.c0) {
-        assert_close(&what("grad_c0"), g, e, tol);
-    }
-    for ((name, g), (_, e)) in got
-        .weights
-        .named_parameters()
-        .into_iter()
-        .zip(expected_grads.weights.named_parameters())
-    {
-        // Weight gradients sum over T*B terms: scale the tolerance with them.
-        let scale = e.data().iter().fold(1.0f64, |a, v| a.max(v.abs()));
-        assert_close(&what(&format!("grad.{name}")), g, e, tol * scale);
-    }
-    assert_eq!(
-        m.reserve_bytes(seq_len, batch, dropout_seed.is_some() && config.dropout > 0.0)
-            .unwrap(),
-        state.reserve_bytes()
-    );
+    let training = TrainingCase::new(config, seq_len, batch, dropout_seed, seed);
+    training.check_host(&mut model(device, &training.case));
 }
 
 #[test]
@@ -633,4 +797,209 @@ fn device_training_checks_its_buffers() {
         .backward_device(&args, &reserve, None, &grads, &mut into)
         .unwrap_err();
     assert!(err.to_string().contains("grad weights"), "{err}");
+}
+
+/// Every cell on the splits small shapes rarely get from the automatic
+/// plan — several CTAs per group with `W_hh` on chip, and `W_hh` read from
+/// L2 — forward and backward (a forced strategy forces both), through the
+/// device API into NaN-poisoned buffers.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_cell_on_multi_cta_and_l2_splits_forward_and_backward() {
+    let Some(device) = gpu() else { return };
+    let cells = [
+        RnnConfig::rnn_tanh(7, 48),
+        RnnConfig::rnn_relu(7, 48),
+        RnnConfig {
+            bidirectional: true,
+            ..RnnConfig::lstm(7, 48)
+        },
+        RnnConfig {
+            proj_size: 20,
+            ..RnnConfig::lstm(7, 48)
+        },
+        RnnConfig {
+            num_layers: 2,
+            ..RnnConfig::gru(7, 48)
+        },
+        RnnConfig {
+            gru_linear_before_reset: false,
+            ..RnnConfig::gru(7, 48)
+        },
+    ];
+    for (k, config) in cells.iter().enumerate() {
+        let training = TrainingCase::new(config, 9, 5, None, 1000 + k as u64);
+        for strategy in [
+            Strategy::OnChip { ctas_per_group: 3 },
+            Strategy::OffChip { ctas_per_group: 1 },
+            Strategy::OffChip { ctas_per_group: 4 },
+        ] {
+            let mut m = model(&device, &training.case);
+            m.set_strategy(strategy);
+            let plan = m.plan(5).unwrap();
+            let (ctas, on_chip) = match strategy {
+                Strategy::OnChip { ctas_per_group } => (ctas_per_group, true),
+                Strategy::OffChip { ctas_per_group } => (ctas_per_group, false),
+                Strategy::Auto => unreachable!(),
+            };
+            assert_eq!(
+                (plan.ctas_per_group, plan.weights_in_smem),
+                (ctas, on_chip),
+                "{plan:?}"
+            );
+            training.case.check(
+                &format!("{strategy:?} {plan:?}"),
+                &training.case.run(&mut m),
+                2e-5,
+            );
+            training.check_device(&mut m);
+        }
+    }
+}
+
+/// stream_b1's shape — one stream, H = 256 — plans to several CTAs per
+/// group: `step_device` updates `h` and `c` in place across them.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn stepping_in_place_on_a_multi_cta_plan() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig {
+        num_layers: 2,
+        ..RnnConfig::lstm(16, 256)
+    };
+    let steps = 5;
+    let case = Case::new(&config, steps, 1, false, 1100);
+    let mut m = model(&device, &case);
+    let plan = m.plan(1).unwrap();
+    assert!(plan.ctas_per_group > 1, "{plan:?}");
+    let stream = m.stream().clone();
+    let mut h = stream.clone_htod(case.state.h.data()).unwrap();
+    let mut c = stream.clone_htod(case.state.c.as_ref().unwrap().data()).unwrap();
+    let mut out = stream.clone_htod(&vec![f32::NAN; config.output_size()]).unwrap();
+    let width = config.input_size;
+    for t in 0..steps {
+        let x = stream
+            .clone_htod(&case.input.data()[t * width..(t + 1) * width])
+            .unwrap();
+        m.step_device(&x, 1, &mut h, Some(&mut c), &mut out).unwrap();
+        let got = stream.clone_dtoh(&out).unwrap();
+        let row = &case.expected.output.data()[t * config.output_size()..(t + 1) * config.output_size()];
+        for (j, (g, e)) in got.iter().zip(row).enumerate() {
+            assert!(
+                (*g as f64 - e).abs() <= 2e-5,
+                "{plan:?} step {t} unit {j}: {g} vs {e}"
+            );
+        }
+    }
+    let h_n = Tensor::new(case.expected.h_n.shape(), stream.clone_dtoh(&h).unwrap()).unwrap();
+    assert_close("stepped h", &h_n, &case.expected.h_n, 2e-5);
+    let c_n = Tensor::new(case.expected.h_n.shape(), stream.clone_dtoh(&c).unwrap()).unwrap();
+    assert_close("stepped c", &c_n, case.expected.c_n.as_ref().unwrap(), 2e-5);
+}
+
+/// Four batch rows per thread, over several batch tiles of four or more
+/// rows (the last one not full), forward and backward: the batch is the
+/// smallest of a few that the planner tiles so.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn four_rows_per_thread_over_several_batch_tiles() {
+    let Some(device) = gpu() else { return };
+    let blocking = Blocking {
+        k_lanes: 4,
+        rows_per_thread: 4,
+    };
+    for (k, config) in [RnnConfig::gru(10, 64), RnnConfig::lstm(10, 64)]
+        .into_iter()
+        .enumerate()
+    {
+        let probe = CudaRnn::new(&device, &Weights::<f32>::random(config.clone(), 0).unwrap());
+        let mut probe = probe.unwrap();
+        probe.set_blocking(Some(blocking));
+        let batch = [37, 301, 1001, 2001, 4001]
+            .into_iter()
+            .find(|&b| {
+                let plan = probe.plan(b).unwrap();
+                plan.batch_tile >= 4 && plan.tiles > 1 && b % plan.batch_tile != 0
+            })
+            .unwrap_or_else(|| panic!("no batch tiles of 4 rows or more on {}", device.name()));
+        let training = TrainingCase::new(&config, 4, batch, None, 1200 + k as u64);
+        let mut m = model(&device, &training.case);
+        m.set_blocking(Some(blocking));
+        let plan = m.plan(batch).unwrap();
+        eprintln!("B={batch}: {plan:?}");
+        training
+            .case
+            .check(&format!("B={batch} {plan:?}"), &training.case.run(&mut m), 2e-5);
+        training.check_device(&mut m);
+    }
+}
+
+/// Bitwise the same, run to run, where CTAs exchange `h` through L2: the
+/// multi-CTA splits, on chip and off.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn multi_cta_plans_are_bitwise_repeatable() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig {
+        bidirectional: true,
+        ..RnnConfig::gru(10, 96)
+    };
+    let case = Case::new(&config, 20, 6, true, 1300);
+    for strategy in [
+        Strategy::OnChip { ctas_per_group: 3 },
+        Strategy::OffChip { ctas_per_group: 4 },
+    ] {
+        let mut m = model(&device, &case);
+        m.set_strategy(strategy);
+        let first = case.run(&mut m);
+        for _ in 0..2 {
+            assert_eq!(case.run(&mut m), first, "{strategy:?}");
+        }
+    }
+}
+
+/// A projection wider than most: proj_size 384 of H = 512, forward and
+/// backward.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_large_projection() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig {
+        proj_size: 384,
+        ..RnnConfig::lstm(24, 512)
+    };
+    let training = TrainingCase::new(&config, 6, 3, None, 1400);
+    let mut m = model(&device, &training.case);
+    let plan = m.plan(3).unwrap();
+    training
+        .case
+        .check(&format!("{plan:?}"), &training.case.run(&mut m), 2e-5);
+    training.check_device(&mut m);
+}
+
+/// More batch rows than a grid's y or z dimension may hold (65,535): they
+/// run and match the reference, or the error says why.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batches_beyond_65535_rows() {
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig::rnn_tanh(2, 3);
+    let case = Case::new(&config, 2, 70_000, false, 1500);
+    let mut m = model(&device, &case);
+    let args = ForwardInput {
+        input: &case.input,
+        lengths: None,
+        h0: Some(&case.state.h),
+        c0: None,
+    };
+    match m.forward(&args) {
+        Ok(got) => case.check(&format!("B=70000 {:?}", m.plan(70_000)), &got, 2e-5),
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("batch") && message.contains("70000"),
+                "{message}"
+            );
+        }
+    }
 }
