@@ -1003,3 +1003,157 @@ fn batches_beyond_65535_rows() {
         }
     }
 }
+
+/// Bitwise equal, or the first element that differs.
+fn same(got: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(got.len(), expected.len(), "{what}: lengths");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != expected[i].to_bits()) {
+        panic!(
+            "{what}: element {i} is {} where {} was expected",
+            got[i], expected[i]
+        );
+    }
+}
+
+/// `forward_device` and `step_device` captured into CUDA graphs (after a
+/// first call of the shape has sized the workspace) and replayed on new
+/// inputs in the same buffers: bitwise what direct calls give.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_graphs_replay_forward_and_step() {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let Some(device) = gpu() else { return };
+    let config = RnnConfig {
+        num_layers: 2,
+        ..RnnConfig::lstm(8, 48)
+    };
+    let (t, b) = (10, 4);
+    let case = Case::new(&config, t, b, true, 1600);
+    let mut m = model(&device, &case);
+    let stream = m.stream().clone();
+    let mut rng = SplitMix64::new(run_seed() ^ 1601);
+    let up = |v: &[f32]| stream.clone_htod(v).unwrap();
+    let nan = |n: usize| up(&vec![f32::NAN; n]);
+    let mut input = up(case.input.data());
+    let lengths: CudaSlice<i32> = stream
+        .clone_htod(
+            &case
+                .lengths
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|&v| v as i32)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let (h0, c0) = (up(case.state.h.data()), up(case.state.c.as_ref().unwrap().data()));
+    let (mut output, mut h_n, mut c_n) = (
+        nan(case.expected.output.len()),
+        nan(case.expected.h_n.len()),
+        nan(case.expected.h_n.len()),
+    );
+    let forward = |m: &mut CudaRnn,
+                   input: &CudaSlice<f32>,
+                   output: &mut CudaSlice<f32>,
+                   h_n: &mut CudaSlice<f32>,
+                   c_n: &mut CudaSlice<f32>| {
+        let args = DeviceInput {
+            input,
+            seq_len: t,
+            batch: b,
+            lengths: Some(&lengths),
+            h0: Some(&h0),
+            c0: Some(&c0),
+        };
+        let mut out = DeviceOutput {
+            output,
+            h_n,
+            c_n: Some(c_n),
+        };
+        m.forward_device(&args, &mut out).unwrap();
+    };
+    forward(&mut m, &input, &mut output, &mut h_n, &mut c_n);
+    let direct = stream.clone_dtoh(&output).unwrap();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    forward(&mut m, &input, &mut output, &mut h_n, &mut c_n);
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("a graph of the forward");
+    // Replayed into NaN: the same as the direct call.
+    stream
+        .memcpy_htod(&vec![f32::NAN; direct.len()], &mut output)
+        .unwrap();
+    graph.launch().unwrap();
+    same(&stream.clone_dtoh(&output).unwrap(), &direct, "replayed forward");
+    // A new input in the same buffer: the graph reads it, as a direct call does.
+    let other: Tensor<f32> = random_tensor(case.input.shape(), &mut rng);
+    stream.memcpy_htod(other.data(), &mut input).unwrap();
+    graph.launch().unwrap();
+    let replayed = stream.clone_dtoh(&output).unwrap();
+    forward(&mut m, &input, &mut output, &mut h_n, &mut c_n);
+    assert_eq!(
+        replayed,
+        stream.clone_dtoh(&output).unwrap(),
+        "replayed forward on a new input"
+    );
+    assert!(replayed != direct, "the new input changed the output");
+
+    // One step, captured once, replayed step after step: the state advances
+    // in place as direct steps advance it.
+    let step_case = Case::new(&config, 3, b, false, 1602);
+    let mut stepper = model(&device, &step_case);
+    let s = stepper.stream().clone();
+    let width = config.input_size;
+    let rows = b * width;
+    let xs: Vec<CudaSlice<f32>> = (0..3)
+        .map(|k| {
+            let at = k * rows;
+            s.clone_htod(&step_case.input.data()[at..at + rows]).unwrap()
+        })
+        .collect();
+    let fresh = |s: &Arc<cudarc::driver::CudaStream>| {
+        (
+            s.clone_htod(step_case.state.h.data()).unwrap(),
+            s.clone_htod(step_case.state.c.as_ref().unwrap().data()).unwrap(),
+            s.clone_htod(&vec![f32::NAN; b * config.output_size()]).unwrap(),
+        )
+    };
+    let (mut h, mut c, mut out) = fresh(&s);
+    let mut x = s.clone_htod(&vec![0f32; rows]).unwrap();
+    stepper
+        .step_device(&x, b, &mut h, Some(&mut c), &mut out)
+        .unwrap();
+    let (mut h, mut c, mut out) = fresh(&s);
+    s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    stepper
+        .step_device(&x, b, &mut h, Some(&mut c), &mut out)
+        .unwrap();
+    let step_graph = s
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("a graph of the step");
+    let mut replayed = Vec::new();
+    for x_t in &xs {
+        s.memcpy_dtod(x_t, &mut x).unwrap();
+        step_graph.launch().unwrap();
+        replayed.push(s.clone_dtoh(&out).unwrap());
+    }
+    let (replayed_h, replayed_c) = (s.clone_dtoh(&h).unwrap(), s.clone_dtoh(&c).unwrap());
+    let (mut h, mut c, mut out) = fresh(&s);
+    for (k, x_t) in xs.iter().enumerate() {
+        stepper
+            .step_device(x_t, b, &mut h, Some(&mut c), &mut out)
+            .unwrap();
+        same(
+            &s.clone_dtoh(&out).unwrap(),
+            &replayed[k],
+            &format!("replayed step {k}"),
+        );
+    }
+    same(&s.clone_dtoh(&h).unwrap(), &replayed_h, "replayed steps' h");
+    same(&s.clone_dtoh(&c).unwrap(), &replayed_c, "replayed steps' c");
+}

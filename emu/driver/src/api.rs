@@ -10,10 +10,10 @@ use crate::cubin::{self, ImageError};
 use crate::launch::{self, Geometry};
 use crate::memory;
 use crate::refuse;
-use crate::state::{self, Driver, Event, Function, Outcome, CURRENT, PRIMARY_CONTEXT};
+use crate::state::{self, Capture, Driver, Event, Function, Op, Outcome, CURRENT, PRIMARY_CONTEXT};
 use cudarc::driver::sys::{
     CUcontext, CUdevice, CUdevice_attribute as A, CUdeviceptr, CUevent, CUfunction,
-    CUfunction_attribute as F, CUmodule, CUresult, CUstream,
+    CUfunction_attribute as F, CUgraph, CUgraphExec, CUmodule, CUresult, CUstream, CUstreamCaptureStatus,
 };
 use std::ffi::{c_char, c_int, c_uchar, c_uint, c_void, CStr};
 use std::time::Instant;
@@ -293,7 +293,9 @@ pub unsafe extern "C" fn cuCtxGetDevice(out: *mut CUdevice) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
-    api("cuCtxSynchronize", || state::with(|d| d.current().map(|_| ())))
+    api("cuCtxSynchronize", || {
+        state::with(|d| d.current()?.refuse_during_capture("cuCtxSynchronize"))
+    })
 }
 
 // ---- memory ----
@@ -325,7 +327,7 @@ fn free(d: &mut Driver, ptr: CUdeviceptr) -> Outcome {
 pub unsafe extern "C" fn cuMemAlloc_v2(out: *mut CUdeviceptr, bytes: usize) -> CUresult {
     api("cuMemAlloc", || {
         let p = state::with(|d| {
-            d.current()?;
+            d.current()?.refuse_during_capture("cuMemAlloc")?;
             allocate(d, bytes)
         })?;
         unsafe { put(out, p) }
@@ -336,7 +338,10 @@ pub unsafe extern "C" fn cuMemAlloc_v2(out: *mut CUdeviceptr, bytes: usize) -> C
 pub unsafe extern "C" fn cuMemAllocAsync(out: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
     api("cuMemAllocAsync", || {
         let p = state::with(|d| {
-            d.current()?.check_stream(stream as usize)?;
+            let context = d.current()?;
+            context.check_stream(stream as usize)?;
+            // Graph memory nodes are not modelled.
+            context.refuse_in_capture(stream as usize, "cuMemAllocAsync")?;
             allocate(d, bytes)
         })?;
         unsafe { put(out, p) }
@@ -347,7 +352,7 @@ pub unsafe extern "C" fn cuMemAllocAsync(out: *mut CUdeviceptr, bytes: usize, st
 pub unsafe extern "C" fn cuMemFree_v2(ptr: CUdeviceptr) -> CUresult {
     api("cuMemFree", || {
         state::with(|d| {
-            d.live()?;
+            d.live()?.refuse_during_capture("cuMemFree")?;
             free(d, ptr)
         })
     })
@@ -357,7 +362,9 @@ pub unsafe extern "C" fn cuMemFree_v2(ptr: CUdeviceptr) -> CUresult {
 pub unsafe extern "C" fn cuMemFreeAsync(ptr: CUdeviceptr, stream: CUstream) -> CUresult {
     api("cuMemFreeAsync", || {
         state::with(|d| {
-            d.live()?.check_stream(stream as usize)?;
+            let context = d.live()?;
+            context.check_stream(stream as usize)?;
+            context.refuse_in_capture(stream as usize, "cuMemFreeAsync")?;
             free(d, ptr)
         })
     })
@@ -400,10 +407,12 @@ fn copy(
     state::with(|d| {
         let context = d.live()?;
         match stream {
-            Some(s) => context.check_stream(s as usize)?,
-            None => {
-                d.current()?;
+            // Copies of pageable host memory are not captured.
+            Some(s) => {
+                context.check_stream(s as usize)?;
+                context.refuse_in_capture(s as usize, what)?;
             }
+            None => d.current()?.refuse_during_capture(what)?,
         }
         if bytes == 0 {
             return Ok(());
@@ -485,22 +494,87 @@ fn copy_on_device(
     bytes: usize,
 ) -> Outcome {
     state::with(|d| {
-        let context = d.live()?;
-        match stream {
-            Some(s) => context.check_stream(s as usize)?,
-            None => {
-                d.current()?;
-            }
+        let op = Op::Copy { dst, src, bytes };
+        // Checked when issued, as when run.
+        check_op(d, &op)?;
+        if !submit(d, stream, what, &op)? {
+            run_op(d, &op)?;
         }
-        if bytes == 0 {
-            return Ok(());
-        }
-        let to = device_range(d, what, dst, bytes)?;
-        let from = device_range(d, what, src, bytes)?;
-        // SAFETY: both ranges are inside live allocations.
-        unsafe { std::ptr::copy(from, to, bytes) };
         Ok(())
     })
+}
+
+/// Checks the stream of an asynchronous operation (`None`: a synchronous
+/// call), and records `op` instead if the stream is being captured:
+/// whether it was recorded.
+fn submit(d: &mut Driver, stream: Option<CUstream>, what: &str, op: &Op) -> Outcome<bool> {
+    let context = d.live()?;
+    match stream {
+        Some(s) => {
+            context.check_stream(s as usize)?;
+            if let Some(capture) = context.capture(s as usize) {
+                capture.ops.push(op.clone());
+                return Ok(true);
+            }
+        }
+        None => d.current()?.refuse_during_capture(what)?,
+    }
+    Ok(false)
+}
+
+/// Checks a copy's or fill's device ranges.
+fn check_op(d: &Driver, op: &Op) -> Outcome {
+    match op {
+        Op::Copy { dst, src, bytes } if *bytes > 0 => {
+            device_range(d, "cuMemcpyDtoD", *dst, *bytes)?;
+            device_range(d, "cuMemcpyDtoD", *src, *bytes)?;
+        }
+        Op::Fill { dst, pattern, count } if *count > 0 => {
+            if !(*dst as usize).is_multiple_of(pattern.len()) {
+                return Err(invalid(format!(
+                    "cuMemset: {dst:#x} is not {}-byte aligned",
+                    pattern.len()
+                )));
+            }
+            let bytes = count
+                .checked_mul(pattern.len())
+                .ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
+            device_range(d, "cuMemset", *dst, bytes)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Runs a copy, fill or event record (a kernel runs through `run_kernel`).
+fn run_op(d: &mut Driver, op: &Op) -> Outcome {
+    check_op(d, op)?;
+    if matches!(op, Op::Copy { bytes: 0, .. } | Op::Fill { count: 0, .. }) {
+        return Ok(());
+    }
+    match op {
+        Op::Copy { dst, src, bytes } => {
+            // SAFETY: both ranges are inside live allocations (checked).
+            unsafe { std::ptr::copy(*src as *const u8, *dst as *mut u8, *bytes) };
+        }
+        Op::Fill { dst, pattern, count } => {
+            // SAFETY: inside a live allocation (checked).
+            let target = unsafe { std::slice::from_raw_parts_mut(*dst as *mut u8, count * pattern.len()) };
+            for chunk in target.chunks_exact_mut(pattern.len()) {
+                chunk.copy_from_slice(pattern);
+            }
+        }
+        Op::Record { event } => {
+            let e = d
+                .live()?
+                .events
+                .get_mut(event)
+                .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)?;
+            e.recorded = Some(Instant::now());
+        }
+        Op::Launch { .. } => unreachable!("kernels run through run_kernel"),
+    }
+    Ok(())
 }
 
 #[no_mangle]
@@ -525,30 +599,14 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
 /// Fills `count` elements of `pattern` (1 or 4 bytes) at `dst`.
 fn fill(stream: Option<CUstream>, what: &str, dst: CUdeviceptr, pattern: &[u8], count: usize) -> Outcome {
     state::with(|d| {
-        let context = d.live()?;
-        match stream {
-            Some(s) => context.check_stream(s as usize)?,
-            None => {
-                d.current()?;
-            }
-        }
-        if count == 0 {
-            return Ok(());
-        }
-        if !(dst as usize).is_multiple_of(pattern.len()) {
-            return Err(invalid(format!(
-                "{what}: {dst:#x} is not {}-byte aligned",
-                pattern.len()
-            )));
-        }
-        let bytes = count
-            .checked_mul(pattern.len())
-            .ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
-        let to = device_range(d, what, dst, bytes)?;
-        // SAFETY: inside a live allocation.
-        let target = unsafe { std::slice::from_raw_parts_mut(to, bytes) };
-        for chunk in target.chunks_exact_mut(pattern.len()) {
-            chunk.copy_from_slice(pattern);
+        let op = Op::Fill {
+            dst,
+            pattern: pattern.to_vec(),
+            count,
+        };
+        check_op(d, &op)?;
+        if !submit(d, stream, what, &op)? {
+            run_op(d, &op)?;
         }
         Ok(())
     })
@@ -632,19 +690,26 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
     })
 }
 
-/// Stream operations ran when issued: waiting is only checking.
-fn stream_op(stream: CUstream) -> Outcome {
-    state::with(|d| d.live()?.check_stream(stream as usize))
+/// Stream operations ran when issued: waiting is only checking (and is
+/// refused on a stream being captured).
+fn wait_for_stream(stream: CUstream, what: &str) -> Outcome {
+    state::with(|d| {
+        let context = d.live()?;
+        context.check_stream(stream as usize)?;
+        context.refuse_in_capture(stream as usize, what)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
-    api("cuStreamSynchronize", || stream_op(stream))
+    api("cuStreamSynchronize", || {
+        wait_for_stream(stream, "cuStreamSynchronize")
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamQuery(stream: CUstream) -> CUresult {
-    api("cuStreamQuery", || stream_op(stream))
+    api("cuStreamQuery", || wait_for_stream(stream, "cuStreamQuery"))
 }
 
 #[no_mangle]
@@ -700,9 +765,16 @@ fn with_event<T>(event: CUevent, f: impl FnOnce(&mut Event) -> Outcome<T>) -> Ou
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecord(event: CUevent, stream: CUstream) -> CUresult {
     api("cuEventRecord", || {
-        stream_op(stream)?;
-        with_event(event, |e| {
-            e.recorded = Some(Instant::now());
+        state::with(|d| {
+            let op = Op::Record {
+                event: event as usize,
+            };
+            if !d.live()?.events.contains_key(&(event as usize)) {
+                return Err(CUresult::CUDA_ERROR_INVALID_HANDLE);
+            }
+            if !submit(d, Some(stream), "cuEventRecord", &op)? {
+                run_op(d, &op)?;
+            }
             Ok(())
         })
     })
@@ -995,12 +1067,48 @@ unsafe fn launch_kernel(
         code
     })?;
     // SAFETY: params[0] is the kernel's parameter struct, as cudarc passes it.
-    unsafe { launch::run(&kernel, &geometry, *params) }.map_err(|(code, why)| {
+    let params = unsafe { *params } as *const u8;
+    let captured = state::with(|d| {
+        let Some(capture) = d.live()?.capture(stream as usize) else {
+            return Ok(false);
+        };
+        // A graph keeps the parameters as they were at capture.
+        let Some(bytes) = kernel.image.param_bytes else {
+            capture.invalidated = true;
+            refuse(&format!(
+                "{}: the cubin does not give its parameter size",
+                kernel.image.name
+            ));
+            return Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        };
+        // SAFETY: the parameter struct is `bytes` long, as the cubin says.
+        let params = unsafe { std::slice::from_raw_parts(params, bytes as usize) }.to_vec();
+        capture.ops.push(Op::Launch {
+            function: function as usize,
+            geometry,
+            params,
+        });
+        Ok(true)
+    })?;
+    if captured {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    unsafe { run_kernel(&kernel, &geometry, params as *const c_void) }
+}
+
+/// Runs a checked launch on the emulation. A fault is reported as hardware
+/// reports it: the launch returns, and the context is poisoned for every
+/// later call.
+///
+/// # Safety
+/// `params` points to the kernel's parameter struct.
+unsafe fn run_kernel(kernel: &Function, geometry: &Geometry, params: *const c_void) -> Outcome {
+    // SAFETY: as the caller vouches.
+    unsafe { launch::run(kernel, geometry, params) }.map_err(|(code, why)| {
         refuse(&why);
         code
     })?;
-    // A fault is reported as hardware reports it: the launch returns, and
-    // the context is poisoned for every later call.
     state::with(|d| {
         let fault = memory::take_faults()
             .map(|(count, at)| format!("{count} access(es) outside every allocation, the first at {at:#x}"))
@@ -1066,6 +1174,191 @@ pub unsafe extern "C" fn cuLaunchCooperativeKernel(
     };
     api("cuLaunchCooperativeKernel", || unsafe {
         launch_kernel(function, geometry, stream, params, std::ptr::null_mut())
+    })
+}
+
+// ---- stream capture and graphs ----
+
+const CU_STREAM_CAPTURE_MODE_RELAXED: u32 = 2;
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamBeginCapture_v2(stream: CUstream, mode: c_uint) -> CUresult {
+    api("cuStreamBeginCapture", || {
+        state::with(|d| {
+            let context = d.current()?;
+            let s = stream as usize;
+            context.check_stream(s)?;
+            if state::BUILT_IN_STREAMS.contains(&s) {
+                return Err(invalid("the default stream cannot be captured".into()));
+            }
+            if mode > CU_STREAM_CAPTURE_MODE_RELAXED {
+                return Err(invalid(format!("capture mode {mode}")));
+            }
+            if context.captures.contains_key(&s) {
+                return Err(CUresult::CUDA_ERROR_ILLEGAL_STATE);
+            }
+            context.captures.insert(
+                s,
+                Capture {
+                    mode,
+                    thread: std::thread::current().id(),
+                    ops: Vec::new(),
+                    invalidated: false,
+                },
+            );
+            Ok(())
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamEndCapture(stream: CUstream, out: *mut CUgraph) -> CUresult {
+    api("cuStreamEndCapture", || {
+        if out.is_null() {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        let graph = state::with(|d| {
+            let context = d.live()?;
+            let capture = context
+                .captures
+                .remove(&(stream as usize))
+                .ok_or(CUresult::CUDA_ERROR_ILLEGAL_STATE)?;
+            if capture.invalidated {
+                return Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+            }
+            let h = d.handle();
+            d.live()?.graphs.insert(h, capture.ops);
+            Ok(h)
+        });
+        let graph = match graph {
+            Ok(g) => g,
+            Err(e) => {
+                // SAFETY: checked non-null above.
+                unsafe { *out = std::ptr::null_mut() };
+                return Err(e);
+            }
+        };
+        unsafe { put(out, graph as CUgraph) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamIsCapturing(
+    stream: CUstream,
+    status: *mut CUstreamCaptureStatus,
+) -> CUresult {
+    api("cuStreamIsCapturing", || {
+        let now = state::with(|d| {
+            let context = d.live()?;
+            context.check_stream(stream as usize)?;
+            Ok(match context.capture(stream as usize) {
+                None => CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE,
+                Some(c) if c.invalidated => CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_INVALIDATED,
+                Some(_) => CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE,
+            })
+        })?;
+        unsafe { put(status, now) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
+    out: *mut CUgraphExec,
+    graph: CUgraph,
+    _flags: u64,
+) -> CUresult {
+    api("cuGraphInstantiate", || {
+        let exec = state::with(|d| {
+            let ops = d
+                .live()?
+                .graphs
+                .get(&(graph as usize))
+                .cloned()
+                .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)?;
+            let h = d.handle();
+            d.live()?.executables.insert(h, ops);
+            Ok(h)
+        })?;
+        unsafe { put(out, exec as CUgraphExec) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult {
+    api("cuGraphLaunch", || {
+        let ops = state::with(|d| {
+            let context = d.live()?;
+            context.check_stream(stream as usize)?;
+            context.refuse_in_capture(stream as usize, "cuGraphLaunch")?;
+            context
+                .executables
+                .get(&(exec as usize))
+                .cloned()
+                .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
+        })?;
+        // The graph's operations, in capture order, on this stream.
+        for op in &ops {
+            match op {
+                Op::Launch {
+                    function,
+                    geometry,
+                    params,
+                } => {
+                    let kernel = state::with(|d| {
+                        d.live()?
+                            .functions
+                            .get(function)
+                            .cloned()
+                            .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
+                    })?;
+                    // SAFETY: the parameter bytes captured for this kernel.
+                    unsafe { run_kernel(&kernel, geometry, params.as_ptr() as *const c_void) }?;
+                }
+                other => state::with(|d| run_op(d, other))?,
+            }
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphUpload(exec: CUgraphExec, stream: CUstream) -> CUresult {
+    api("cuGraphUpload", || {
+        state::with(|d| {
+            let context = d.live()?;
+            context.check_stream(stream as usize)?;
+            context
+                .executables
+                .get(&(exec as usize))
+                .map(|_| ())
+                .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
+    api("cuGraphExecDestroy", || {
+        state::with(|d| {
+            d.live()?
+                .executables
+                .remove(&(exec as usize))
+                .map(|_| ())
+                .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphDestroy(graph: CUgraph) -> CUresult {
+    api("cuGraphDestroy", || {
+        state::with(|d| {
+            d.live()?
+                .graphs
+                .remove(&(graph as usize))
+                .map(|_| ())
+                .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
+        })
     })
 }
 

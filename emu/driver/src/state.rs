@@ -4,6 +4,7 @@
 
 use crate::chip::{Chip, DEFAULT_SHARED_PER_BLOCK};
 use crate::cubin::KernelImage;
+use crate::launch::Geometry;
 use crate::memory::Arena;
 use cudarc::driver::sys::CUresult;
 use std::cell::Cell;
@@ -58,6 +59,40 @@ pub struct Event {
     pub recorded: Option<Instant>,
 }
 
+/// A stream operation, as a capture records it and a graph replays it.
+#[derive(Clone)]
+pub enum Op {
+    /// A kernel with a copy of its parameter struct, taken at capture.
+    Launch {
+        function: usize,
+        geometry: Geometry,
+        params: Vec<u8>,
+    },
+    Fill {
+        dst: u64,
+        pattern: Vec<u8>,
+        count: usize,
+    },
+    Copy {
+        dst: u64,
+        src: u64,
+        bytes: usize,
+    },
+    Record {
+        event: usize,
+    },
+}
+
+/// A stream being captured into a graph.
+pub struct Capture {
+    /// CU_STREAM_CAPTURE_MODE_GLOBAL (0), THREAD_LOCAL (1) or RELAXED (2).
+    pub mode: u32,
+    pub thread: std::thread::ThreadId,
+    pub ops: Vec<Op>,
+    /// An operation the capture cannot hold was attempted: ending it fails.
+    pub invalidated: bool,
+}
+
 /// The live primary context and everything made in it.
 pub struct Context {
     pub retains: u32,
@@ -65,6 +100,9 @@ pub struct Context {
     pub functions: HashMap<usize, Function>,
     pub streams: HashSet<usize>,
     pub events: HashMap<usize, Event>,
+    pub captures: HashMap<usize, Capture>,
+    pub graphs: HashMap<usize, Vec<Op>>,
+    pub executables: HashMap<usize, Vec<Op>>,
     /// A sticky error (an illegal address): every later call returns it,
     /// until the context is reset, as on hardware.
     pub poisoned: Option<CUresult>,
@@ -78,7 +116,47 @@ impl Context {
             functions: HashMap::new(),
             streams: HashSet::new(),
             events: HashMap::new(),
+            captures: HashMap::new(),
+            graphs: HashMap::new(),
+            executables: HashMap::new(),
             poisoned: None,
+        }
+    }
+
+    /// The capture `stream` is in, if any.
+    pub fn capture(&mut self, stream: usize) -> Option<&mut Capture> {
+        self.captures.get_mut(&stream)
+    }
+
+    /// A call that would synchronise with the device, or allocate, while a
+    /// capture that forbids it is under way: the capture is invalidated and
+    /// the call refused, as the driver does.
+    pub fn refuse_during_capture(&mut self, what: &str) -> Outcome {
+        let me = std::thread::current().id();
+        let forbidding = self
+            .captures
+            .values_mut()
+            .find(|c| c.mode == 0 || (c.mode == 1 && c.thread == me));
+        match forbidding {
+            Some(capture) => {
+                capture.invalidated = true;
+                crate::refuse(&format!("{what} while a stream is being captured"));
+                Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// An operation a capture of `stream` cannot hold: if it is capturing,
+    /// the capture is invalidated and the call refused.
+    pub fn refuse_in_capture(&mut self, stream: usize, what: &str) -> Outcome {
+        match self.capture(stream) {
+            Some(capture) => {
+                capture.invalidated = true;
+                crate::refuse(&format!("{what} cannot be captured into a graph here"));
+                Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)
+            }
+            None => Ok(()),
         }
     }
 

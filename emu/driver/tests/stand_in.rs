@@ -367,3 +367,84 @@ fn register_counts_are_the_cubins() {
     }
     assert_eq!(checked, s.functions.len(), "every kernel checked");
 }
+
+#[test]
+#[cfg_attr(
+    not(rnn_kernels_built),
+    ignore = "needs the CUDA kernels: build with nvcc (scripts/install-nvcc)"
+)]
+fn captures_record_launches_and_refuse_synchronous_calls() {
+    use cudarc::driver::sys::CUstreamCaptureStatus as Status;
+    let _turn = turn();
+    let s = Session::new();
+    let src: Vec<f32> = (0..8).map(|i| i as f32).collect();
+    let (src_dev, dst) = (s.upload(&src), s.alloc(32));
+    let mut stream = std::ptr::null_mut();
+    ok(unsafe { cuStreamCreate(&mut stream, 1) });
+    // Captured, not run: dst stays NaN until the graph is launched.
+    ok(unsafe { cuStreamBeginCapture_v2(stream, 1) });
+    let mut params = PermuteParams {
+        src: src_dev,
+        dst,
+        a: 2,
+        b: 4,
+        width: 1,
+        pad: 0,
+    };
+    let mut args = [&mut params as *mut PermuteParams as *mut c_void];
+    let permute = s.function("rnn_permute_f32");
+    let launch = |args: &mut [*mut c_void; 1]| unsafe {
+        cuLaunchKernel(
+            permute,
+            1,
+            1,
+            1,
+            32,
+            1,
+            1,
+            0,
+            stream,
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
+    ok(launch(&mut args));
+    // The graph keeps the parameters as they were when captured.
+    // SAFETY: args[0] is `params`, still alive.
+    unsafe { (*(args[0] as *mut PermuteParams)).dst = 0 };
+    let mut graph = std::ptr::null_mut();
+    ok(unsafe { cuStreamEndCapture(stream, &mut graph) });
+    assert!(s.download(dst, 8).unwrap().iter().all(|v| v.is_nan()));
+    let mut exec = std::ptr::null_mut();
+    ok(unsafe { cuGraphInstantiateWithFlags(&mut exec, graph, 0) });
+    ok(unsafe { cuGraphLaunch(exec, stream) });
+    ok(unsafe { cuStreamSynchronize(stream) });
+    assert_eq!(
+        s.download(dst, 8).unwrap(),
+        vec![0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]
+    );
+    // A synchronous allocation during a global-mode capture invalidates it.
+    ok(unsafe { cuStreamBeginCapture_v2(stream, 0) });
+    assert_eq!(
+        unsafe { cuMemAlloc_v2(&mut 0, 16) },
+        CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+    );
+    let mut status = Status::CU_STREAM_CAPTURE_STATUS_NONE;
+    ok(unsafe { cuStreamIsCapturing(stream, &mut status) });
+    assert_eq!(status, Status::CU_STREAM_CAPTURE_STATUS_INVALIDATED);
+    assert_eq!(
+        unsafe { cuStreamEndCapture(stream, &mut graph) },
+        CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+    );
+    assert!(graph.is_null());
+    // Neither the default stream nor a stream's synchronisation is captured.
+    assert_eq!(
+        unsafe { cuStreamBeginCapture_v2(std::ptr::null_mut(), 0) },
+        CUresult::CUDA_ERROR_INVALID_VALUE
+    );
+    ok(unsafe { cuStreamBeginCapture_v2(stream, 2) });
+    assert_eq!(
+        unsafe { cuStreamSynchronize(stream) },
+        CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+    );
+}
