@@ -31,6 +31,10 @@ fn builds_that_require_nvcc_have_kernels() {
             module::kernels_built(),
             "RNN_KERNELS_REQUIRE_NVCC=1 but no kernels are embedded"
         );
+        assert!(
+            module::cuobjdump().is_some(),
+            "RNN_KERNELS_REQUIRE_NVCC=1 but there is no cuobjdump beside nvcc for the static checks"
+        );
     }
 }
 
@@ -88,4 +92,103 @@ fn gpu_types_are_send_and_the_device_is_shared() {
     send::<rnn_kernels::cuda::CudaRnn>();
     send::<rnn_kernels::cuda::CudaTrainingState>();
     shared::<std::sync::Arc<rnn_kernels::cuda::CudaDevice>>();
+}
+
+/// Runs the stand-alone cuobjdump on a fatbin with `args`.
+fn cuobjdump(fatbin: &[u8], name: &str, args: &[&str]) -> String {
+    let tool = module::cuobjdump().expect("cfg(rnn_kernels_cuobjdump) says there is one");
+    let path = std::env::temp_dir().join(format!("rnn-kernels-{}-{name}.fatbin", std::process::id()));
+    std::fs::write(&path, fatbin).unwrap();
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert!(
+        out.status.success(),
+        "cuobjdump {args:?} {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `(function, its lines)` of a `cuobjdump -sass` or `--dump-resource-usage`
+/// listing, per cubin (arch) in the order cuobjdump prints them.
+fn by_function(listing: &str, marker: &str) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in listing.lines() {
+        if let Some(rest) = line.trim().strip_prefix(marker) {
+            out.push((rest.trim().trim_end_matches(':').to_string(), Vec::new()));
+        } else if let Some((_, lines)) = out.last_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    out
+}
+
+/// What the real compiler made of every shipped kernel, for every arch:
+/// no local memory (no LDL/STL, no stack frame), registers within what a
+/// 512-thread block (the launch bounds the planner launches) can hold, and
+/// in the recurrence kernels no non-coherent (`.CONSTANT`, `ld.global.nc`)
+/// loads at all: the h-exchange buffer is written by other CTAs during the
+/// launch, and a non-coherent load there could read a stale value. A
+/// non-coherent load added on purpose must first be shown not to read it.
+#[test]
+#[cfg_attr(
+    not(rnn_kernels_cuobjdump),
+    ignore = "no cuobjdump beside nvcc (scripts/install-nvcc installs one)"
+)]
+fn compiled_kernels_use_no_local_memory_nor_stale_loads() {
+    let most_registers = 65536 / rnn_kernels::cuda::launch::plan::MAX_THREADS;
+    let (mut functions, mut disassembled) = (0, 0);
+    for (file, fatbin, names) in module::fatbins() {
+        let usage = cuobjdump(fatbin, file, &["--dump-resource-usage"]);
+        for (function, lines) in by_function(&usage, "Function ") {
+            let line = lines
+                .iter()
+                .find(|l| l.contains("REG:"))
+                .unwrap_or_else(|| panic!("{function}: {lines:?}"));
+            let field = |key: &str| -> usize {
+                let v = line.split_whitespace().find_map(|f| f.strip_prefix(key)).unwrap();
+                v.parse().unwrap()
+            };
+            assert!(
+                names.contains(&function.as_str()),
+                "{file}: unexpected function {function}"
+            );
+            assert_eq!(field("STACK:"), 0, "{file} {function}: a stack frame: {line}");
+            assert_eq!(field("LOCAL:"), 0, "{file} {function}: local memory: {line}");
+            assert!(
+                field("REG:") <= most_registers,
+                "{file} {function}: {line}, above {most_registers}"
+            );
+            functions += 1;
+        }
+        let sass = cuobjdump(fatbin, file, &["-sass"]);
+        for (function, lines) in by_function(&sass, "Function : ") {
+            assert!(
+                names.contains(&function.as_str()),
+                "{file}: unexpected function {function}"
+            );
+            disassembled += 1;
+            for line in &lines {
+                let op = line.split(';').next().unwrap_or("");
+                assert!(
+                    !op.contains(" LDL") && !op.contains(" STL"),
+                    "{file} {function}: local memory access: {line}"
+                );
+                if file.starts_with("recurrence") {
+                    assert!(
+                        !op.contains(".CONSTANT"),
+                        "{file} {function}: a non-coherent load: {line}"
+                    );
+                }
+            }
+        }
+    }
+    // Every kernel, for each of the four archs.
+    let kernels: usize = module::fatbins().iter().map(|(_, _, names)| names.len()).sum();
+    assert_eq!(functions, 4 * kernels, "resource usage of every kernel and arch");
+    assert_eq!(disassembled, 4 * kernels, "SASS of every kernel and arch");
 }

@@ -21,6 +21,12 @@ pub fn nvcc() -> Option<&'static str> {
     generated::NVCC
 }
 
+/// The cuobjdump beside that nvcc, if there is one (for the static checks
+/// of the compiled kernels).
+pub fn cuobjdump() -> Option<&'static str> {
+    generated::CUOBJDUMP
+}
+
 /// ptxas's `-v` report for every kernel and arch: registers, stack, spills.
 pub fn ptxas_report() -> &'static str {
     generated::PTXAS_REPORT
