@@ -31,12 +31,26 @@ fn main() {
         .flag_if_supported("-Wno-unknown-pragmas")
         .flag_if_supported("-Wno-unused-parameter")
         .file("simt.cpp");
+    // RNN_EMU_SANITIZE=1: the emulation and the kernels under ASan and UBSan,
+    // their runtimes linked into whatever links this crate.
+    println!("cargo:rerun-if-env-changed=RNN_EMU_SANITIZE");
+    let sanitize = std::env::var("RNN_EMU_SANITIZE").is_ok_and(|v| v == "1");
+    if sanitize {
+        build
+            .flag("-fsanitize=address,undefined")
+            .flag("-fno-sanitize-recover=undefined")
+            .flag("-fno-omit-frame-pointer");
+    }
     for source in &sources {
         // nvcc's .cu is C++ here.
         build.flag_if_supported("-xc++");
         build.file(source);
     }
     build.compile("rnn_kernels_emu");
+    if sanitize {
+        println!("cargo:rustc-link-lib=dylib=asan");
+        println!("cargo:rustc-link-lib=dylib=ubsan");
+    }
 
     let mut names: Vec<String> = sources
         .iter()

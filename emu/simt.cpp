@@ -17,6 +17,15 @@
 #error "the SIMT emulation switches fibers with x86-64 assembly"
 #endif
 
+// Under AddressSanitizer (RNN_EMU_SANITIZE=1), every switch is announced, so
+// that ASan knows which stack is live and checks each fiber's accesses.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define RNN_EMU_ASAN 1
+#else
+#define RNN_EMU_ASAN 0
+#endif
+
 // rnn_emu_switch(save, load): saves this context's stack pointer in *save
 // and resumes the one whose stack pointer is load.
 asm(R"(
@@ -72,7 +81,7 @@ constexpr unsigned char kGuardByte = 0xA5;
 // produces NaN, which no comparison with the reference lets pass.
 constexpr unsigned char kPoisonByte = 0xFF;
 // Each fiber's stack; its lowest bytes are a canary checked at the end.
-constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kStackBytes = (RNN_EMU_ASAN ? 256 : 64) * 1024;  // ASan's redzones need more
 constexpr size_t kCanaryBytes = 64;
 constexpr unsigned char kCanaryByte = 0x5A;
 constexpr double kDeadlockSeconds = 60.0;
@@ -85,6 +94,8 @@ double seconds_now() {
 struct Fiber {
     ThreadState state;
     void* sp = nullptr;
+    void* stack_bottom = nullptr;
+    void* fake_stack = nullptr;  // ASan's, while switched out
     bool done = false;
     void (*entry)(const void*) = nullptr;
     const void* params = nullptr;
@@ -94,25 +105,43 @@ struct Fiber {
 struct Scheduler {
     std::vector<Fiber*> fibers;
     void* home_sp = nullptr;  // the host thread's own context
+    const void* home_bottom = nullptr;  // and its stack, for ASan
+    size_t home_size = 0;
+    void* home_fake_stack = nullptr;
     Fiber* running = nullptr;
     unsigned spins = 0;       // spin_pause calls since the host thread last yielded the core
 };
 
 thread_local Scheduler* scheduler = nullptr;
 
+// Switches from the running fiber to the scheduler; `finished`: for good.
+void to_scheduler(Fiber* f, bool finished) {
+    Scheduler* s = scheduler;
+#if RNN_EMU_ASAN
+    __sanitizer_start_switch_fiber(finished ? nullptr : &f->fake_stack, s->home_bottom, s->home_size);
+#else
+    (void)finished;
+#endif
+    rnn_emu_switch(&f->sp, s->home_sp);
+#if RNN_EMU_ASAN
+    __sanitizer_finish_switch_fiber(f->fake_stack, nullptr, nullptr);
+#endif
+}
+
 void fiber_main(Fiber* f) {
+#if RNN_EMU_ASAN
+    // The first entry: learn the scheduler's stack from the switch.
+    __sanitizer_finish_switch_fiber(nullptr, &scheduler->home_bottom, &scheduler->home_size);
+#endif
     f->entry(f->params);
     f->done = true;
     f->state.progress->fetch_add(1, std::memory_order_relaxed);
-    rnn_emu_switch(&f->sp, scheduler->home_sp);
+    to_scheduler(f, true);
     std::abort();  // a finished fiber is never resumed
 }
 
 // Back to the scheduler; it resumes this fiber on a later round.
-void yield() {
-    Scheduler* s = scheduler;
-    rnn_emu_switch(&s->running->sp, s->home_sp);
-}
+void yield() { to_scheduler(scheduler->running, false); }
 
 void run_fibers(Scheduler& s) {
     scheduler = &s;
@@ -122,7 +151,13 @@ void run_fibers(Scheduler& s) {
             if (f->done) continue;
             s.running = f;
             tls = &f->state;
+#if RNN_EMU_ASAN
+            __sanitizer_start_switch_fiber(&s.home_fake_stack, f->stack_bottom, kStackBytes);
+#endif
             rnn_emu_switch(&s.home_sp, f->sp);
+#if RNN_EMU_ASAN
+            __sanitizer_finish_switch_fiber(s.home_fake_stack, &s.home_bottom, &s.home_size);
+#endif
             live += !f->done;
         }
     }
@@ -210,6 +245,7 @@ void prepare(const Launch& l, Block& block, Stacks& stacks, size_t first_stack, 
         f.state.shuffle_slots = whole_warps ? block.shuffle_slots.data() : nullptr;
         f.state.progress = progress;
         f.state.seen_progress = ~0ull;
+        f.stack_bottom = stacks.bottom(first_stack + t);
         f.sp = initial_stack(stacks.bottom(first_stack + t), &f);
     }
 }
