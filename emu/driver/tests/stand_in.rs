@@ -3,8 +3,8 @@
 //! library is also an rlib), with the crate's real fatbins.
 #![cfg_attr(not(rnn_kernels_built), allow(dead_code, unused_imports))]
 
-use cuda::*;
 use cudarc::driver::sys::{CUdevice_attribute as A, CUfunction, CUfunction_attribute as F, CUresult};
+use rnnk_cuda_stand_in::*;
 use std::ffi::{c_void, CString};
 use std::sync::Mutex;
 
