@@ -163,7 +163,8 @@ fn varied_configurations_match_the_reference_on_every_isa_and_thread_count() {
 }
 
 /// Hidden and input sizes around every vector width and tile size, with
-/// batches that leave partial tiles and split across threads both ways.
+/// batches that leave partial tiles and split across threads both ways,
+/// and single steps.
 #[test]
 fn sizes_around_vector_widths_and_tiles() {
     let mut rng = SplitMix64::new(seed());
@@ -178,7 +179,8 @@ fn sizes_around_vector_widths_and_tiles() {
         let weights = Weights::<f64>::random(config.clone(), rng.next_u64()).unwrap();
         for threads in [1, 2] {
             let mut model = CpuRnn::with_threads(&weights, threads).unwrap();
-            for (t, b) in [(4, 1), (3, 4), (5, 13), (2, 40)] {
+            // T = 1: a step's projection fused into its product (forward.rs).
+            for (t, b) in [(4, 1), (3, 4), (5, 13), (2, 40), (1, 1), (1, 13)] {
                 let what = format!(
                     "{} threads={threads} T={t} B={b}",
                     rnn_kernels::weights::describe(&config)
@@ -511,21 +513,23 @@ fn reused_reserves_and_workspaces_leak_nothing_between_calls() {
 
 /// A long sequence whose input projection is made a stretch of steps at a
 /// time (a task's whole projection would exceed the caches): both
-/// directions, variable lengths from 1 to T, one and two threads.
+/// directions, variable lengths from 1 to T, one and two threads. A GRU:
+/// an LSTM this narrow sums its projection into each step's product instead.
 #[test]
 fn long_sequences_projected_in_stretches_match_the_reference() {
     let mut rng = SplitMix64::new(seed());
     let config = RnnConfig {
         bidirectional: true,
-        ..RnnConfig::lstm(6, 64)
+        ..RnnConfig::gru(6, 64)
     };
     let weights = Weights::<f64>::random(config.clone(), rng.next_u64()).unwrap();
-    let (t, b) = (600, 16);
+    // 800 steps of 16 rows of 3 · 64 gate columns: 9.8 MB of projection.
+    let (t, b) = (800, 16);
     let (input, state) = random_inputs(&config, t, b, &mut rng);
     let lengths = random_lengths(t, b, &mut rng);
     for threads in [1, 2] {
         let mut model = CpuRnn::with_threads(&weights, threads).unwrap();
-        let what = format!("bidirectional lstm T={t} B={b} threads={threads}");
+        let what = format!("bidirectional gru T={t} B={b} threads={threads}");
         check_forward(
             &what,
             &mut model,

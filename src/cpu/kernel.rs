@@ -184,19 +184,19 @@ pub trait Epilogue<S: Simd, const NV: usize> {
     unsafe fn apply(&self, s: S, row: usize, panel: usize, acc: &[S::V; NV]);
 }
 
-/// `Σ_{kk < k} a[r][kk] · b[kk][v·L ..]` for the `M` rows of a tile and the
-/// `NV` vectors of one panel row.
+/// Adds `Σ_{kk < k} a[r][kk] · b[kk][v·L ..]` to `acc`, for the `M` rows of
+/// a tile and the `NV` vectors of one panel row.
 ///
 /// # Safety
 /// Each `a[r]` points to `k` readable floats; `b` to `k · NV · LANES`.
 #[inline(always)]
 unsafe fn product<S: Simd, const M: usize, const NV: usize>(
     s: S,
+    acc: &mut [[S::V; NV]; M],
     a: &[*const f32; M],
     k: usize,
     b: *const f32,
-) -> [[S::V; NV]; M] {
-    let mut acc = [[s.zero(); NV]; M];
+) {
     let row = NV * S::LANES;
     for kk in 0..k {
         // SAFETY: kk < k, within the caller's bounds.
@@ -211,27 +211,33 @@ unsafe fn product<S: Simd, const M: usize, const NV: usize>(
             }
         }
     }
-    acc
 }
 
-/// One tile: rows `first .. first + M` of `rows`, panel `p` at `b`.
+/// One tile: rows `first .. first + M` of `ops`, panel `p` (its first
+/// packed row at `b`, and the prefix's at `b_prefix`).
 ///
 /// # Safety
 /// As [`product`], and the epilogue's contract for these rows and panel.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<S: Simd, const M: usize, const NV: usize, E: Epilogue<S, NV>>(
     s: S,
-    rows: &[*const f32],
+    ops: &Operands<'_>,
     first: usize,
-    k: usize,
     b: *const f32,
+    b_prefix: *const f32,
     p: usize,
     epilogue: &E,
 ) {
-    let a: [*const f32; M] = std::array::from_fn(|r| rows[first + r]);
+    let mut acc = [[s.zero(); NV]; M];
     // SAFETY: forwarded from the caller.
     unsafe {
-        let acc = product::<S, M, NV>(s, &a, k, b);
+        if let Some(prefix) = &ops.prefix {
+            let a: [*const f32; M] = std::array::from_fn(|r| prefix.rows[first + r]);
+            product::<S, M, NV>(s, &mut acc, &a, prefix.k, b_prefix);
+        }
+        let a: [*const f32; M] = std::array::from_fn(|r| ops.rows[first + r]);
+        product::<S, M, NV>(s, &mut acc, &a, ops.k, b);
         for (r, acc) in acc.iter().enumerate() {
             epilogue.apply(s, first + r, p, acc);
         }
@@ -247,6 +253,19 @@ pub struct Operands<'a> {
     /// Skip this many packed rows of every panel (a product over a slice
     /// of K: the weights' rows `k_offset .. k_offset + k`).
     pub k_offset: usize,
+    /// A second product summed into the same accumulators first: other
+    /// rows times other weights with the same panels of columns (a step's
+    /// input projection fused into its recurrent product).
+    pub prefix: Option<Prefix<'a>>,
+}
+
+/// The first part of a two-part product: `rows[r] · weights` over all `k`.
+pub struct Prefix<'a> {
+    /// One pointer per row of the product, each to `k` readable floats.
+    pub rows: &'a [*const f32],
+    pub k: usize,
+    /// Panels of the same columns as the product's weights (same `nv`, lanes, count).
+    pub weights: &'a Panels,
 }
 
 /// Rows per block of the row loop: enough that a block's activations stay
@@ -274,29 +293,38 @@ pub unsafe fn gemm_rows<S: Simd, const NV: usize, E: Epilogue<S, NV>>(
     debug_assert_eq!(w.nv, NV);
     debug_assert_eq!(w.lanes, S::LANES);
     debug_assert!(ops.k_offset + ops.k <= w.k);
+    let prefix_k = ops.prefix.as_ref().map_or(0, |prefix| {
+        let pw = prefix.weights;
+        debug_assert!(pw.nv == NV && pw.lanes == S::LANES && pw.count == w.count && pw.k == prefix.k);
+        debug_assert_eq!(prefix.rows.len(), ops.rows.len());
+        prefix.k
+    });
     let n = ops.rows.len();
-    let block = (BLOCK_BYTES / (4 * ops.k.max(1))).max(mr) / mr * mr;
+    let block = (BLOCK_BYTES / (4 * (ops.k + prefix_k).max(1))).max(mr) / mr * mr;
     let mut start = 0;
     while start < n {
         let end = n.min(start + block);
         for p in panels.clone() {
             // SAFETY: p < count and k_offset + k <= k per the contract.
             let b = unsafe { w.panel(p).add(ops.k_offset * NV * S::LANES) };
+            let b_prefix = ops
+                .prefix
+                .as_ref()
+                .map_or(std::ptr::null(), |prefix| prefix.weights.panel(p));
             let mut first = start;
             while first < end {
                 let m = mr.min(end - first);
-                let (rows, k) = (ops.rows, ops.k);
                 // SAFETY: rows first..first + m exist; the rest is the caller's contract.
                 unsafe {
                     match m {
-                        1 => tile::<S, 1, NV, E>(s, rows, first, k, b, p, epilogue),
-                        2 => tile::<S, 2, NV, E>(s, rows, first, k, b, p, epilogue),
-                        3 => tile::<S, 3, NV, E>(s, rows, first, k, b, p, epilogue),
-                        4 => tile::<S, 4, NV, E>(s, rows, first, k, b, p, epilogue),
-                        5 => tile::<S, 5, NV, E>(s, rows, first, k, b, p, epilogue),
-                        6 => tile::<S, 6, NV, E>(s, rows, first, k, b, p, epilogue),
-                        7 => tile::<S, 7, NV, E>(s, rows, first, k, b, p, epilogue),
-                        _ => tile::<S, 8, NV, E>(s, rows, first, k, b, p, epilogue),
+                        1 => tile::<S, 1, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        2 => tile::<S, 2, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        3 => tile::<S, 3, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        4 => tile::<S, 4, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        5 => tile::<S, 5, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        6 => tile::<S, 6, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        7 => tile::<S, 7, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        _ => tile::<S, 8, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
                     }
                 }
                 first += m;

@@ -4,7 +4,9 @@
 //! written for speed and checked against it. Where its time goes, per layer
 //! and direction (DESIGN §3):
 //! - the input projection of all `T·B` rows at once, one product with the
-//!   bias folded in (`forward.rs`);
+//!   bias folded in (`forward.rs`); or, for a single step and for LSTM and
+//!   RNN layers whose weights stay in L2, summed into each step's product
+//!   (`FusedInput`);
 //! - per step, one product of the live rows' `h_{t-1}` with `W_hh`, the gate
 //!   math fused into its epilogue while the sums are in registers
 //!   (`kernel.rs`, `cells.rs`);

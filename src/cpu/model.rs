@@ -3,7 +3,8 @@
 //! [`crate::reference`] and the same checks and errors.
 
 use super::forward::{
-    run_layers, KeepPtrs, LayerPass, Projection, Recurrence, RowLayout, RowLists, Split, StatePtrs, TaskLists,
+    run_layers, FusedInput, KeepPtrs, LayerPass, Projection, Recurrence, RowLayout, RowLists, Split,
+    StatePtrs, TaskLists,
 };
 use super::kernel::AlignedBuf;
 use super::packed::{Dims, PackedNetwork};
@@ -337,6 +338,21 @@ impl CpuRnn {
                             out_offset: dir * d.out,
                             state: state_ptrs(&d, batch, base),
                             keep: training.as_ref().map(|t| t.keep[state]),
+                            fused_input: FusedInput::pays(
+                                &d,
+                                in_stride,
+                                run.rows.seq_len,
+                                split.rows_per_task(batch),
+                            )
+                            .then(|| {
+                                packed.w_ih_in_step_panels(&d, self.net.weights.layer_in_range(layer, dir))
+                            })
+                            .flatten()
+                            .map(|weights| FusedInput {
+                                input,
+                                in_stride,
+                                weights,
+                            }),
                         },
                         h0: offset(run.h0, h_len),
                         c0: offset(run.c0, c_len),
@@ -358,12 +374,7 @@ impl CpuRnn {
             };
             in_stride = out_width;
         }
-        run_layers(
-            &self.workers,
-            Split::choose(&d, threads, batch),
-            &passes,
-            &ws.scratch,
-        );
+        run_layers(&self.workers, split, &passes, &ws.scratch);
     }
 }
 

@@ -8,6 +8,7 @@
 //! | `W_hh` (the step) | gates (LSTM, GRU), `r, z` gates (original GRU), plain (RNN) | `Hout` | `G·Hp` |
 //! | `W_hn` (original GRU's second product) | plain | `H` | `Hp` |
 //! | `W_hr` (LSTM projection) | plain | `H` | `Hout_p` |
+//! | `W_ih` again (LSTM steps that fuse the projection; packed on first use) | gates | `in` | `G·Hp` |
 //!
 //! Backward needs the transposes (`W_ihᵀ`, `W_hhᵀ`, `W_hrᵀ`), packed on the
 //! first backward from the forward panels.
@@ -134,6 +135,9 @@ pub struct PackedLayer {
     /// LSTM projection: `W_hr`, plain over `Hout_p`.
     pub w_hr: Option<Panels>,
     backward: OnceLock<BackwardPanels>,
+    /// LSTM: `W_ih` in `W_hh`'s gate panels, for steps that fuse the input
+    /// projection into the recurrent product; packed on first use.
+    w_ih_gates: OnceLock<Panels>,
 }
 
 /// The transposed weights backward multiplies by.
@@ -205,6 +209,33 @@ impl PackedLayer {
             w_hn,
             w_hr,
             backward: OnceLock::new(),
+            w_ih_gates: OnceLock::new(),
+        }
+    }
+
+    /// `W_ih` in the panels of `W_hh`, where the step's gate sums are
+    /// `x · W_ihᵀ + h · W_hhᵀ` column by column (LSTM, RNN; not the GRU,
+    /// whose `n` gate keeps the two apart), so that one product can sum both
+    /// (see [`Operands::prefix`](super::kernel::Operands)). The RNN's plain
+    /// `W_ih` already has `W_hh`'s panels; the LSTM's is packed on first use.
+    pub fn w_ih_in_step_panels(&self, dims: &Dims, w: &LayerWeights<f32>) -> Option<&Panels> {
+        match dims.cell {
+            CellKind::RnnTanh | CellKind::RnnRelu => Some(&self.w_ih),
+            CellKind::Gru => None,
+            CellKind::Lstm => Some(self.w_ih_gates.get_or_init(|| {
+                let data = w.weight_ih.data();
+                let columns = Columns::Gates {
+                    hidden_padded: dims.hidden_padded,
+                };
+                Panels::pack(
+                    self.in_size,
+                    4,
+                    dims.lanes,
+                    dims.gate_width(),
+                    columns,
+                    |k, col| dims.gate_row(col).map(|row| data[row * self.in_size + k]),
+                )
+            })),
         }
     }
 

@@ -712,6 +712,7 @@ impl DxProduct<'_> {
             k: gw,
             weights: self.w_ih_t,
             k_offset: 0,
+            prefix: None,
         };
         dispatch!(d.isa, |s| {
             // SAFETY: each dgi row has gw floats, each dX row dx_width.
@@ -884,6 +885,7 @@ impl BackwardRecurrence<'_> {
                         k: d.out,
                         weights: w_hr_t,
                         k_offset: 0,
+                        prefix: None,
                     };
                     super::forward::plain_product(s, d, &ops, 0, 1, &store);
                     dh_new
@@ -987,6 +989,7 @@ impl BackwardRecurrence<'_> {
                         k: hp,
                         weights: &self.panels.w_hh_t,
                         k_offset: 2 * hp,
+                        prefix: None,
                     };
                     super::forward::plain_product(s, d, &ops, 0, 1, &store);
                     for (&i, &row) in lists.batch.iter().zip(&lists.row) {
@@ -1030,6 +1033,7 @@ impl BackwardRecurrence<'_> {
                     k,
                     weights: &self.panels.w_hh_t,
                     k_offset: 0,
+                    prefix: None,
                 };
                 match self.panels.w_hh_t.nv {
                     4 => gemm_rows::<S, 4, _>(
