@@ -585,16 +585,9 @@ impl LayerPass<'_> {
                     let out = r.output.at(r.rows.row(t, b) * r.out_width + r.out_offset);
                     std::ptr::write_bytes(out, 0, d.out);
                 }
-                // Padded columns must be zero: see cells.rs.
-                let (h, c) = (st.h[0].at(b * out_p), st.c.at(b * hp));
-                std::ptr::write_bytes(h, 0, out_p);
-                std::ptr::write_bytes(c, 0, hp);
-                if !self.h0.is_null() {
-                    std::ptr::copy_nonoverlapping(self.h0.add(b * d.out), h, d.out);
-                }
-                if !self.c0.is_null() {
-                    std::ptr::copy_nonoverlapping(self.c0.add(b * d.hidden), c, d.hidden);
-                }
+                // The given state or zeros; padded columns zero (see cells.rs).
+                load_row(self.h0, b, d.out, st.h[0].at(b * out_p), out_p);
+                load_row(self.c0, b, d.hidden, st.c.at(b * hp), hp);
             }
         }
     }
@@ -649,6 +642,26 @@ impl LayerPass<'_> {
                 }
             }
         }
+    }
+}
+
+/// Row `b` of `src` (`[B, width]`; null: zeros) into `dst`, zero-padded to
+/// `padded` floats.
+///
+/// # Safety
+/// `src` (unless null) holds row `b` of `width` floats; `dst` has `padded`
+/// writable floats.
+#[inline(always)]
+unsafe fn load_row(src: *const f32, b: usize, width: usize, dst: *mut f32, padded: usize) {
+    // SAFETY: as the contract says.
+    unsafe {
+        let zeros_from = if src.is_null() {
+            0
+        } else {
+            std::ptr::copy_nonoverlapping(src.add(b * width), dst, width);
+            width
+        };
+        std::ptr::write_bytes(dst.add(zeros_from), 0, padded - zeros_from);
     }
 }
 
