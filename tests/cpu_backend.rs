@@ -541,3 +541,36 @@ fn long_sequences_projected_in_stretches_match_the_reference() {
         );
     }
 }
+
+/// Layers that project apart and layers that sum their projection into each
+/// step (forward.rs, `FusedInput::pays`) in one network: a first layer too
+/// wide to fuse, then narrow ones, with the workspace reused across shapes
+/// that fuse differently (one step, many steps, a batch too small to fuse).
+#[test]
+fn fused_and_separate_projections_in_one_network() {
+    let mut rng = SplitMix64::new(seed());
+    for cell in [rnn_kernels::CellKind::Lstm, rnn_kernels::CellKind::RnnTanh] {
+        let config = RnnConfig {
+            num_layers: 3,
+            ..RnnConfig::new(cell, 3000, 48)
+        };
+        let weights = Weights::<f64>::random(config.clone(), rng.next_u64()).unwrap();
+        for threads in [1, 2] {
+            let mut model = CpuRnn::with_threads(&weights, threads).unwrap();
+            for (t, b) in [(5, 24), (1, 24), (9, 3), (5, 24)] {
+                let what = format!("{cell:?} I=3000 H=48 L=3 threads={threads} T={t} B={b}");
+                let (input, state) = random_inputs(&config, t, b, &mut rng);
+                let lengths = random_lengths(t, b, &mut rng);
+                check_forward(
+                    &what,
+                    &mut model,
+                    &weights,
+                    &input,
+                    Some(&lengths),
+                    Some(&state.h),
+                    state.c.as_ref(),
+                );
+            }
+        }
+    }
+}

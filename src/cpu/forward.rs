@@ -563,11 +563,17 @@ impl LayerPass<'_> {
         self.finish(rows);
     }
 
-    /// The stretches of processing steps whose projections fit `gi`'s ring.
+    /// The stretches of processing steps whose projections fit `gi`'s ring
+    /// (all of them at once for a fused layer).
     pub fn stretches(&self, rows: Range<usize>) -> impl Iterator<Item = Range<usize>> {
         let r = &self.recurrence;
         let max_len = rows.map(|b| r.lengths[b]).max().unwrap_or(0);
-        let chunk = r.gi_steps;
+        // A fused layer has no gi (its ring may be empty): one stretch.
+        let chunk = if r.fused_input.is_some() {
+            max_len.max(1)
+        } else {
+            r.gi_steps
+        };
         (0..max_len.div_ceil(chunk)).map(move |i| i * chunk..((i + 1) * chunk).min(max_len))
     }
 

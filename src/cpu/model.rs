@@ -270,10 +270,22 @@ impl CpuRnn {
         ws.prepare(&d, run, threads);
         let gate_width = d.gate_width();
         let split = Split::choose(&d, threads, batch);
+        // The weights a layer-direction's steps sum its projection with, where that pays.
+        let fused_weights = |layer: usize, dir: usize| {
+            let (net, seq_len) = (&self.net, run.rows.seq_len);
+            FusedInput::pays(&d, d.layer_input(layer), seq_len, split.rows_per_task(batch))
+                .then(|| {
+                    net.layer(layer, dir)
+                        .w_ih_in_step_panels(&d, net.weights.layer_in_range(layer, dir))
+                })
+                .flatten()
+        };
+        // Only the layers that project apart need gi.
         let gi_steps = (0..d.layers)
+            .filter(|&layer| fused_weights(layer, 0).is_none())
             .map(|layer| gi_steps(&d, layer, split.rows_per_task(batch), run.rows.seq_len))
             .max()
-            .unwrap_or(1);
+            .unwrap_or(0);
         let gi_rows = gi_steps * batch;
         let gi = SharedPtr(grown(&mut ws.gi, d.dirs * gi_rows * gate_width).as_mut_ptr());
         let state_len = state_floats(&d, batch);
@@ -338,17 +350,7 @@ impl CpuRnn {
                             out_offset: dir * d.out,
                             state: state_ptrs(&d, batch, base),
                             keep: training.as_ref().map(|t| t.keep[state]),
-                            fused_input: FusedInput::pays(
-                                &d,
-                                in_stride,
-                                run.rows.seq_len,
-                                split.rows_per_task(batch),
-                            )
-                            .then(|| {
-                                packed.w_ih_in_step_panels(&d, self.net.weights.layer_in_range(layer, dir))
-                            })
-                            .flatten()
-                            .map(|weights| FusedInput {
+                            fused_input: fused_weights(layer, dir).map(|weights| FusedInput {
                                 input,
                                 in_stride,
                                 weights,
