@@ -186,7 +186,7 @@ impl FusedInput<'_> {
     /// 60 → 149 ms).
     pub fn pays(d: &Dims, in_size: usize, seq_len: usize, rows: usize) -> bool {
         let weights_bytes = (in_size + d.out) * d.gate_width() * 4;
-        seq_len == 1 || (weights_bytes <= FUSED_WEIGHTS_BYTES && rows >= d.isa.rows_per_tile(d.gates.max(2)))
+        seq_len == 1 || (weights_bytes <= FUSED_WEIGHTS_BYTES && rows >= d.step_tile_rows())
     }
 }
 
@@ -466,7 +466,7 @@ impl Split {
         if threads <= 1 {
             return Split::Rows { chunks: 1 };
         }
-        let mr = d.isa.rows_per_tile(d.gates.max(2));
+        let mr = d.step_tile_rows();
         let step_work = batch * d.out * d.gate_width();
         if d.dirs == 1 && batch < 2 * mr && step_work >= UNIT_SPLIT_MIN_WORK {
             return Split::Units;

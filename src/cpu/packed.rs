@@ -58,6 +58,12 @@ impl Dims {
         }
     }
 
+    /// The rows of one micro-kernel tile of a step's product: a batch
+    /// chunk smaller than this leaves the kernel's width idle.
+    pub fn step_tile_rows(&self) -> usize {
+        self.isa.rows_per_tile(self.gates.max(2))
+    }
+
     /// `G·Hp`: the padded gate columns.
     pub fn gate_width(&self) -> usize {
         self.gates * self.hidden_padded
