@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, case_files, fixtures_dir, Case};
+use common::{assert_close, case_files, fixtures_dir, rnnk, rnnk_path, Case, Run};
 use rnn_kernels::tensor_file::{self, OwnedTensor};
 use rnn_kernels::{StoredDtype, Tensor, TensorFile};
 use std::collections::HashMap;
@@ -11,44 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rnnk-cli-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-struct Run {
-    ok: bool,
-    code: Option<i32>,
-    stderr: String,
-}
-
-/// The `rnnk` binary: cargo's, or on a GPU machine (where tests run from
-/// `.gpu/bin/` and `target/` did not travel) the one `pack` put in `.gpu/examples/`.
-fn rnnk_path() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_rnnk"));
-    if built.exists() {
-        return built;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let packed = exe.parent().unwrap().join("../examples/rnnk");
-    assert!(
-        packed.exists(),
-        "no rnnk binary at {} or {}",
-        built.display(),
-        packed.display()
-    );
-    packed
-}
-
-fn rnnk(args: &[&str]) -> Run {
-    let out = Command::new(rnnk_path()).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "rnnk panicked: {stderr}");
-    Run {
-        ok: out.status.success(),
-        code: out.status.code(),
-        stderr,
-    }
+    common::temp_dir("cli", test)
 }
 
 /// A fixture's inputs (what `rnnk forward` takes, and with `grads` what

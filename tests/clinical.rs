@@ -4,6 +4,8 @@
 //! whole-stay scorer, and every bad cohort or model answered by one line on
 //! stderr, a non-zero exit and no output file.
 
+mod common;
+
 use rnn_kernels::tensor_file::{self, OwnedTensor};
 use rnn_kernels::{StoredDtype, Tensor, TensorFile};
 use std::collections::HashMap;
@@ -14,13 +16,11 @@ use std::process::Command;
 const PROB_TOL: f64 = 1e-5;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clinical")
+    common::fixtures_dir().join("clinical")
 }
 
 fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rnnk-clinical-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("clinical", test)
 }
 
 /// An example's binary: cargo builds examples beside the test harnesses

@@ -82,6 +82,29 @@ fn check_forward(
     assert_eq!(got, again, "{what}: a second call differs");
 }
 
+/// [`check_forward`] on fresh random inputs of `T = t`, `B = b`, with random
+/// lengths and a random initial state.
+fn check_random_forward(
+    what: &str,
+    model: &mut CpuRnn,
+    weights: &Weights<f64>,
+    t: usize,
+    b: usize,
+    rng: &mut SplitMix64,
+) {
+    let (input, state) = random_inputs(weights.config(), t, b, rng);
+    let lengths = random_lengths(t, b, rng);
+    check_forward(
+        what,
+        model,
+        weights,
+        &input,
+        Some(&lengths),
+        Some(&state.h),
+        state.c.as_ref(),
+    );
+}
+
 fn random_inputs(config: &RnnConfig, t: usize, b: usize, rng: &mut SplitMix64) -> (Tensor<f64>, State<f64>) {
     let shape = if config.batch_first {
         [b, t, config.input_size]
@@ -185,17 +208,7 @@ fn sizes_around_vector_widths_and_tiles() {
                     "{} threads={threads} T={t} B={b}",
                     rnn_kernels::weights::describe(&config)
                 );
-                let (input, state) = random_inputs(&config, t, b, &mut rng);
-                let lengths = random_lengths(t, b, &mut rng);
-                check_forward(
-                    &what,
-                    &mut model,
-                    &weights,
-                    &input,
-                    Some(&lengths),
-                    Some(&state.h),
-                    state.c.as_ref(),
-                );
+                check_random_forward(&what, &mut model, &weights, t, b, &mut rng);
             }
         }
     }
@@ -559,17 +572,7 @@ fn fused_and_separate_projections_in_one_network() {
             let mut model = CpuRnn::with_threads(&weights, threads).unwrap();
             for (t, b) in [(5, 24), (1, 24), (9, 3), (5, 24)] {
                 let what = format!("{cell:?} I=3000 H=48 L=3 threads={threads} T={t} B={b}");
-                let (input, state) = random_inputs(&config, t, b, &mut rng);
-                let lengths = random_lengths(t, b, &mut rng);
-                check_forward(
-                    &what,
-                    &mut model,
-                    &weights,
-                    &input,
-                    Some(&lengths),
-                    Some(&state.h),
-                    state.c.as_ref(),
-                );
+                check_random_forward(&what, &mut model, &weights, t, b, &mut rng);
             }
         }
     }

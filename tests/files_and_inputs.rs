@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::fixtures_dir;
+use common::{fixtures_dir, rnnk, rnnk_path, Run};
 use rnn_kernels::tensor_file::{self, OwnedTensor};
 use rnn_kernels::{reference, ForwardInput, RnnConfig, StoredDtype, Tensor, TensorFile, Weights};
 use std::collections::HashMap;
@@ -15,39 +15,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// An empty directory for one test.
 fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rnnk-files-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::temp_dir("files", test);
+    std::fs::remove_dir_all(&dir).unwrap();
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn rnnk_path() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_rnnk"));
-    if built.exists() {
-        return built;
-    }
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().join("../examples/rnnk")
-}
-
-struct Run {
-    ok: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn rnnk(args: &[&str]) -> Run {
-    let out = Command::new(rnnk_path()).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "rnnk panicked: {stderr}");
-    Run {
-        ok: out.status.success(),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    }
 }
 
 fn forward(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Run {

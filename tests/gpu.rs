@@ -544,6 +544,13 @@ impl TrainingCase {
         }
     }
 
+    /// The inference forward (`what` names the run), then a training step
+    /// through the device API.
+    fn check_forward_and_device(&self, what: &str, m: &mut CudaRnn) {
+        self.case.check(what, &self.case.run(m), 2e-5);
+        self.check_device(m);
+    }
+
     /// Through the host-tensor API.
     fn check_host(&self, m: &mut CudaRnn) {
         let case = &self.case;
@@ -847,12 +854,7 @@ fn every_cell_on_multi_cta_and_l2_splits_forward_and_backward() {
                 (ctas, on_chip),
                 "{plan:?}"
             );
-            training.case.check(
-                &format!("{strategy:?} {plan:?}"),
-                &training.case.run(&mut m),
-                2e-5,
-            );
-            training.check_device(&mut m);
+            training.check_forward_and_device(&format!("{strategy:?} {plan:?}"), &mut m);
         }
     }
 }
@@ -927,10 +929,7 @@ fn four_rows_per_thread_over_several_batch_tiles() {
         m.set_blocking(Some(blocking));
         let plan = m.plan(batch).unwrap();
         eprintln!("B={batch}: {plan:?}");
-        training
-            .case
-            .check(&format!("B={batch} {plan:?}"), &training.case.run(&mut m), 2e-5);
-        training.check_device(&mut m);
+        training.check_forward_and_device(&format!("B={batch} {plan:?}"), &mut m);
     }
 }
 
@@ -971,10 +970,7 @@ fn a_large_projection() {
     let training = TrainingCase::new(&config, 6, 3, None, 1400);
     let mut m = model(&device, &training.case);
     let plan = m.plan(3).unwrap();
-    training
-        .case
-        .check(&format!("{plan:?}"), &training.case.run(&mut m), 2e-5);
-    training.check_device(&mut m);
+    training.check_forward_and_device(&format!("{plan:?}"), &mut m);
 }
 
 /// More batch rows than a grid's y or z dimension may hold (65,535): they

@@ -3,6 +3,54 @@
 
 use rnn_kernels::{Element, Tensor, TensorFile, Weights};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A directory of this process for test binary `kind`'s files named `name`
+/// (tests that share a name share it, so it is created, never emptied).
+pub fn temp_dir(kind: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rnnk-{kind}-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The `rnnk` binary: cargo's, or on a GPU machine (where tests run from
+/// `.gpu/bin/` and `target/` did not travel) the one `pack` put in `.gpu/examples/`.
+pub fn rnnk_path() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_rnnk"));
+    if built.exists() {
+        return built;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let packed = exe.parent().unwrap().join("../examples/rnnk");
+    assert!(
+        packed.exists(),
+        "no rnnk binary at {} or {}",
+        built.display(),
+        packed.display()
+    );
+    packed
+}
+
+/// What one run of `rnnk` did.
+pub struct Run {
+    pub ok: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `rnnk` with `args`; a panic is never an acceptable answer.
+pub fn rnnk(args: &[&str]) -> Run {
+    let out = Command::new(rnnk_path()).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "rnnk panicked: {stderr}");
+    Run {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    }
+}
 
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
