@@ -128,6 +128,15 @@ pub struct SequenceDims {
     pub batch: usize,
 }
 
+/// The shape of a forward call's `output`: the input's with `D·Hout` features.
+pub fn output_shape(config: &RnnConfig, dims: SequenceDims) -> [usize; 3] {
+    if config.batch_first {
+        [dims.batch, dims.seq_len, config.output_width()]
+    } else {
+        [dims.seq_len, dims.batch, config.output_width()]
+    }
+}
+
 pub fn h_shape(config: &RnnConfig, batch: usize) -> [usize; 3] {
     [config.num_states(), batch, config.output_size()]
 }
@@ -143,12 +152,17 @@ where
     T: Copy,
 {
     let shape = args.input.shape();
-    let (layout, expected) = if config.batch_first {
-        ("[B, T, I]", format!("[B, T, {}]", config.input_size))
-    } else {
-        ("[T, B, I]", format!("[T, B, {}]", config.input_size))
+    // Formatted only for an error: a valid call allocates nothing.
+    let expected = || {
+        let i = config.input_size;
+        if config.batch_first {
+            (format!("[B, T, {i}]"), "[B, T, I]")
+        } else {
+            (format!("[T, B, {i}]"), "[T, B, I]")
+        }
     };
     if shape.len() != 3 || shape[2] != config.input_size {
+        let (expected, layout) = expected();
         return Err(Error::shape("input", format!("{expected} ({layout})"), shape));
     }
     let (seq_len, batch) = if config.batch_first {
@@ -159,7 +173,7 @@ where
     if seq_len == 0 || batch == 0 {
         return Err(Error::shape(
             "input",
-            format!("{expected} with T >= 1 and B >= 1"),
+            format!("{} with T >= 1 and B >= 1", expected().0),
             shape,
         ));
     }
@@ -210,12 +224,12 @@ pub fn check_grad_outputs<T: Copy>(
     grad_h_n: Option<&Tensor<T>>,
     grad_c_n: Option<&Tensor<T>>,
 ) -> Result<()> {
-    let (layout, leading) = if config.batch_first {
-        ("[B, T, D*Hout]", [dims.batch, dims.seq_len])
+    let layout = if config.batch_first {
+        "[B, T, D*Hout]"
     } else {
-        ("[T, B, D*Hout]", [dims.seq_len, dims.batch])
+        "[T, B, D*Hout]"
     };
-    let expected = [leading[0], leading[1], config.output_width()];
+    let expected = output_shape(config, dims);
     if grad_output.shape() != expected {
         return Err(Error::shape(
             "grad_output",

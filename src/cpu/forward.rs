@@ -80,7 +80,7 @@ pub struct RowLists {
 unsafe impl Send for RowLists {}
 
 impl RowLists {
-    fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.batch.clear();
         self.row.clear();
         self.live.clear();
@@ -482,30 +482,38 @@ impl Split {
     }
 }
 
-/// Runs a forward call's layers (each `passes[layer]`, one per direction)
-/// on `workers` with `split`.
-pub fn run_layers(workers: &Workers, split: Split, passes: &[Vec<LayerPass<'_>>], scratch: &Scratch) {
+/// A forward call's layers: `pass(layer, dir)` for each layer and direction.
+pub struct Layers<'p, 'a> {
+    pub count: usize,
+    pub dirs: usize,
+    pub batch: usize,
+    pub pass: &'p (dyn Fn(usize, usize) -> LayerPass<'a> + Sync),
+}
+
+/// Runs a forward call's layers on `workers` with `split`.
+pub fn run_layers(workers: &Workers, split: Split, layers: &Layers<'_, '_>, scratch: &Scratch) {
     let threads = workers.threads();
-    let batch = passes[0][0].recurrence.rows.batch;
+    let (batch, dirs) = (layers.batch, layers.dirs);
     match split {
         Split::Rows { chunks } => workers.broadcast(|w, barrier| {
-            for (layer, directions) in passes.iter().enumerate() {
-                let tasks = directions.len() * chunks;
+            for layer in 0..layers.count {
+                let tasks = dirs * chunks;
                 for task in (w..tasks).step_by(threads) {
-                    let pass = &directions[task / chunks];
+                    let pass = (layers.pass)(layer, task / chunks);
                     pass.run_rows(share(batch, task % chunks, chunks), &mut scratch[task].lock());
                 }
                 // The next layer's rows read both directions' outputs; with
                 // one direction, a task reads only what it wrote itself.
-                if directions.len() > 1 && layer + 1 < passes.len() {
+                if dirs > 1 && layer + 1 < layers.count {
                     barrier.wait();
                 }
             }
         }),
         Split::Units => workers.broadcast(|w, barrier| {
             let mut lists = scratch[w].lock();
-            for directions in passes {
-                for pass in directions {
+            for layer in 0..layers.count {
+                for dir in 0..dirs {
+                    let pass = (layers.pass)(layer, dir);
                     if w == 0 {
                         pass.begin(0..batch);
                     }

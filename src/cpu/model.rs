@@ -3,7 +3,7 @@
 //! [`crate::reference`] and the same checks and errors.
 
 use super::forward::{
-    run_layers, FusedInput, KeepPtrs, LayerPass, Projection, Recurrence, RowLayout, RowLists, Split,
+    run_layers, FusedInput, KeepPtrs, LayerPass, Layers, Projection, Recurrence, RowLayout, RowLists, Split,
     StatePtrs, TaskLists,
 };
 use super::kernel::AlignedBuf;
@@ -95,6 +95,10 @@ pub(super) struct Run<'a> {
     pub c_n: *mut f32,
 }
 
+// SAFETY: the workers only read the pointers to build each task's
+// `LayerPass`, which writes through them to the rows it owns (see there).
+unsafe impl Sync for Run<'_> {}
+
 impl CpuRnn {
     /// Prepares `weights` (converted to f32) with one thread per core.
     pub fn new<T: Element>(weights: &Weights<T>) -> Result<Self> {
@@ -162,10 +166,8 @@ impl CpuRnn {
     pub(super) fn empty_output(&self, args: &ForwardInput<'_, f32>) -> Result<ForwardOutput<f32>> {
         let config = self.config();
         let dims = sequence::check_forward(config, args)?;
-        let mut shape = args.input.shape().to_vec();
-        shape[2] = config.output_width();
         Ok(ForwardOutput {
-            output: Tensor::zeros(shape),
+            output: Tensor::zeros(sequence::output_shape(config, dims)),
             h_n: Tensor::zeros(sequence::h_shape(config, dims.batch)),
             c_n: config
                 .has_cell_state()
@@ -190,9 +192,7 @@ impl CpuRnn {
     ) -> Result<Run<'a>> {
         let config = self.config();
         let dims = sequence::check_forward(config, args)?;
-        let mut out_shape = args.input.shape().to_vec();
-        out_shape[2] = config.output_width();
-        check_shape("output", out.output.shape(), &out_shape)?;
+        check_shape("output", out.output.shape(), &sequence::output_shape(config, dims))?;
         check_shape("h_n", out.h_n.shape(), &sequence::h_shape(config, dims.batch))?;
         if let Some(c_n) = sequence::cell_state_arg(config, "c_n", out.c_n.as_ref(), true)? {
             check_shape("c_n", c_n.shape(), &sequence::c_shape(config, dims.batch))?;
@@ -300,83 +300,88 @@ impl CpuRnn {
         };
         let lengths = &ws.lengths[..];
         let (h_len, c_len) = (batch * d.out, batch * d.hidden);
-        let (mut input, mut in_stride) = (run.input.as_ptr(), d.input_size);
-        let mut passes: Vec<Vec<LayerPass<'_>>> = Vec::with_capacity(d.layers);
-        for layer in 0..d.layers {
-            let last = layer + 1 == d.layers;
-            let output = match &training {
-                _ if last => SharedPtr(run.output),
-                Some(sink) => sink.outputs[layer],
-                None => layer_out[layer % 2],
-            };
-            let dropout = training
+        let output = |layer: usize| match &training {
+            _ if layer + 1 == d.layers => SharedPtr(run.output),
+            Some(sink) => sink.outputs[layer],
+            None => layer_out[layer % 2],
+        };
+        let dropout = |layer: usize| {
+            training
                 .as_ref()
                 .and_then(|t| t.dropout)
-                .filter(|_| !last)
-                .map(|(dropout, dropped)| (dropout, layer, dropped[layer]));
-            let directions = (0..d.dirs)
-                .map(|dir| {
-                    let state = layer * d.dirs + dir;
-                    let packed = self.net.layer(layer, dir);
-                    // SAFETY: direction dir's blocks of gi and of the states.
-                    let (gi, base) =
-                        unsafe { (gi.at(dir * gi_rows * gate_width), states.at(dir * state_len)) };
-                    let offset = |p: *const f32, len: usize| {
-                        if p.is_null() {
-                            p
-                        } else {
-                            // SAFETY: h0/c0 (checked) hold L·D state rows of len floats.
-                            unsafe { p.add(state * len) }
-                        }
-                    };
-                    LayerPass {
-                        projection: Projection {
-                            dims: &self.net.dims,
-                            layer: packed,
-                            input,
-                            in_stride,
-                            gi: SharedPtr(gi),
-                        },
-                        recurrence: Recurrence {
-                            dims: &self.net.dims,
-                            layer: packed,
-                            reverse: dir == 1,
-                            lengths,
-                            rows: run.rows,
-                            gi: SharedPtr(gi),
-                            gi_steps,
-                            output,
-                            out_width,
-                            out_offset: dir * d.out,
-                            state: state_ptrs(&d, batch, base),
-                            keep: training.as_ref().map(|t| t.keep[state]),
-                            fused_input: fused_weights(layer, dir).map(|weights| FusedInput {
-                                input,
-                                in_stride,
-                                weights,
-                            }),
-                        },
-                        h0: offset(run.h0, h_len),
-                        c0: offset(run.c0, c_len),
-                        // SAFETY: h_n/c_n (checked) hold L·D state rows.
-                        h_n: unsafe { run.h_n.add(state * h_len) },
-                        c_n: if run.c_n.is_null() {
-                            std::ptr::null_mut()
-                        } else {
-                            unsafe { run.c_n.add(state * c_len) }
-                        },
-                        dropout,
-                    }
-                })
-                .collect();
-            passes.push(directions);
-            input = match dropout {
-                Some((_, _, next)) => next.0.cast_const(),
-                None => output.0.cast_const(),
+                .filter(|_| layer + 1 < d.layers)
+                .map(|(dropout, dropped)| (dropout, layer, dropped[layer]))
+        };
+        // Layer `layer`'s input and its row stride: the call's, or the
+        // previous layer's output (after its dropout, when training).
+        let input = |layer: usize| match layer.checked_sub(1) {
+            None => (run.input.as_ptr(), d.input_size),
+            Some(below) => match dropout(below) {
+                Some((_, _, next)) => (next.0.cast_const(), out_width),
+                None => (output(below).0.cast_const(), out_width),
+            },
+        };
+        // Built where each task needs it, so that a call allocates nothing.
+        let pass = |layer: usize, dir: usize| {
+            let state = layer * d.dirs + dir;
+            let packed = self.net.layer(layer, dir);
+            let (input, in_stride) = input(layer);
+            // SAFETY: direction dir's blocks of gi and of the states.
+            let (gi, base) = unsafe { (gi.at(dir * gi_rows * gate_width), states.at(dir * state_len)) };
+            let offset = |p: *const f32, len: usize| {
+                if p.is_null() {
+                    p
+                } else {
+                    // SAFETY: h0/c0 (checked) hold L·D state rows of len floats.
+                    unsafe { p.add(state * len) }
+                }
             };
-            in_stride = out_width;
-        }
-        run_layers(&self.workers, split, &passes, &ws.scratch);
+            LayerPass {
+                projection: Projection {
+                    dims: &self.net.dims,
+                    layer: packed,
+                    input,
+                    in_stride,
+                    gi: SharedPtr(gi),
+                },
+                recurrence: Recurrence {
+                    dims: &self.net.dims,
+                    layer: packed,
+                    reverse: dir == 1,
+                    lengths,
+                    rows: run.rows,
+                    gi: SharedPtr(gi),
+                    gi_steps,
+                    output: output(layer),
+                    out_width,
+                    out_offset: dir * d.out,
+                    state: state_ptrs(&d, batch, base),
+                    keep: training.as_ref().map(|t| t.keep[state]),
+                    fused_input: fused_weights(layer, dir).map(|weights| FusedInput {
+                        input,
+                        in_stride,
+                        weights,
+                    }),
+                },
+                h0: offset(run.h0, h_len),
+                c0: offset(run.c0, c_len),
+                // SAFETY: h_n/c_n (checked) hold L·D state rows.
+                h_n: unsafe { run.h_n.add(state * h_len) },
+                c_n: if run.c_n.is_null() {
+                    std::ptr::null_mut()
+                } else {
+                    unsafe { run.c_n.add(state * c_len) }
+                },
+                dropout: dropout(layer),
+            }
+        };
+        let layers = Layers {
+            count: d.layers,
+            dirs: d.dirs,
+            batch,
+            pass: &pass,
+        };
+        run_layers(&self.workers, split, &layers, &ws.scratch);
     }
 }
 
@@ -406,13 +411,16 @@ impl Workspace {
 
 impl RowLists {
     /// Capacity for `n` rows in every list (so that a call allocates nothing).
+    /// Emptied first: `reserve` counts from the length the last call left.
     fn reserve(&mut self, n: usize) {
+        self.clear();
         self.batch.reserve(n);
         self.row.reserve(n);
         self.live.reserve(n);
         self.a.reserve(n);
         self.a2.reserve(n);
         self.out.reserve(n);
+        self.x.reserve(n);
     }
 }
 

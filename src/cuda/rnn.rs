@@ -351,7 +351,7 @@ impl CudaRnn {
                 c_n: outputs.c_n.as_mut(),
             },
         )?;
-        self.download_outputs(&outputs, args.input.shape(), dims)
+        self.download_outputs(&outputs, dims)
     }
 
     pub(super) fn upload<T: DeviceRepr>(&self, data: &[T], what: &str) -> Result<CudaSlice<T>> {
@@ -405,15 +405,10 @@ impl CudaRnn {
     pub(super) fn download_outputs(
         &self,
         outputs: &DeviceOutputs,
-        input_shape: &[usize],
         dims: SequenceDims,
     ) -> Result<ForwardOutput<f32>> {
         let c = &self.config;
-        let out_shape: Vec<usize> = input_shape[..2]
-            .iter()
-            .copied()
-            .chain([c.output_width()])
-            .collect();
+        let out_shape = sequence::output_shape(c, dims);
         Ok(ForwardOutput {
             output: self.download(&outputs.output, &out_shape, "output")?,
             h_n: self.download(&outputs.h_n, &sequence::h_shape(c, dims.batch), "h_n")?,

@@ -276,7 +276,7 @@ impl CudaRnn {
             &mut reserve,
             dropout_seed,
         )?;
-        let result = self.download_outputs(&outputs, args.input.shape(), dims)?;
+        let result = self.download_outputs(&outputs, dims)?;
         let state = CudaTrainingState {
             dims,
             input_shape: args.input.shape().to_vec(),
