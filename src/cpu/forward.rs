@@ -122,9 +122,10 @@ pub struct KeepPtrs {
 /// The per-direction state buffers of a recurrence, each `[B, ·]`.
 #[derive(Clone, Copy, Debug)]
 pub struct StatePtrs {
-    /// Two `h` buffers, `[B, Hout_p]` each: step `s` reads `h[s % 2]`, writes the other.
+    /// Two `h` buffers, `[B, Hout_p]` each: step `s` reads `h[s % 2]`, writes
+    /// the other; only `h[0]`, for a zero `h0`, where `Dims::h_in_output`.
     pub h: [SharedPtr; 2],
-    /// LSTM `c`; original GRU `z`: `[B, Hp]`.
+    /// LSTM `c` (`c_n` itself where `Dims::c_in_c_n`); original GRU `z`: `[B, Hp]`.
     pub c: SharedPtr,
     /// LSTM projection: `h` before the projection, `[B, Hp]`.
     pub h_new: SharedPtr,
@@ -150,6 +151,8 @@ pub struct Recurrence<'a> {
     pub out_width: usize,
     pub out_offset: usize,
     pub state: StatePtrs,
+    /// This state's rows of `h0` (null: zeros), `[B, Hout]`.
+    pub h0: *const f32,
     pub keep: Option<KeepPtrs>,
     /// The input projection summed into each step's product instead of
     /// read from `gi` (then unused): see [`FusedInput`].
@@ -203,6 +206,16 @@ impl Recurrence<'_> {
     #[inline(always)]
     pub fn gi_slot(&self, step: usize, b: usize) -> usize {
         (step % self.gi_steps) * self.rows.batch + b
+    }
+
+    /// This direction's columns of output row `row`.
+    ///
+    /// # Safety
+    /// `row` < T·B.
+    #[inline(always)]
+    unsafe fn output_row(&self, row: usize) -> *mut f32 {
+        // SAFETY: the output holds T·B rows of out_width floats.
+        unsafe { self.output.at(row * self.out_width + self.out_offset) }
     }
 
     /// Processing step `step` of a row of length `len` is time `time(step, len)`.
@@ -269,7 +282,12 @@ impl Recurrence<'_> {
                         continue;
                     }
                     let row = self.rows.row(self.time(step, len), b);
-                    let h_prev = st.h[cur].at(b * out_p);
+                    let h_prev = match step {
+                        _ if !d.h_in_output() => st.h[cur].at(b * out_p),
+                        0 if self.h0.is_null() => st.h[0].at(b * out_p),
+                        0 => self.h0.add(b * d.out),
+                        _ => self.output_row(self.rows.row(self.time(step - 1, len), b)),
+                    };
                     let keep = self.keep;
                     let gi = match self.fused_input {
                         Some(fused) => {
@@ -283,6 +301,8 @@ impl Recurrence<'_> {
                         h_prev,
                         h_next: if d.projects() {
                             st.h_new.at(b * hp)
+                        } else if d.h_in_output() {
+                            self.output_row(row)
                         } else {
                             st.h[next].at(b * out_p)
                         },
@@ -329,11 +349,12 @@ impl Recurrence<'_> {
                     }
                 }
                 sync();
-                // The new h of this worker's share of the live rows, to the output.
-                let live = share(lists.batch.len(), worker, workers);
-                for (&b, &row) in lists.batch[live.clone()].iter().zip(&lists.row[live]) {
-                    let dst = self.output.at(row * self.out_width + self.out_offset);
-                    std::ptr::copy_nonoverlapping(st.h[next].at(b * out_p), dst, d.out);
+                if !d.h_in_output() {
+                    // The new h of this worker's share of the live rows, to the output.
+                    let live = share(lists.batch.len(), worker, workers);
+                    for (&b, &row) in lists.batch[live.clone()].iter().zip(&lists.row[live]) {
+                        std::ptr::copy_nonoverlapping(st.h[next].at(b * out_p), self.output_row(row), d.out);
+                    }
                 }
             }
         }
@@ -542,8 +563,7 @@ pub fn run_layers(workers: &Workers, split: Split, layers: &Layers<'_, '_>, scra
 pub struct LayerPass<'a> {
     pub projection: Projection<'a>,
     pub recurrence: Recurrence<'a>,
-    /// This state's rows of `h0`/`c0` (null: zeros), `[B, Hout]` / `[B, H]`.
-    pub h0: *const f32,
+    /// This state's rows of `c0` (null: zeros), `[B, H]` (`h0`: the recurrence's).
     pub c0: *const f32,
     /// This state's rows of `h_n`/`c_n` (`c_n` null: none).
     pub h_n: *mut f32,
@@ -600,7 +620,10 @@ impl LayerPass<'_> {
                     std::ptr::write_bytes(out, 0, d.out);
                 }
                 // The given state or zeros; padded columns zero (see cells.rs).
-                load_row(self.h0, b, d.out, st.h[0].at(b * out_p), out_p);
+                // (Read in place when h lives in the output rows.)
+                if !d.h_in_output() || r.h0.is_null() {
+                    load_row(r.h0, b, d.out, st.h[0].at(b * out_p), out_p);
+                }
                 load_row(self.c0, b, d.hidden, st.c.at(b * hp), hp);
             }
         }
@@ -632,19 +655,17 @@ impl LayerPass<'_> {
         let st = r.state;
         for b in rows {
             let len = r.lengths[b];
-            // SAFETY: step len - 1 wrote h[len % 2]; h_n/c_n hold [B, ·].
+            // SAFETY: step len - 1 wrote h[len % 2] (or its output row, at
+            // time(len - 1)); h_n/c_n hold [B, ·].
             unsafe {
-                std::ptr::copy_nonoverlapping(
-                    st.h[len % 2].at(b * d.out_padded),
-                    self.h_n.add(b * d.out),
-                    d.out,
-                );
+                let h_last = if d.h_in_output() {
+                    r.output_row(r.rows.row(r.time(len - 1, len), b))
+                } else {
+                    st.h[len % 2].at(b * d.out_padded)
+                };
+                std::ptr::copy_nonoverlapping(h_last, self.h_n.add(b * d.out), d.out);
                 if !self.c_n.is_null() {
-                    std::ptr::copy_nonoverlapping(
-                        st.c.at(b * d.hidden_padded),
-                        self.c_n.add(b * d.hidden),
-                        d.hidden,
-                    );
+                    copy_row(st.c.at(b * d.hidden_padded), self.c_n.add(b * d.hidden), d.hidden);
                 }
                 if let Some((dropout, layer, next)) = self.dropout {
                     for t in 0..r.rows.seq_len {
@@ -672,10 +693,23 @@ unsafe fn load_row(src: *const f32, b: usize, width: usize, dst: *mut f32, padde
         let zeros_from = if src.is_null() {
             0
         } else {
-            std::ptr::copy_nonoverlapping(src.add(b * width), dst, width);
+            copy_row(src.add(b * width), dst, width);
             width
         };
         std::ptr::write_bytes(dst.add(zeros_from), 0, padded - zeros_from);
+    }
+}
+
+/// Copies `width` floats, unless `dst` is `src` (a state that lives in the
+/// caller's buffer, `State::c` read and written by a step, say).
+///
+/// # Safety
+/// `src` and `dst` are the same row or rows that do not overlap.
+#[inline(always)]
+unsafe fn copy_row(src: *const f32, dst: *mut f32, width: usize) {
+    if !std::ptr::eq(src, dst) {
+        // SAFETY: as the contract says.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, width) }
     }
 }
 

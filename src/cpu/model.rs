@@ -192,7 +192,11 @@ impl CpuRnn {
     ) -> Result<Run<'a>> {
         let config = self.config();
         let dims = sequence::check_forward(config, args)?;
-        check_shape("output", out.output.shape(), &sequence::output_shape(config, dims))?;
+        check_shape(
+            "output",
+            out.output.shape(),
+            &sequence::output_shape(config, dims),
+        )?;
         check_shape("h_n", out.h_n.shape(), &sequence::h_shape(config, dims.batch))?;
         if let Some(c_n) = sequence::cell_state_arg(config, "c_n", out.c_n.as_ref(), true)? {
             check_shape("c_n", c_n.shape(), &sequence::c_shape(config, dims.batch))?;
@@ -332,10 +336,15 @@ impl CpuRnn {
                 if p.is_null() {
                     p
                 } else {
-                    // SAFETY: h0/c0 (checked) hold L·D state rows of len floats.
+                    // SAFETY: h0/c0 (checked) and h_n/c_n hold L·D state rows of len floats.
                     unsafe { p.add(state * len) }
                 }
             };
+            let c_n = offset(run.c_n, c_len).cast_mut();
+            let mut state_buffers = state_ptrs(&d, batch, base);
+            if !c_n.is_null() && d.c_in_c_n() {
+                state_buffers.c = SharedPtr(c_n);
+            }
             LayerPass {
                 projection: Projection {
                     dims: &self.net.dims,
@@ -355,7 +364,8 @@ impl CpuRnn {
                     output: output(layer),
                     out_width,
                     out_offset: dir * d.out,
-                    state: state_ptrs(&d, batch, base),
+                    state: state_buffers,
+                    h0: offset(run.h0, h_len),
                     keep: training.as_ref().map(|t| t.keep[state]),
                     fused_input: fused_weights(layer, dir).map(|weights| FusedInput {
                         input,
@@ -363,15 +373,10 @@ impl CpuRnn {
                         weights,
                     }),
                 },
-                h0: offset(run.h0, h_len),
                 c0: offset(run.c0, c_len),
                 // SAFETY: h_n/c_n (checked) hold L·D state rows.
                 h_n: unsafe { run.h_n.add(state * h_len) },
-                c_n: if run.c_n.is_null() {
-                    std::ptr::null_mut()
-                } else {
-                    unsafe { run.c_n.add(state * c_len) }
-                },
+                c_n,
                 dropout: dropout(layer),
             }
         };

@@ -86,6 +86,21 @@ impl Dims {
         self.out != self.hidden
     }
 
+    /// Whether a step's new `h` is written straight into its output row and
+    /// the next step reads it there, instead of living in the state buffers
+    /// and being copied to the output after every step. Needs rows without
+    /// padding (the epilogue stores whole vectors of `Hp` units) and no
+    /// projection (whose product writes `h`, not the cell).
+    pub fn h_in_output(&self) -> bool {
+        !self.projects() && self.out_padded == self.out
+    }
+
+    /// Whether the LSTM cell state can live in `c_n` itself (updated in
+    /// place, step by step) instead of a padded buffer copied at the end.
+    pub fn c_in_c_n(&self) -> bool {
+        self.hidden_padded == self.hidden
+    }
+
     pub fn original_gru(&self) -> bool {
         self.cell == CellKind::Gru && !self.linear_before_reset
     }
