@@ -242,11 +242,5 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("icu_monitor: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    clinical::exit("icu_monitor", run(Args::parse()))
 }

@@ -26,7 +26,7 @@
 mod clinical;
 
 use clap::Parser;
-use clinical::{last_hidden, synthetic_cohort, Backend, Cohort, DeviceChoice, IcuModel, FEATURES};
+use clinical::{last_hidden, synthetic_cohort, Backend, Cohort, DeviceChoice, IcuModel, Work, FEATURES};
 use rnn_kernels::{Error, ForwardInput, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -155,21 +155,16 @@ fn demo(args: &Args) -> Result<()> {
 }
 
 fn run(args: Args) -> Result<()> {
-    match (&args.model, &args.input, &args.output) {
-        (Some(model), Some(input), Some(output)) => score_file(model, input, output, args.device),
-        (None, Some(_), _) => Err(Error::Config(
-            "--input needs --model: the model file gives the sizes the cohort must have".into(),
-        )),
-        _ => demo(&args),
+    match Work::from_options(
+        args.model.as_deref(),
+        args.input.as_deref(),
+        args.output.as_deref(),
+    )? {
+        Work::Score { model, input, output } => score_file(model, input, output, args.device),
+        Work::Demo => demo(&args),
     }
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("icu_mortality: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    clinical::exit("icu_mortality", run(Args::parse()))
 }

@@ -308,11 +308,5 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("train_icu: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    clinical::exit("train_icu", run(Args::parse()))
 }

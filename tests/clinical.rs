@@ -185,6 +185,30 @@ fn the_demos_run_without_files() {
     );
 }
 
+#[test]
+fn a_cohort_without_its_model_or_output_is_refused() {
+    let dir = temp_dir("half_asked");
+    let (input, out) = (case("icu_seed_varlen", "cohort"), dir.join("scores.safetensors"));
+    for example in ["icu_mortality", "hybrid_clinical"] {
+        let r = run(
+            example,
+            &[
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(!r.ok, "{example} scored a cohort without a model");
+        let line = r.stderr.trim_end();
+        assert_eq!(line, format!("{example}: error: invalid configuration: --input needs --model: the model file gives the sizes the cohort must have"));
+        // clap's own refusal: the demo must not run in place of the scoring.
+        let r = run(example, &["--input", input.to_str().unwrap()]);
+        assert!(!r.ok && r.stderr.contains("--output"), "{example}: {}", r.stderr);
+        assert!(!out.exists(), "{example} wrote {}", out.display());
+    }
+}
+
 fn write(path: &Path, tensors: Vec<(&str, OwnedTensor)>) {
     let named = tensors
         .into_iter()

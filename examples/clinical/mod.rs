@@ -429,6 +429,48 @@ impl Cohort {
     }
 }
 
+/// An example's exit: success, or its error as one line on stderr and
+/// status 1 (never a panic's backtrace).
+pub fn exit(example: &str, result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{example}: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a scoring example was asked to do.
+pub enum Work<'a> {
+    /// Score the cohort `input` with `model` into `output`.
+    Score {
+        model: &'a Path,
+        input: &'a Path,
+        output: &'a Path,
+    },
+    /// The synthetic demo (with `model`'s weights, if given).
+    Demo,
+}
+
+impl<'a> Work<'a> {
+    /// From the `--model`, `--input` and `--output` options (clap makes
+    /// `--input` and `--output` require each other).
+    pub fn from_options(
+        model: Option<&'a Path>,
+        input: Option<&'a Path>,
+        output: Option<&'a Path>,
+    ) -> Result<Self> {
+        match (model, input, output) {
+            (Some(model), Some(input), Some(output)) => Ok(Work::Score { model, input, output }),
+            (None, Some(_), _) => Err(Error::Config(
+                "--input needs --model: the model file gives the sizes the cohort must have".into(),
+            )),
+            _ => Ok(Work::Demo),
+        }
+    }
+}
+
 /// Writes `logit` and `prob` (`[B, 1]` each) to `path`, whole or not at
 /// all, refusing to write over any of `inputs`.
 pub fn write_scores(path: &Path, logits: &[f32], inputs: &[&Path]) -> Result<()> {
