@@ -218,6 +218,24 @@ impl Recurrence<'_> {
         unsafe { self.output.at(row * self.out_width + self.out_offset) }
     }
 
+    /// Where `h` lives in the output rows: batch row `b`'s output row of
+    /// processing step `step` (of its `len`).
+    ///
+    /// # Safety
+    /// `b` < B and `step` < `len` ≤ T.
+    #[inline(always)]
+    unsafe fn step_output(&self, step: usize, b: usize, len: usize) -> *mut f32 {
+        // SAFETY: (time, b) is a row of the call.
+        unsafe { self.output_row(self.rows.row(self.time(step, len), b)) }
+    }
+
+    /// Whether step 0 reads `h0` where the caller keeps it: only where `h`
+    /// lives in the output rows (the state buffers are padded otherwise),
+    /// and not for zeros.
+    fn reads_h0_in_place(&self) -> bool {
+        self.dims.h_in_output() && !self.h0.is_null()
+    }
+
     /// Processing step `step` of a row of length `len` is time `time(step, len)`.
     #[inline(always)]
     pub fn time(&self, step: usize, len: usize) -> usize {
@@ -283,10 +301,9 @@ impl Recurrence<'_> {
                     }
                     let row = self.rows.row(self.time(step, len), b);
                     let h_prev = match step {
-                        _ if !d.h_in_output() => st.h[cur].at(b * out_p),
-                        0 if self.h0.is_null() => st.h[0].at(b * out_p),
-                        0 => self.h0.add(b * d.out),
-                        _ => self.output_row(self.rows.row(self.time(step - 1, len), b)),
+                        0 if self.reads_h0_in_place() => self.h0.add(b * d.out),
+                        1.. if d.h_in_output() => self.step_output(step - 1, b, len),
+                        _ => st.h[cur].at(b * out_p),
                     };
                     let keep = self.keep;
                     let gi = match self.fused_input {
@@ -620,8 +637,7 @@ impl LayerPass<'_> {
                     std::ptr::write_bytes(out, 0, d.out);
                 }
                 // The given state or zeros; padded columns zero (see cells.rs).
-                // (Read in place when h lives in the output rows.)
-                if !d.h_in_output() || r.h0.is_null() {
+                if !r.reads_h0_in_place() {
                     load_row(r.h0, b, d.out, st.h[0].at(b * out_p), out_p);
                 }
                 load_row(self.c0, b, d.hidden, st.c.at(b * hp), hp);
@@ -659,7 +675,7 @@ impl LayerPass<'_> {
             // time(len - 1)); h_n/c_n hold [B, ·].
             unsafe {
                 let h_last = if d.h_in_output() {
-                    r.output_row(r.rows.row(r.time(len - 1, len), b))
+                    r.step_output(len - 1, b, len)
                 } else {
                     st.h[len % 2].at(b * d.out_padded)
                 };
