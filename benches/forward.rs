@@ -22,6 +22,9 @@
 //! to measure one against the other; its records are the variant
 //! `rnn_kernels_blocking_KxR`.
 
+mod common;
+
+use common::{load_shapes, percentile, random, shape_input, Shape};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
@@ -30,105 +33,11 @@ use rnn_kernels::cuda::launch::Blocking;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceGradOutputs, DeviceGradients, DeviceInput, DeviceOutput};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::GradOutputs;
-use rnn_kernels::{reference, CellKind, ForwardInput, RnnConfig, State, Tensor, Weights};
+use rnn_kernels::{reference, ForwardInput, State, Tensor, Weights};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// One entry of shapes.json.
-struct Shape {
-    name: String,
-    config: RnnConfig,
-    batch: usize,
-    seq_len: usize,
-    lengths: Option<Vec<usize>>,
-    step: bool,
-}
-
-impl Shape {
-    fn parse(v: &Value) -> Shape {
-        let int = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("shape field {k}")) as usize;
-        let cell: CellKind = v["cell"].as_str().unwrap().parse().unwrap();
-        let config = RnnConfig {
-            num_layers: int("layers"),
-            bidirectional: v["bidirectional"].as_bool().unwrap_or(false),
-            ..RnnConfig::new(cell, int("input"), int("hidden"))
-        };
-        let (batch, seq_len) = (int("batch"), int("seq"));
-        // Varlen shapes carry the lengths every anchor uses (DESIGN §5).
-        let lengths = v["lengths"].as_str().map(|spec| {
-            let list = v["lengths_list"]
-                .as_array()
-                .unwrap_or_else(|| panic!("shape with lengths {spec:?} has no lengths_list"));
-            let lengths: Vec<usize> = list
-                .iter()
-                .map(|l| l.as_u64().expect("a length") as usize)
-                .collect();
-            assert_eq!(lengths.len(), batch, "lengths_list has one length per sequence");
-            lengths
-        });
-        Shape {
-            name: v["name"].as_str().unwrap().to_string(),
-            config,
-            batch,
-            seq_len,
-            lengths,
-            step: v["step"].as_bool().unwrap_or(false),
-        }
-    }
-
-    /// Multiply-adds of one call, ×2 for flops.
-    fn flops(&self) -> u64 {
-        let c = &self.config;
-        let per_step: usize = (0..c.num_layers)
-            .map(|l| {
-                c.num_directions() * c.gates() * c.hidden_size * (c.layer_input_size(l) + c.output_size())
-            })
-            .sum();
-        2 * (per_step * self.batch * self.seq_len) as u64
-    }
-}
-
-fn shapes_path() -> PathBuf {
-    if let Ok(p) = std::env::var("RNN_SHAPES") {
-        return p.into();
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [
-        manifest.join("../shared/gpu/shapes.json"),
-        manifest.join(".gpu/shapes.json"),
-        "shapes.json".into(),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .expect("shapes.json: set RNN_SHAPES, or keep ../shared beside the crate")
-}
-
-/// The shapes of shapes.json, or those `RNN_BENCH_SHAPES=name,name` names.
-fn load_shapes() -> Vec<Shape> {
-    let text = std::fs::read_to_string(shapes_path()).unwrap();
-    let doc: Value = serde_json::from_str(&text).unwrap();
-    let all: Vec<Shape> = doc["shapes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(Shape::parse)
-        .collect();
-    let Ok(spec) = std::env::var("RNN_BENCH_SHAPES") else {
-        return all;
-    };
-    let wanted: Vec<&str> = spec.split(',').map(str::trim).collect();
-    for name in &wanted {
-        if !all.iter().any(|s| s.name == *name) {
-            let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
-            panic!("RNN_BENCH_SHAPES: no shape {name:?}; shapes.json has {known:?}");
-        }
-    }
-    all.into_iter()
-        .filter(|s| wanted.contains(&s.name.as_str()))
-        .collect()
-}
 
 /// One benchmark's per-call times (µs), for the JSON summary.
 struct Samples {
@@ -195,17 +104,6 @@ fn cpu_thread_counts() -> Vec<usize> {
 /// `cpu_{n}t`, as the anchors name their variants.
 fn threads_variant(threads: usize) -> &'static str {
     Box::leak(format!("cpu_{threads}t").into_boxed_str())
-}
-
-/// A shape's input `[T, B, I]`, from a fixed seed.
-fn shape_input(shape: &Shape, seed: u64) -> Tensor<f32> {
-    let mut rng = SplitMix64::new(seed);
-    let count = shape.seq_len * shape.batch * shape.config.input_size;
-    Tensor::new(
-        [shape.seq_len, shape.batch, shape.config.input_size],
-        random(&mut rng, count),
-    )
-    .unwrap()
 }
 
 /// Inference: the fast path on every shape (one step on step shapes, the
@@ -576,14 +474,6 @@ fn gpu_train(c: &mut Criterion) {
             Duration::from_secs_f64(f64::from(start.elapsed_ms(&end).unwrap()) / 1e3)
         });
     }
-}
-
-fn random(rng: &mut SplitMix64, count: usize) -> Vec<f32> {
-    (0..count).map(|_| rng.normal() as f32).collect()
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Writes `$BENCH_JSON_DIR/rnn_kernels.json` (DESIGN §5) when that variable is set.

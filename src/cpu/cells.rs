@@ -77,6 +77,9 @@ pub struct GruStep<'a> {
     pub b_hn: *const f32,
 }
 
+// SAFETY: `b_hn` is only read (the rows: see LiveRow).
+unsafe impl Sync for GruStep<'_> {}
+
 impl<S: Simd> Epilogue<S, 3> for GruStep<'_> {
     #[inline(always)]
     unsafe fn apply(&self, s: S, row: usize, panel: usize, acc: &[S::V; 3]) {
@@ -206,6 +209,10 @@ pub struct StoreRows<'a> {
     pub add: &'a [*const f32],
     pub accumulate: bool,
 }
+
+// SAFETY: the pieces of a product share its epilogue and write disjoint
+// panels (columns) of its rows; `bias` and `add` are only read.
+unsafe impl Sync for StoreRows<'_> {}
 
 impl<S: Simd, const NV: usize> Epilogue<S, NV> for StoreRows<'_> {
     #[inline(always)]

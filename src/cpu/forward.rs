@@ -14,20 +14,21 @@
 //! so no layout is ever converted. A sequence of length `len` stops after
 //! step `len - 1`; its rows past the end are never computed and read as zero.
 //!
-//! Threads: a whole forward call is one job on the model's workers. Each
-//! direction's batch rows split into chunks, and a chunk is one task that
-//! projects, runs and finishes its own rows in every layer: no thread waits
-//! for another except where the two directions of a layer meet, and the
-//! rows a task projects are the rows it then reads (a split by time would
-//! move half of `gi` between cores). When the batch is too small to split
-//! (stream_b1, B = 4), every thread takes a share of the panels (hidden
-//! units) of every product instead, with a spinning barrier after each.
+//! Threads: a whole forward call runs on the model's share of the process's
+//! pool (`threads.rs`). Each direction's batch rows split into chunks, and a
+//! chunk is one task that projects, runs and finishes its own rows in every
+//! layer: no thread waits for another except where the two directions of a
+//! layer meet, and the rows a task projects are the rows it then reads (a
+//! split by time would move half of `gi` between cores). When the batch is
+//! too small to split (stream_b1, B = 4), the calling thread runs the steps
+//! and every product is a region whose pieces are shares of its panels
+//! (hidden units), taken by whichever threads are running.
 
 use super::cells::{GruOriginalCandidate, GruOriginalGates, GruStep, LiveRow, LstmStep, RnnStep, StoreRows};
 use super::kernel::{gemm_rows, Epilogue, Operands, Panels, Prefix};
 use super::packed::{Dims, PackedLayer};
 use super::simd::{dispatch, Simd};
-use super::threads::{SharedPtr, SpinBarrier, Workers};
+use super::threads::{SharedPtr, Workers};
 use crate::config::CellKind;
 use crate::dropout::Dropout;
 use std::ops::Range;
@@ -75,9 +76,40 @@ pub struct RowLists {
     pub x: Vec<*const f32>,
 }
 
-// SAFETY: the pointers are only dereferenced by the task that filled the
-// lists, during the call that filled them.
+// SAFETY: the pointers are only dereferenced during the call that filled
+// the lists, by the task that filled them or by the pieces of its products
+// (which read the rows and write disjoint columns).
 unsafe impl Send for RowLists {}
+unsafe impl Sync for RowLists {}
+
+/// Who runs a task's products: the task's thread alone, or all of the
+/// model's threads, each a share of the product's panels.
+#[derive(Clone, Copy)]
+pub enum Team<'w> {
+    Alone,
+    All(&'w Workers),
+}
+
+impl Team<'_> {
+    /// Runs `work(share, shares)` for every share, each compiled for `s`'s
+    /// instruction set, and returns when all are done. Mark `work`
+    /// `#[inline(always)]` (see [`Simd::vectorize`]).
+    #[inline(always)]
+    pub fn split<S: Simd>(self, s: S, work: impl Fn(usize, usize) + Sync) {
+        match self {
+            Team::Alone => work(0, 1),
+            Team::All(workers) => workers.split(
+                #[inline(always)]
+                |i, n| {
+                    s.vectorize(
+                        #[inline(always)]
+                        || work(i, n),
+                    )
+                },
+            ),
+        }
+    }
+}
 
 impl RowLists {
     pub(super) fn clear(&mut self) {
@@ -247,100 +279,40 @@ impl Recurrence<'_> {
     }
 
     /// Runs batch rows `batch_rows` over processing steps `steps` (those of
-    /// them each row has); as worker `worker` of `workers` (each taking a
-    /// share of the panels of every product, synchronised by `barrier`), or
-    /// alone (`workers == 1`).
-    pub fn run(
-        &self,
-        batch_rows: Range<usize>,
-        steps: Range<usize>,
-        worker: usize,
-        workers: usize,
-        barrier: Option<&SpinBarrier>,
-        lists: &mut RowLists,
-    ) {
+    /// them each row has), every product by `team`.
+    pub fn run(&self, batch_rows: Range<usize>, steps: Range<usize>, team: Team<'_>, lists: &mut RowLists) {
         dispatch!(self.dims.isa, |s| {
             // SAFETY: the caller gives disjoint batch rows to concurrent
-            // calls, or the same rows with a barrier (unit split); the
-            // buffers are sized for `rows` by the workspace.
-            unsafe { self.run_with(s, batch_rows, steps, worker, workers, barrier, lists) }
+            // calls; the buffers are sized for `rows` by the workspace.
+            unsafe { self.run_with(s, batch_rows, steps, team, lists) }
         })
     }
 
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn run_with<S: Simd>(
         &self,
         s: S,
         batch_rows: Range<usize>,
         steps: Range<usize>,
-        worker: usize,
-        workers: usize,
-        barrier: Option<&SpinBarrier>,
+        team: Team<'_>,
         lists: &mut RowLists,
     ) {
         let d = self.dims;
-        let (hp, out_p, gate_width) = (d.hidden_padded, d.out_padded, d.gate_width());
-        let sync = || {
-            if let Some(b) = barrier {
-                b.wait()
-            }
-        };
+        let (hp, out_p) = (d.hidden_padded, d.out_padded);
         let max_len = batch_rows.clone().map(|b| self.lengths[b]).max().unwrap_or(0);
         let st = self.state;
         for step in steps.start..steps.end.min(max_len) {
-            let (cur, next) = (step % 2, 1 - step % 2);
-            lists.clear();
             // SAFETY (every `at` below): b < B and row < T·B index rows of
             // buffers the workspace sized [B, ·] and [T·B, ·].
             unsafe {
-                for b in batch_rows.clone() {
-                    let len = self.lengths[b];
-                    if len <= step {
-                        continue;
-                    }
-                    let row = self.rows.row(self.time(step, len), b);
-                    let h_prev = match step {
-                        0 if self.reads_h0_in_place() => self.h0.add(b * d.out),
-                        1.. if d.h_in_output() => self.step_output(step - 1, b, len),
-                        _ => st.h[cur].at(b * out_p),
-                    };
-                    let keep = self.keep;
-                    let gi = match self.fused_input {
-                        Some(fused) => {
-                            lists.x.push(fused.input.add(row * fused.in_stride));
-                            self.layer.bias.as_ptr()
-                        }
-                        None => self.gi.at(self.gi_slot(step, b) * gate_width).cast_const(),
-                    };
-                    lists.live.push(LiveRow {
-                        gi,
-                        h_prev,
-                        h_next: if d.projects() {
-                            st.h_new.at(b * hp)
-                        } else if d.h_in_output() {
-                            self.output_row(row)
-                        } else {
-                            st.h[next].at(b * out_p)
-                        },
-                        state: st.c.at(b * hp),
-                        reset_h: st.reset_h.at(b * hp),
-                        act: keep.map_or(std::ptr::null_mut(), |k| k.act.at(row * gate_width)),
-                        extra: keep.map_or(std::ptr::null_mut(), |k| k.extra.at(row * hp)),
-                    });
-                    lists.a.push(h_prev);
-                    lists.batch.push(b);
-                    lists.row.push(row);
-                    if let (Some(keep), 0) = (keep, worker) {
-                        std::ptr::copy_nonoverlapping(h_prev, keep.h_prev.at(row * out_p), d.out);
-                    }
-                }
-                self.step_products(s, lists, worker, workers, &sync);
+                self.gather_live_rows(step, batch_rows.clone(), lists);
+                self.step_products(s, lists, team);
                 if d.projects() {
-                    sync();
                     let w_hr = self.layer.w_hr.as_ref().expect("a projecting layer has W_hr");
+                    let next = 1 - step % 2;
                     lists.a2.clear();
                     lists.a2.extend(lists.live.iter().map(|r| r.h_next.cast_const()));
+                    lists.out.clear();
                     lists
                         .out
                         .extend(lists.batch.iter().map(|&b| st.h[next].at(b * out_p)));
@@ -358,18 +330,21 @@ impl Recurrence<'_> {
                         k_offset: 0,
                         prefix: None,
                     };
-                    plain_product(s, d, &ops, worker, workers, &store);
-                    if let (Some(keep), 0) = (self.keep, worker) {
+                    team.split(
+                        s,
+                        #[inline(always)]
+                        |i, n| plain_product(s, d, &ops, i, n, &store),
+                    );
+                    if let Some(keep) = self.keep {
                         for (&b, &row) in lists.batch.iter().zip(&lists.row) {
                             std::ptr::copy_nonoverlapping(st.h_new.at(b * hp), keep.h_new.at(row * hp), hp);
                         }
                     }
                 }
-                sync();
                 if !d.h_in_output() {
-                    // The new h of this worker's share of the live rows, to the output.
-                    let live = share(lists.batch.len(), worker, workers);
-                    for (&b, &row) in lists.batch[live.clone()].iter().zip(&lists.row[live]) {
+                    // The new h of the live rows, to the output.
+                    let next = 1 - step % 2;
+                    for (&b, &row) in lists.batch.iter().zip(&lists.row) {
                         std::ptr::copy_nonoverlapping(st.h[next].at(b * out_p), self.output_row(row), d.out);
                     }
                 }
@@ -377,16 +352,67 @@ impl Recurrence<'_> {
         }
     }
 
+    /// Lists the rows of `batch_rows` that live at processing step `step`:
+    /// where each reads and writes, and the product's operands.
+    ///
+    /// # Safety
+    /// As [`Recurrence::run_with`].
+    #[inline(always)]
+    unsafe fn gather_live_rows(&self, step: usize, batch_rows: Range<usize>, lists: &mut RowLists) {
+        let d = self.dims;
+        let (hp, out_p, gate_width) = (d.hidden_padded, d.out_padded, d.gate_width());
+        let (cur, next) = (step % 2, 1 - step % 2);
+        let st = self.state;
+        lists.clear();
+        // SAFETY: as the caller's.
+        unsafe {
+            for b in batch_rows {
+                let len = self.lengths[b];
+                if len <= step {
+                    continue;
+                }
+                let row = self.rows.row(self.time(step, len), b);
+                let h_prev = match step {
+                    0 if self.reads_h0_in_place() => self.h0.add(b * d.out),
+                    1.. if d.h_in_output() => self.step_output(step - 1, b, len),
+                    _ => st.h[cur].at(b * out_p),
+                };
+                let keep = self.keep;
+                let gi = match self.fused_input {
+                    Some(fused) => {
+                        lists.x.push(fused.input.add(row * fused.in_stride));
+                        self.layer.bias.as_ptr()
+                    }
+                    None => self.gi.at(self.gi_slot(step, b) * gate_width).cast_const(),
+                };
+                lists.live.push(LiveRow {
+                    gi,
+                    h_prev,
+                    h_next: if d.projects() {
+                        st.h_new.at(b * hp)
+                    } else if d.h_in_output() {
+                        self.output_row(row)
+                    } else {
+                        st.h[next].at(b * out_p)
+                    },
+                    state: st.c.at(b * hp),
+                    reset_h: st.reset_h.at(b * hp),
+                    act: keep.map_or(std::ptr::null_mut(), |k| k.act.at(row * gate_width)),
+                    extra: keep.map_or(std::ptr::null_mut(), |k| k.extra.at(row * hp)),
+                });
+                lists.a.push(h_prev);
+                lists.batch.push(b);
+                lists.row.push(row);
+                if let Some(keep) = keep {
+                    std::ptr::copy_nonoverlapping(h_prev, keep.h_prev.at(row * out_p), d.out);
+                }
+            }
+        }
+    }
+
     /// The step's product(s) with `W_hh` and the cell's epilogue.
     #[inline(always)]
-    unsafe fn step_products<S: Simd>(
-        &self,
-        s: S,
-        lists: &mut RowLists,
-        worker: usize,
-        workers: usize,
-        sync: &impl Fn(),
-    ) {
+    unsafe fn step_products<S: Simd>(&self, s: S, lists: &mut RowLists, team: Team<'_>) {
         let d = self.dims;
         let layer = self.layer;
         let ops = Operands {
@@ -402,7 +428,7 @@ impl Recurrence<'_> {
         };
         let hp = d.hidden_padded;
         let rows = &lists.live[..];
-        let panels = share(layer.w_hh.count, worker, workers);
+        let panels = |i: usize, n: usize| share(layer.w_hh.count, i, n);
         // SAFETY: forwarded from run_with.
         unsafe {
             match d.cell {
@@ -411,7 +437,12 @@ impl Recurrence<'_> {
                         rows,
                         hidden_padded: hp,
                     };
-                    gemm_rows::<S, 4, _>(s, d.isa.rows_per_tile(4), &ops, panels, &epilogue);
+                    let mr = d.isa.rows_per_tile(4);
+                    team.split(
+                        s,
+                        #[inline(always)]
+                        |i, n| gemm_rows::<S, 4, _>(s, mr, &ops, panels(i, n), &epilogue),
+                    );
                 }
                 CellKind::Gru if d.linear_before_reset => {
                     let epilogue = GruStep {
@@ -419,15 +450,24 @@ impl Recurrence<'_> {
                         hidden_padded: hp,
                         b_hn: layer.b_hn.as_ptr(),
                     };
-                    gemm_rows::<S, 3, _>(s, d.isa.rows_per_tile(3), &ops, panels, &epilogue);
+                    let mr = d.isa.rows_per_tile(3);
+                    team.split(
+                        s,
+                        #[inline(always)]
+                        |i, n| gemm_rows::<S, 3, _>(s, mr, &ops, panels(i, n), &epilogue),
+                    );
                 }
                 CellKind::Gru => {
                     let gates = GruOriginalGates {
                         rows,
                         hidden_padded: hp,
                     };
-                    gemm_rows::<S, 2, _>(s, d.isa.rows_per_tile(2), &ops, panels, &gates);
-                    sync();
+                    let mr = d.isa.rows_per_tile(2);
+                    team.split(
+                        s,
+                        #[inline(always)]
+                        |i, n| gemm_rows::<S, 2, _>(s, mr, &ops, panels(i, n), &gates),
+                    );
                     let w_hn = layer.w_hn.as_ref().expect("the original GRU has W_hn");
                     lists.a2.clear();
                     lists.a2.extend(rows.iter().map(|r| r.reset_h.cast_const()));
@@ -442,8 +482,11 @@ impl Recurrence<'_> {
                         rows,
                         hidden_padded: hp,
                     };
-                    plain_product(s, d, &ops, worker, workers, &candidate);
-                    lists.a2.clear();
+                    team.split(
+                        s,
+                        #[inline(always)]
+                        |i, n| plain_product(s, d, &ops, i, n, &candidate),
+                    );
                 }
                 CellKind::RnnTanh | CellKind::RnnRelu => {
                     let epilogue = RnnStep {
@@ -451,14 +494,18 @@ impl Recurrence<'_> {
                         hidden_padded: hp,
                         relu: d.cell == CellKind::RnnRelu,
                     };
-                    plain_product(s, d, &ops, worker, workers, &epilogue);
+                    team.split(
+                        s,
+                        #[inline(always)]
+                        |i, n| plain_product(s, d, &ops, i, n, &epilogue),
+                    );
                 }
             }
         }
     }
 }
 
-/// A product with plain panels of 1 or 4 vectors, this worker's share of them.
+/// A product with plain panels of 1 or 4 vectors, share `share` of `shares` of them.
 ///
 /// # Safety
 /// As [`gemm_rows`].
@@ -467,11 +514,11 @@ pub unsafe fn plain_product<S: Simd, E: Epilogue<S, 1> + Epilogue<S, 4>>(
     s: S,
     d: &Dims,
     ops: &Operands<'_>,
-    worker: usize,
-    workers: usize,
+    share_index: usize,
+    shares: usize,
     epilogue: &E,
 ) {
-    let panels = share(ops.weights.count, worker, workers);
+    let panels = share(ops.weights.count, share_index, shares);
     // SAFETY: forwarded.
     unsafe {
         match ops.weights.nv {
@@ -530,48 +577,42 @@ pub struct Layers<'p, 'a> {
 
 /// Runs a forward call's layers on `workers` with `split`.
 pub fn run_layers(workers: &Workers, split: Split, layers: &Layers<'_, '_>, scratch: &Scratch) {
-    let threads = workers.threads();
     let (batch, dirs) = (layers.batch, layers.dirs);
     match split {
-        Split::Rows { chunks } => workers.broadcast(|w, barrier| {
+        // With one direction a task reads only what it wrote itself: one
+        // task runs its rows through every layer.
+        Split::Rows { chunks } if dirs == 1 => workers.run(chunks, |task| {
+            let mut lists = scratch[task].lock();
             for layer in 0..layers.count {
-                let tasks = dirs * chunks;
-                for task in (w..tasks).step_by(threads) {
-                    let pass = (layers.pass)(layer, task / chunks);
-                    pass.run_rows(share(batch, task % chunks, chunks), &mut scratch[task].lock());
-                }
-                // The next layer's rows read both directions' outputs; with
-                // one direction, a task reads only what it wrote itself.
-                if dirs > 1 && layer + 1 < layers.count {
-                    barrier.wait();
-                }
+                (layers.pass)(layer, 0).run_rows(share(batch, task, chunks), &mut lists);
             }
         }),
-        Split::Units => workers.broadcast(|w, barrier| {
-            let mut lists = scratch[w].lock();
+        // The next layer's rows read both directions' outputs: a region a layer.
+        Split::Rows { chunks } => {
+            for layer in 0..layers.count {
+                workers.run(dirs * chunks, |task| {
+                    let pass = (layers.pass)(layer, task / chunks);
+                    pass.run_rows(share(batch, task % chunks, chunks), &mut scratch[task].lock());
+                });
+            }
+        }
+        Split::Units => {
+            let mut lists = scratch[0].lock();
+            let team = Team::All(workers);
             for layer in 0..layers.count {
                 for dir in 0..dirs {
                     let pass = (layers.pass)(layer, dir);
-                    if w == 0 {
-                        pass.begin(0..batch);
-                    }
+                    pass.begin(0..batch);
                     for steps in pass.stretches(0..batch) {
                         if pass.recurrence.fused_input.is_none() {
-                            pass.project(0..batch, steps.clone(), w, threads, &mut lists);
+                            pass.project(0..batch, steps.clone(), team, &mut lists);
                         }
-                        // gi, and worker 0's `begin` of the states, before any step reads them.
-                        barrier.wait();
-                        pass.recurrence
-                            .run(0..batch, steps, w, threads, Some(barrier), &mut lists);
-                        barrier.wait();
+                        pass.recurrence.run(0..batch, steps, team, &mut lists);
                     }
-                    if w == 0 {
-                        pass.finish(0..batch);
-                    }
-                    barrier.wait();
+                    pass.finish(0..batch);
                 }
             }
-        }),
+        }
     }
 }
 
@@ -591,8 +632,8 @@ pub struct LayerPass<'a> {
 }
 
 // SAFETY: as Recurrence and Projection: tasks take disjoint batch rows, or
-// (unit split) disjoint panels with barriers, and worker 0 alone does the
-// per-row bookkeeping between them.
+// (unit split) the calling thread runs the steps and the pieces of each
+// product take disjoint panels.
 unsafe impl Sync for LayerPass<'_> {}
 
 impl LayerPass<'_> {
@@ -601,9 +642,9 @@ impl LayerPass<'_> {
         self.begin(rows.clone());
         for steps in self.stretches(rows.clone()) {
             if self.recurrence.fused_input.is_none() {
-                self.project(rows.clone(), steps.clone(), 0, 1, lists);
+                self.project(rows.clone(), steps.clone(), Team::Alone, lists);
             }
-            self.recurrence.run(rows.clone(), steps, 0, 1, None, lists);
+            self.recurrence.run(rows.clone(), steps, Team::Alone, lists);
         }
         self.finish(rows);
     }
@@ -646,21 +687,14 @@ impl LayerPass<'_> {
     }
 
     /// Projects processing steps `steps` of batch rows `rows` (those each
-    /// row has) into their `gi` slots: this worker's share of the panels.
-    pub fn project(
-        &self,
-        rows: Range<usize>,
-        steps: Range<usize>,
-        worker: usize,
-        workers: usize,
-        lists: &mut RowLists,
-    ) {
+    /// row has) into their `gi` slots, the product by `team`.
+    pub fn project(&self, rows: Range<usize>, steps: Range<usize>, team: Team<'_>, lists: &mut RowLists) {
         let r = &self.recurrence;
         let live = rows.flat_map(|b| {
             let len = r.lengths[b];
             (steps.start..steps.end.min(len)).map(move |s| (r.rows.row(r.time(s, len), b), r.gi_slot(s, b)))
         });
-        self.projection.run(live, worker, workers, lists);
+        self.projection.run(live, team, lists);
     }
 
     /// Each row's state after its own last step to `h_n`/`c_n`, and the
@@ -744,15 +778,9 @@ pub struct Projection<'a> {
 unsafe impl Sync for Projection<'_> {}
 
 impl Projection<'_> {
-    /// Projects input rows into `gi` slots (`(row, slot)` pairs), this
-    /// worker's share of the panels.
-    pub fn run(
-        &self,
-        rows: impl Iterator<Item = (usize, usize)>,
-        worker: usize,
-        workers: usize,
-        lists: &mut RowLists,
-    ) {
+    /// Projects input rows into `gi` slots (`(row, slot)` pairs), the
+    /// product by `team`.
+    pub fn run(&self, rows: impl Iterator<Item = (usize, usize)>, team: Team<'_>, lists: &mut RowLists) {
         let d = self.dims;
         let gate_width = d.gate_width();
         lists.clear();
@@ -780,7 +808,11 @@ impl Projection<'_> {
         };
         dispatch!(d.isa, |s| {
             // SAFETY: each row pointer has in_size floats; each gi row gate_width.
-            unsafe { plain_product(s, d, &ops, worker, workers, &store) }
+            team.split(
+                s,
+                #[inline(always)]
+                |i, n| unsafe { plain_product(s, d, &ops, i, n, &store) },
+            )
         });
     }
 }

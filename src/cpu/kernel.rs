@@ -259,6 +259,9 @@ pub struct Operands<'a> {
     pub prefix: Option<Prefix<'a>>,
 }
 
+// SAFETY: the row pointers are only read, by every piece of a product.
+unsafe impl Sync for Operands<'_> {}
+
 /// The first part of a two-part product: `rows[r] · weights` over all `k`.
 pub struct Prefix<'a> {
     /// One pointer per row of the product, each to `k` readable floats.

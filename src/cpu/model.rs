@@ -100,12 +100,15 @@ pub(super) struct Run<'a> {
 unsafe impl Sync for Run<'_> {}
 
 impl CpuRnn {
-    /// Prepares `weights` (converted to f32) with one thread per core.
+    /// Prepares `weights` (converted to f32) with one thread per core this
+    /// process may use ([`default_threads`]).
     pub fn new<T: Element>(weights: &Weights<T>) -> Result<Self> {
         Self::with_threads(weights, default_threads())
     }
 
-    /// Prepares `weights` to run on `threads` threads (1: the caller's only).
+    /// Prepares `weights` to run on `threads` threads (1: the caller's only;
+    /// at most 64). The threads are the process's pool, shared by every
+    /// model: a second model adds no threads unless it asks for more.
     pub fn with_threads<T: Element>(weights: &Weights<T>, threads: usize) -> Result<Self> {
         Self::with_isa(weights, threads, Isa::detect())
     }
@@ -473,7 +476,10 @@ fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// One thread per core this process may use.
+/// One thread per core this process may use: the CPUs of its affinity
+/// mask (`taskset`, a container's cpuset), fewer when a cgroup's CPU quota
+/// allows less (`docker --cpus=1.5` gives 1), as
+/// [`std::thread::available_parallelism`] reads them.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -148,6 +148,14 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// Lane-wise `if a < b { yes } else { no }` (false for NaN).
     fn select_lt(self, a: Self::V, b: Self::V, yes: Self::V, no: Self::V) -> Self::V;
 
+    /// Runs `f` compiled for this instruction set, as [`dispatch!`] runs its
+    /// body: for a closure that another thread calls (a piece of a
+    /// product), which is outside the `#[target_feature]` function that
+    /// made `self`. Mark `f` `#[inline(always)]`: a call to it would be
+    /// compiled without the instruction set, and every vector operation in
+    /// it would become a function call.
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R;
+
     #[inline(always)]
     fn zero(self) -> Self::V {
         self.splat(0.0)
@@ -227,6 +235,10 @@ fn lanewise(a: Lanes, b: Lanes, f: impl Fn(f32, f32) -> f32) -> Lanes {
 }
 
 impl Simd for Portable {
+    #[inline(always)]
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
     type V = Lanes;
     const LANES: usize = PORTABLE_LANES;
 
@@ -321,6 +333,15 @@ mod x86 {
         const LANES: usize = 16;
 
         #[inline(always)]
+        fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+            super::run_avx512(
+                self,
+                #[inline(always)]
+                |_| f(),
+            )
+        }
+
+        #[inline(always)]
         fn splat(self, x: f32) -> __m512 {
             unsafe { _mm512_set1_ps(x) }
         }
@@ -401,6 +422,15 @@ mod x86 {
     impl Simd for Avx2 {
         type V = __m256;
         const LANES: usize = 8;
+
+        #[inline(always)]
+        fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+            super::run_avx2(
+                self,
+                #[inline(always)]
+                |_| f(),
+            )
+        }
 
         #[inline(always)]
         fn splat(self, x: f32) -> __m256 {

@@ -636,8 +636,7 @@ fn layer_grads(
         ));
     }
     let sums = SharedPtr(biases.as_mut_ptr());
-    let threads = workers.threads();
-    workers.run(threads, |w| {
+    workers.split(|w, threads| {
         for p in &products {
             p.run(rows, share(p.m, w, threads));
         }
