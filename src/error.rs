@@ -53,6 +53,26 @@ pub enum Error {
     /// A feature this build or this machine does not provide.
     #[error("{0}")]
     Unsupported(String),
+
+    /// Memory the request needs and the machine would not give (host or
+    /// device): `what` needed it (`the output`), `detail` says of what
+    /// (`[10000000, 1, 1024] f32`), `bytes` how much (None: more than an
+    /// address can count).
+    #[error("{what} needs {}, more than could be allocated", describe_request(*bytes, detail))]
+    OutOfMemory {
+        what: String,
+        detail: String,
+        bytes: Option<u64>,
+    },
+}
+
+fn describe_request(bytes: Option<u64>, detail: &str) -> String {
+    let size = bytes.map_or_else(|| "more than 16 EiB".to_string(), crate::memory::human_bytes);
+    if detail.is_empty() {
+        size
+    } else {
+        format!("{size} ({detail})")
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -72,6 +92,29 @@ impl Error {
         Error::Invalid {
             tensor: tensor.into(),
             message: message.into(),
+        }
+    }
+
+    /// Memory that `what` needed (of `detail`, `bytes` if it can be counted)
+    /// and could not get.
+    pub fn out_of_memory(what: impl Into<String>, detail: impl Into<String>, bytes: Option<usize>) -> Self {
+        Error::OutOfMemory {
+            what: what.into(),
+            detail: detail.into(),
+            bytes: bytes.map(|b| b as u64),
+        }
+    }
+
+    /// This error with an out-of-memory request blamed on `what` (a tensor
+    /// the caller knows by name); other errors as they are.
+    pub fn needed_by(self, what: &str) -> Self {
+        match self {
+            Error::OutOfMemory { detail, bytes, .. } => Error::OutOfMemory {
+                what: what.to_string(),
+                detail,
+                bytes,
+            },
+            other => other,
         }
     }
 

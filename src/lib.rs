@@ -25,6 +25,7 @@ pub mod cuda;
 pub mod dropout;
 pub mod element;
 pub mod error;
+pub mod memory;
 pub mod reference;
 pub mod rng;
 pub mod sequence;

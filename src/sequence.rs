@@ -137,6 +137,20 @@ pub fn output_shape(config: &RnnConfig, dims: SequenceDims) -> [usize; 3] {
     }
 }
 
+/// Zero outputs of a forward call of `dims`, or an error naming the one
+/// that memory could not hold.
+pub fn try_output<T: Element>(config: &RnnConfig, dims: SequenceDims) -> Result<ForwardOutput<T>> {
+    let zeros = |shape: [usize; 3], name: &str| Tensor::try_zeros(shape).map_err(|e| e.needed_by(name));
+    Ok(ForwardOutput {
+        output: zeros(output_shape(config, dims), "the output")?,
+        h_n: zeros(h_shape(config, dims.batch), "h_n")?,
+        c_n: match config.has_cell_state() {
+            true => Some(zeros(c_shape(config, dims.batch), "c_n")?),
+            false => None,
+        },
+    })
+}
+
 pub fn h_shape(config: &RnnConfig, batch: usize) -> [usize; 3] {
     [config.num_states(), batch, config.output_size()]
 }

@@ -45,19 +45,16 @@ impl<T: Copy> Tensor<T> {
     }
 
     /// [`Tensor::full`], with an error for a shape whose element count
-    /// overflows `usize`.
+    /// overflows `usize` or whose memory cannot be allocated
+    /// ([`Error::OutOfMemory`]).
     pub fn try_full(shape: impl Into<Vec<usize>>, value: T) -> Result<Self> {
         let shape = shape.into();
-        let count = element_count(&shape).ok_or_else(|| {
-            Error::invalid(
-                "tensor",
-                format!("shape {shape:?} has more elements than memory can address"),
-            )
+        let count = checked_count(&shape)?;
+        let data = crate::memory::filled(count, value, || {
+            let detail = format!("{shape:?}, {} bytes an element", std::mem::size_of::<T>());
+            ("a tensor".to_string(), detail)
         })?;
-        Ok(Tensor {
-            shape,
-            data: vec![value; count],
-        })
+        Ok(Tensor { shape, data })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -97,7 +94,11 @@ impl<T: Copy> Tensor<T> {
         }
         let (a, b) = (self.shape[0], self.shape[1]);
         let inner: usize = self.shape[2..].iter().product();
-        let mut data = Vec::with_capacity(self.data.len());
+        let mut data = Vec::new();
+        crate::memory::reserve(&mut data, self.data.len(), || {
+            let detail = format!("{:?}, {} bytes an element", self.shape, std::mem::size_of::<T>());
+            ("a transposed copy".to_string(), detail)
+        })?;
         for j in 0..b {
             for i in 0..a {
                 let start = (i * b + j) * inner;
@@ -116,9 +117,16 @@ impl<T: Element> Tensor<T> {
         Self::full(shape, T::zero())
     }
 
-    /// A tensor of zeros, or an error for a shape too large to address.
+    /// A tensor of zeros, or an error for a shape too large to address or
+    /// to allocate ([`Error::OutOfMemory`], which [`Error::needed_by`]
+    /// blames on the tensor the caller knows).
     pub fn try_zeros(shape: impl Into<Vec<usize>>) -> Result<Self> {
-        Self::try_full(shape, T::zero())
+        let shape = shape.into();
+        let count = checked_count(&shape)?;
+        let data = crate::memory::zeros(count, || {
+            ("a tensor".to_string(), format!("{shape:?} {}", T::NAME))
+        })?;
+        Ok(Tensor { shape, data })
     }
 
     /// Converts every element to another float type (through f64).
@@ -148,6 +156,16 @@ impl<T: Element> Tensor<T> {
             })
             .fold(0.0, f64::max)
     }
+}
+
+/// The number of elements of `shape`, or an error when it overflows `usize`.
+fn checked_count(shape: &[usize]) -> Result<usize> {
+    element_count(shape).ok_or_else(|| {
+        Error::invalid(
+            "tensor",
+            format!("shape {shape:?} has more elements than memory can address"),
+        )
+    })
 }
 
 /// The number of elements of `shape`, or `None` when it overflows `usize`.

@@ -46,17 +46,36 @@ impl StoredDtype {
         }
     }
 
-    fn encode<T: Element>(self, values: &[T]) -> Vec<u8> {
-        fn bytes<U: bytemuck::Pod>(values: Vec<U>) -> Vec<u8> {
-            bytemuck::cast_slice(&values).to_vec()
+    /// `values` as this dtype's little-endian bytes, in one allocation;
+    /// `name` names the tensor if memory is short.
+    fn encode<T: Element>(self, values: &[T], name: &str) -> Result<Vec<u8>> {
+        fn bytes<U: Copy, const N: usize>(
+            values: impl Iterator<Item = U>,
+            out: &mut Vec<u8>,
+            le: impl Fn(U) -> [u8; N],
+        ) {
+            values.for_each(|v| out.extend_from_slice(&le(v)));
         }
+        let size = match self {
+            StoredDtype::F32 => 4,
+            StoredDtype::F64 => 8,
+            StoredDtype::F16 | StoredDtype::BF16 => 2,
+        };
+        let mut out = Vec::new();
+        crate::memory::reserve(&mut out, values.len().saturating_mul(size), || {
+            (
+                format!("writing {name}"),
+                format!("{} {self:?} values", values.len()),
+            )
+        })?;
         let as_f64 = values.iter().map(|v| v.as_f64());
         match self {
-            StoredDtype::F32 => bytes(as_f64.map(|v| v as f32).collect()),
-            StoredDtype::F64 => bytes(as_f64.collect()),
-            StoredDtype::F16 => bytes(as_f64.map(f16::from_f64).collect()),
-            StoredDtype::BF16 => bytes(as_f64.map(bf16::from_f64).collect()),
+            StoredDtype::F32 => bytes(as_f64.map(|v| v as f32), &mut out, f32::to_le_bytes),
+            StoredDtype::F64 => bytes(as_f64, &mut out, f64::to_le_bytes),
+            StoredDtype::F16 => bytes(as_f64.map(f16::from_f64), &mut out, f16::to_le_bytes),
+            StoredDtype::BF16 => bytes(as_f64.map(bf16::from_f64), &mut out, bf16::to_le_bytes),
         }
+        Ok(out)
     }
 }
 
@@ -176,10 +195,10 @@ impl TensorFile {
         };
         let raw = view.data();
         let values: Vec<T> = match view.dtype() {
-            Dtype::F32 => decode::<f32, T>(raw, |v| v as f64),
-            Dtype::F64 => decode::<f64, T>(raw, |v| v),
-            Dtype::F16 => decode::<f16, T>(raw, f16::to_f64),
-            Dtype::BF16 => decode::<bf16, T>(raw, bf16::to_f64),
+            Dtype::F32 => decode::<f32, T>(raw, name, |v| v as f64)?,
+            Dtype::F64 => decode::<f64, T>(raw, name, |v| v)?,
+            Dtype::F16 => decode::<f16, T>(raw, name, f16::to_f64)?,
+            Dtype::BF16 => decode::<bf16, T>(raw, name, bf16::to_f64)?,
             other => {
                 return Err(Error::invalid(
                     name,
@@ -224,7 +243,11 @@ fn read_regular_file(path: &Path) -> Result<Vec<u8>> {
         ));
     }
     let file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    let mut bytes = Vec::new();
+    let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    crate::memory::reserve(&mut bytes, len, || {
+        (format!("reading {}", path.display()), String::new())
+    })?;
     file.take(meta.len())
         .read_to_end(&mut bytes)
         .map_err(|e| Error::file(path, e))?;
@@ -318,11 +341,19 @@ fn read_unaligned<U: bytemuck::Pod>(raw: &[u8]) -> Vec<U> {
         .collect()
 }
 
-fn decode<U: bytemuck::Pod, T: Element>(raw: &[u8], to_f64: impl Fn(U) -> f64) -> Vec<T> {
-    read_unaligned::<U>(raw)
-        .into_iter()
-        .map(|v| T::from_f64(to_f64(v)))
-        .collect()
+/// `raw` as `U` values converted to `T`, or an error naming `name` when
+/// memory is short.
+fn decode<U: bytemuck::Pod, T: Element>(raw: &[u8], name: &str, to_f64: impl Fn(U) -> f64) -> Result<Vec<T>> {
+    let count = raw.len() / std::mem::size_of::<U>();
+    let mut values = Vec::new();
+    crate::memory::reserve(&mut values, count, || {
+        (format!("reading {name}"), format!("{count} {}", T::NAME))
+    })?;
+    values.extend(
+        raw.chunks_exact(std::mem::size_of::<U>())
+            .map(|v| T::from_f64(to_f64(bytemuck::pod_read_unaligned(v)))),
+    );
+    Ok(values)
 }
 
 /// One tensor ready to be written.
@@ -333,12 +364,20 @@ pub struct OwnedTensor {
 }
 
 impl OwnedTensor {
+    /// `tensor` stored as `dtype` (panics where memory is short: for tests
+    /// and small tensors; [`OwnedTensor::try_float`] returns the error).
     pub fn float<T: Element>(tensor: &Tensor<T>, dtype: StoredDtype) -> Self {
-        OwnedTensor {
+        Self::try_float("a tensor", tensor, dtype).expect("memory for a tensor's bytes")
+    }
+
+    /// `tensor` stored as `dtype`, or an error naming `name` when its bytes
+    /// cannot be allocated.
+    pub fn try_float<T: Element>(name: &str, tensor: &Tensor<T>, dtype: StoredDtype) -> Result<Self> {
+        Ok(OwnedTensor {
             dtype: dtype.safetensors(),
             shape: tensor.shape().to_vec(),
-            bytes: dtype.encode(tensor.data()),
-        }
+            bytes: dtype.encode(tensor.data(), name)?,
+        })
     }
 
     pub fn i64(shape: Vec<usize>, values: &[i64]) -> Self {
@@ -407,14 +446,52 @@ pub fn write(
 ) -> Result<()> {
     let path = path.as_ref();
     let metadata = (!metadata.is_empty()).then_some(metadata);
-    let views = tensors.iter().map(|(name, tensor)| (name.as_str(), tensor));
-    let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| Error::file(path, e))?;
-    write_file(path, &bytes)
+    let header = header(tensors, metadata);
+    // Straight from the tensors to the file: no second copy of every byte
+    // in memory (safetensors' serialize makes one).
+    write_whole(path, |temporary| {
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(temporary)?);
+        file.write_all(&(header.len() as u64).to_le_bytes())?;
+        file.write_all(&header)?;
+        for (_, tensor) in tensors {
+            file.write_all(&tensor.bytes)?;
+        }
+        file.flush()
+    })
+}
+
+/// The safetensors header for `tensors` stored one after another in this
+/// order: JSON, padded with spaces to a multiple of 8 bytes.
+fn header(tensors: &[(String, OwnedTensor)], metadata: Option<HashMap<String, String>>) -> Vec<u8> {
+    let mut entries = serde_json::Map::new();
+    if let Some(metadata) = metadata {
+        entries.insert("__metadata__".into(), serde_json::json!(metadata));
+    }
+    let mut offset = 0;
+    for (name, tensor) in tensors {
+        let end = offset + tensor.bytes.len();
+        let entry = serde_json::json!({
+            "dtype": tensor.dtype,
+            "shape": tensor.shape,
+            "data_offsets": [offset, end],
+        });
+        entries.insert(name.clone(), entry);
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&entries).expect("a JSON map serializes");
+    header.resize(header.len().next_multiple_of(8), b' ');
+    header
 }
 
 /// Writes `bytes` to `path` whole or not at all: into a temporary beside the
 /// destination (through symbolic links), synced, renamed over it.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_whole(path, |temporary| std::fs::write(temporary, bytes))
+}
+
+/// Writes `path` whole or not at all: `fill` writes the temporary beside
+/// it, which is then synced and renamed over it.
+fn write_whole(path: &Path, fill: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let target = resolve_links(path)?;
     let fail = |e: std::io::Error| Error::file(path, format!("cannot write it: {e}"));
     let keep_mode = match std::fs::metadata(&target) {
@@ -443,7 +520,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         name.to_string_lossy(),
         std::process::id()
     )));
-    write_new(&temporary.0, bytes, keep_mode).map_err(fail)?;
+    write_new(&temporary.0, fill, keep_mode).map_err(fail)?;
     if let Some(delay) = std::env::var("RNNK_TEST_WRITE_DELAY_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -462,24 +539,28 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Creates `path` anew (a leftover of a killed process with this PID is
-/// replaced), writes and syncs `bytes`, and gives it `mode` if any (else
-/// the umask's).
-fn write_new(path: &Path, bytes: &[u8], mode: Option<std::fs::Permissions>) -> std::io::Result<()> {
+/// replaced), has `fill` write it, syncs it, and gives it `mode` if any
+/// (else the umask's).
+fn write_new(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> std::io::Result<()>,
+    mode: Option<std::fs::Permissions>,
+) -> std::io::Result<()> {
     let create = || {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
     };
-    let mut file = match create() {
+    drop(match create() {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             std::fs::remove_file(path)?;
             create()?
         }
         other => other?,
-    };
-    file.write_all(bytes)?;
-    file.flush()?;
+    });
+    fill(path)?;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
     if let Some(mode) = mode {
         file.set_permissions(mode)?;
     }

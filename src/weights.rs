@@ -331,8 +331,12 @@ impl<T: Element> Weights<T> {
         let tensors: Vec<(String, OwnedTensor)> = self
             .named_parameters()
             .into_iter()
-            .map(|(name, tensor)| (format!("{prefix}{name}"), OwnedTensor::float(tensor, dtype)))
-            .collect();
+            .map(|(name, tensor)| {
+                let name = format!("{prefix}{name}");
+                let tensor = OwnedTensor::try_float(&name, tensor, dtype)?;
+                Ok((name, tensor))
+            })
+            .collect::<Result<_>>()?;
         tensor_file::write(path, &tensors, config_metadata(&self.config))
     }
 }

@@ -319,15 +319,15 @@ fn forward(run: &Run) -> Result<Notes> {
         (Backend::Cpu, Precision::F32) => {
             let mut model = CpuRnn::new(&weights)?;
             let inputs = Inputs::<f32>::read(&file)?;
-            forward_outputs(&model.forward(&inputs.args())?)
+            forward_outputs(&model.forward(&inputs.args())?)?
         }
         (Backend::Cpu, Precision::F64) => {
             let inputs = Inputs::<f64>::read(&file)?;
-            forward_outputs(&reference::forward(&weights, &inputs.args())?)
+            forward_outputs(&reference::forward(&weights, &inputs.args())?)?
         }
         (Backend::Cuda(mut model), _) => {
             let inputs = Inputs::<f32>::read(&file)?;
-            forward_outputs(&model.forward(&inputs.args())?)
+            forward_outputs(&model.forward(&inputs.args())?)?
         }
     };
     tensor_file::write(&run.output, &tensors, HashMap::new())?;
@@ -373,14 +373,14 @@ fn backward_with<T: Element>(
         c_n: grad_c_n.as_ref(),
     };
     let (result, gradients) = train(&inputs.args(), &grads)?;
-    let mut tensors = forward_outputs(&result);
-    tensors.push(f32_tensor("grad_input", &gradients.input));
-    tensors.push(f32_tensor("grad_h0", &gradients.h0));
+    let mut tensors = forward_outputs(&result)?;
+    tensors.push(f32_tensor("grad_input", &gradients.input)?);
+    tensors.push(f32_tensor("grad_h0", &gradients.h0)?);
     if let Some(c0) = &gradients.c0 {
-        tensors.push(f32_tensor("grad_c0", c0));
+        tensors.push(f32_tensor("grad_c0", c0)?);
     }
     for (name, grad) in gradients.weights.named_parameters() {
-        tensors.push(f32_tensor(&format!("grad.{name}"), grad));
+        tensors.push(f32_tensor(&format!("grad.{name}"), grad)?);
     }
     Ok(tensors)
 }
@@ -424,19 +424,22 @@ fn required<T: Element>(file: &TensorFile, name: &str, what: &str) -> Result<Ten
     })
 }
 
-fn f32_tensor<T: Element>(name: &str, t: &Tensor<T>) -> (String, OwnedTensor) {
-    (name.to_string(), OwnedTensor::float(t, StoredDtype::F32))
+fn f32_tensor<T: Element>(name: &str, t: &Tensor<T>) -> Result<(String, OwnedTensor)> {
+    Ok((
+        name.to_string(),
+        OwnedTensor::try_float(name, t, StoredDtype::F32)?,
+    ))
 }
 
-fn forward_outputs<T: Element>(result: &ForwardOutput<T>) -> Outputs {
+fn forward_outputs<T: Element>(result: &ForwardOutput<T>) -> Result<Outputs> {
     let mut tensors = vec![
-        f32_tensor("output", &result.output),
-        f32_tensor("h_n", &result.h_n),
+        f32_tensor("output", &result.output)?,
+        f32_tensor("h_n", &result.h_n)?,
     ];
     if let Some(c_n) = &result.c_n {
-        tensors.push(f32_tensor("c_n", c_n));
+        tensors.push(f32_tensor("c_n", c_n)?);
     }
-    tensors
+    Ok(tensors)
 }
 
 /// `lengths`: a 1-D i64 (or i32) tensor of non-negative values, if present.

@@ -17,6 +17,7 @@
 //! `cells.rs`). Nothing writes a gate tensor only to read it back.
 
 use super::simd::Simd;
+use crate::error::Result;
 use std::ops::Range;
 
 /// A 64-byte-aligned, zero-filled f32 buffer (a cache line per 16 floats).
@@ -30,12 +31,15 @@ pub struct AlignedBuf {
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
+// SAFETY: sixteen f32 zeros are all zero bytes.
+unsafe impl bytemuck::Zeroable for Line {}
+
 impl AlignedBuf {
-    pub fn zeros(len: usize) -> Self {
-        AlignedBuf {
-            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
-            len,
-        }
+    /// `len` zeros; `what` names the buffer in an out-of-memory error.
+    pub fn zeros(len: usize, what: &str) -> Result<Self> {
+        let lines =
+            crate::memory::zeros::<Line>(len.div_ceil(16), || (what.to_string(), format!("{len} f32")))?;
+        Ok(AlignedBuf { lines, len })
     }
 
     pub fn len(&self) -> usize {
@@ -43,21 +47,23 @@ impl AlignedBuf {
     }
 
     /// Grows to at least `len` floats (zero-filled); never shrinks.
-    pub fn ensure(&mut self, len: usize) {
+    pub fn ensure(&mut self, len: usize, what: &str) -> Result<()> {
         if len > self.len {
-            *self = AlignedBuf::zeros(len);
+            *self = AlignedBuf::zeros(len, what)?;
         }
+        Ok(())
     }
 
     /// Makes the length `len`: within the allocation, the contents stay as
     /// they are (the caller rewrites what it needs); past it, a fresh
     /// zero-filled allocation.
-    pub fn resize(&mut self, len: usize) {
+    pub fn resize(&mut self, len: usize, what: &str) -> Result<()> {
         if len > 16 * self.lines.len() {
-            *self = AlignedBuf::zeros(len);
+            *self = AlignedBuf::zeros(len, what)?;
         } else {
             self.len = len;
         }
+        Ok(())
     }
 
     /// Zeroes `rows`-many-float rows `which` (row `r` at `r * width`).
@@ -122,14 +128,14 @@ impl Panels {
         width: usize,
         columns: Columns,
         value: impl Fn(usize, usize) -> Option<f32>,
-    ) -> Self {
+    ) -> Result<Self> {
         debug_assert_eq!(width % lanes, 0);
         let count = match columns {
             Columns::Gates { hidden_padded } => hidden_padded / lanes,
             Columns::Plain => width.div_ceil(nv * lanes),
         };
         let row = nv * lanes;
-        let mut data = AlignedBuf::zeros(count * k * row);
+        let mut data = AlignedBuf::zeros(count * k * row, "the packed weights")?;
         let out = data.as_mut_slice();
         for p in 0..count {
             for v in 0..nv {
@@ -147,13 +153,13 @@ impl Panels {
                 }
             }
         }
-        Panels {
+        Ok(Panels {
             data,
             k,
             nv,
             lanes,
             count,
-        }
+        })
     }
 
     /// The first float of panel `p`.

@@ -62,10 +62,11 @@ pub(super) struct Workspace {
     pub train: super::train::TrainScratch,
 }
 
-fn grown(buf: &mut Option<AlignedBuf>, len: usize) -> &mut AlignedBuf {
-    let buf = buf.get_or_insert_with(|| AlignedBuf::zeros(len));
-    buf.ensure(len);
-    buf
+/// `buf`, at least `len` floats long; `what` names it if memory is short.
+fn grown<'a>(buf: &'a mut Option<AlignedBuf>, len: usize, what: &str) -> Result<&'a mut AlignedBuf> {
+    let buf = buf.get_or_insert_with(AlignedBuf::default);
+    buf.ensure(len, what)?;
+    Ok(buf)
 }
 
 /// What the training forward keeps, for [`CpuRnn::run_forward`] to fill.
@@ -121,7 +122,7 @@ impl CpuRnn {
         }
         weights.config().validate()?;
         Ok(CpuRnn {
-            net: PackedNetwork::new(weights.cast(), isa),
+            net: PackedNetwork::new(weights.cast(), isa)?,
             workers: Workers::new(threads)?,
             ws: Workspace::default(),
         })
@@ -154,7 +155,7 @@ impl CpuRnn {
                 crate::weights::describe(weights.config())
             )));
         }
-        self.net = PackedNetwork::new(weights.cast(), self.net.dims.isa);
+        self.net = PackedNetwork::new(weights.cast(), self.net.dims.isa)?;
         Ok(())
     }
 
@@ -169,13 +170,7 @@ impl CpuRnn {
     pub(super) fn empty_output(&self, args: &ForwardInput<'_, f32>) -> Result<ForwardOutput<f32>> {
         let config = self.config();
         let dims = sequence::check_forward(config, args)?;
-        Ok(ForwardOutput {
-            output: Tensor::zeros(sequence::output_shape(config, dims)),
-            h_n: Tensor::zeros(sequence::h_shape(config, dims.batch)),
-            c_n: config
-                .has_cell_state()
-                .then(|| Tensor::zeros(sequence::c_shape(config, dims.batch))),
-        })
+        sequence::try_output(config, dims)
     }
 
     /// Whole-sequence forward into caller-owned tensors of the output's
@@ -183,8 +178,7 @@ impl CpuRnn {
     /// this size has been made.
     pub fn forward_into(&mut self, args: &ForwardInput<'_, f32>, out: &mut ForwardOutput<f32>) -> Result<()> {
         let run = self.checked_run(args, out)?;
-        self.run_forward(&run, None);
-        Ok(())
+        self.run_forward(&run, None)
     }
 
     /// Checks `args` and `out` and points a [`Run`] at them.
@@ -226,7 +220,8 @@ impl CpuRnn {
     /// Advances `B` streams by one step, as [`crate::reference::step`].
     pub fn step(&mut self, x: &Tensor<f32>, state: &mut State<f32>) -> Result<Tensor<f32>> {
         let batch = sequence::check_step(self.config(), x, state)?;
-        let mut out = Tensor::zeros([batch, self.config().output_size()]);
+        let mut out =
+            Tensor::try_zeros([batch, self.config().output_size()]).map_err(|e| e.needed_by("the output"))?;
         self.step_into(x, state, &mut out)?;
         Ok(out)
     }
@@ -263,13 +258,12 @@ impl CpuRnn {
             h_n: h,
             c_n: c,
         };
-        self.run_forward(&run, None);
-        Ok(())
+        self.run_forward(&run, None)
     }
 
     /// The forward pass on checked arguments; with `training`, also what
     /// backward needs. One job on the workers (see `forward.rs`).
-    pub(super) fn run_forward(&mut self, run: &Run<'_>, training: Option<TrainingSink<'_>>) {
+    pub(super) fn run_forward(&mut self, run: &Run<'_>, training: Option<TrainingSink<'_>>) -> Result<()> {
         let d = self.net.dims;
         let (rows, batch) = (run.rows.rows(), run.rows.batch);
         let threads = self.workers.threads();
@@ -277,14 +271,26 @@ impl CpuRnn {
         ws.prepare(&d, run, threads);
         let gate_width = d.gate_width();
         let split = Split::choose(&d, threads, batch);
-        // The weights a layer-direction's steps sum its projection with, where that pays.
+        // The weights a layer-direction's steps sum its projection with,
+        // where that pays (packed here, on the caller's thread, if new).
+        let fuses = |layer: usize| {
+            FusedInput::pays(
+                &d,
+                d.layer_input(layer),
+                run.rows.seq_len,
+                split.rows_per_task(batch),
+            )
+        };
+        for (layer, dir) in (0..d.layers).flat_map(|l| (0..d.dirs).map(move |dir| (l, dir))) {
+            if fuses(layer) {
+                let net = &self.net;
+                net.layer(layer, dir)
+                    .prepare_step_panels(&d, net.weights.layer_in_range(layer, dir))?;
+            }
+        }
         let fused_weights = |layer: usize, dir: usize| {
-            let (net, seq_len) = (&self.net, run.rows.seq_len);
-            FusedInput::pays(&d, d.layer_input(layer), seq_len, split.rows_per_task(batch))
-                .then(|| {
-                    net.layer(layer, dir)
-                        .w_ih_in_step_panels(&d, net.weights.layer_in_range(layer, dir))
-                })
+            fuses(layer)
+                .then(|| self.net.layer(layer, dir).w_ih_in_step_panels(&d))
                 .flatten()
         };
         // Only the layers that project apart need gi.
@@ -294,13 +300,16 @@ impl CpuRnn {
             .max()
             .unwrap_or(0);
         let gi_rows = gi_steps * batch;
-        let gi = SharedPtr(grown(&mut ws.gi, d.dirs * gi_rows * gate_width).as_mut_ptr());
+        let gi_len = d.dirs * gi_rows * gate_width;
+        let gi = SharedPtr(grown(&mut ws.gi, gi_len, "the input projection's workspace")?.as_mut_ptr());
         let state_len = state_floats(&d, batch);
-        let states = SharedPtr(grown(&mut ws.states, d.dirs * state_len).as_mut_ptr());
+        let states =
+            SharedPtr(grown(&mut ws.states, d.dirs * state_len, "the state workspace")?.as_mut_ptr());
         let out_width = d.out_width();
         let layer_out: [SharedPtr; 2] = if d.layers > 1 && training.is_none() {
-            let a = SharedPtr(grown(&mut ws.layer_out[0], rows * out_width).as_mut_ptr());
-            let b = SharedPtr(grown(&mut ws.layer_out[1], rows * out_width).as_mut_ptr());
+            let what = "the layer outputs' workspace";
+            let a = SharedPtr(grown(&mut ws.layer_out[0], rows * out_width, what)?.as_mut_ptr());
+            let b = SharedPtr(grown(&mut ws.layer_out[1], rows * out_width, what)?.as_mut_ptr());
             [a, b]
         } else {
             [SharedPtr::null(); 2]
@@ -390,6 +399,7 @@ impl CpuRnn {
             pass: &pass,
         };
         run_layers(&self.workers, split, &layers, &ws.scratch);
+        Ok(())
     }
 }
 

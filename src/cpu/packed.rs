@@ -16,6 +16,7 @@
 use super::kernel::{AlignedBuf, Columns, Panels};
 use super::simd::Isa;
 use crate::config::{CellKind, RnnConfig};
+use crate::error::Result;
 use crate::weights::{LayerWeights, Weights};
 use std::sync::OnceLock;
 
@@ -128,7 +129,7 @@ fn plain_nv(width: usize, lanes: usize) -> usize {
 
 /// Plain panels of a `K × width` matrix given by `value(k, col)` (`None`
 /// past the real columns).
-fn plain(dims: &Dims, k: usize, width: usize, value: impl Fn(usize, usize) -> Option<f32>) -> Panels {
+fn plain(dims: &Dims, k: usize, width: usize, value: impl Fn(usize, usize) -> Option<f32>) -> Result<Panels> {
     Panels::pack(
         k,
         plain_nv(width, dims.lanes),
@@ -172,17 +173,17 @@ pub struct BackwardPanels {
 }
 
 impl PackedLayer {
-    pub fn new(dims: &Dims, w: &LayerWeights<f32>) -> Self {
+    pub fn new(dims: &Dims, w: &LayerWeights<f32>) -> Result<Self> {
         let in_size = w.weight_ih.shape()[1];
         let (hp, gate_width) = (dims.hidden_padded, dims.gate_width());
         let w_ih_data = w.weight_ih.data();
         let w_ih = plain(dims, in_size, gate_width, |k, col| {
             dims.gate_row(col).map(|row| w_ih_data[row * in_size + k])
-        });
+        })?;
 
         let bias_of = |b: &Option<crate::Tensor<f32>>, row: usize| b.as_ref().map_or(0.0, |b| b.data()[row]);
-        let mut bias = AlignedBuf::zeros(gate_width);
-        let mut b_hn = AlignedBuf::zeros(hp);
+        let mut bias = AlignedBuf::zeros(gate_width, "the packed weights")?;
+        let mut b_hn = AlignedBuf::zeros(hp, "the packed weights")?;
         let gru_lbr = dims.cell == CellKind::Gru && dims.linear_before_reset;
         for col in 0..gate_width {
             let Some((gate, unit)) = dims.gate_unit(col) else {
@@ -205,23 +206,27 @@ impl PackedLayer {
             Panels::pack(k, nv, dims.lanes, nv * hp, columns, hh)
         };
         let (w_hh, w_hn) = match dims.cell {
-            CellKind::Lstm => (gates(4), None),
-            CellKind::Gru if dims.linear_before_reset => (gates(3), None),
+            CellKind::Lstm => (gates(4)?, None),
+            CellKind::Gru if dims.linear_before_reset => (gates(3)?, None),
             CellKind::Gru => {
                 let n_rows = plain(dims, dims.hidden, hp, |k_index, unit| {
                     (unit < dims.hidden).then(|| w_hh_data[(2 * dims.hidden + unit) * k + k_index])
-                });
-                (gates(2), Some(n_rows))
+                })?;
+                (gates(2)?, Some(n_rows))
             }
-            CellKind::RnnTanh | CellKind::RnnRelu => (plain(dims, k, hp, hh), None),
+            CellKind::RnnTanh | CellKind::RnnRelu => (plain(dims, k, hp, hh)?, None),
         };
-        let w_hr = w.weight_hr.as_ref().map(|w_hr| {
-            let data = w_hr.data();
-            plain(dims, dims.hidden, dims.out_padded, |k_index, col| {
-                (col < dims.out).then(|| data[col * dims.hidden + k_index])
+        let w_hr = w
+            .weight_hr
+            .as_ref()
+            .map(|w_hr| {
+                let data = w_hr.data();
+                plain(dims, dims.hidden, dims.out_padded, |k_index, col| {
+                    (col < dims.out).then(|| data[col * dims.hidden + k_index])
+                })
             })
-        });
-        PackedLayer {
+            .transpose()?;
+        Ok(PackedLayer {
             in_size,
             w_ih,
             bias,
@@ -231,66 +236,91 @@ impl PackedLayer {
             w_hr,
             backward: OnceLock::new(),
             w_ih_gates: OnceLock::new(),
-        }
+        })
     }
 
     /// `W_ih` in the panels of `W_hh`, where the step's gate sums are
     /// `x · W_ihᵀ + h · W_hhᵀ` column by column (LSTM, RNN; not the GRU,
     /// whose `n` gate keeps the two apart), so that one product can sum both
     /// (see [`Operands::prefix`](super::kernel::Operands)). The RNN's plain
-    /// `W_ih` already has `W_hh`'s panels; the LSTM's is packed on first use.
-    pub fn w_ih_in_step_panels(&self, dims: &Dims, w: &LayerWeights<f32>) -> Option<&Panels> {
+    /// `W_ih` already has `W_hh`'s panels; the LSTM's is packed on first use
+    /// ([`PackedLayer::prepare_step_panels`], which the caller makes first).
+    pub fn w_ih_in_step_panels(&self, dims: &Dims) -> Option<&Panels> {
         match dims.cell {
             CellKind::RnnTanh | CellKind::RnnRelu => Some(&self.w_ih),
             CellKind::Gru => None,
-            CellKind::Lstm => Some(self.w_ih_gates.get_or_init(|| {
-                let data = w.weight_ih.data();
-                let columns = Columns::Gates {
-                    hidden_padded: dims.hidden_padded,
-                };
-                Panels::pack(
-                    self.in_size,
-                    4,
-                    dims.lanes,
-                    dims.gate_width(),
-                    columns,
-                    |k, col| dims.gate_row(col).map(|row| data[row * self.in_size + k]),
-                )
-            })),
+            CellKind::Lstm => Some(
+                self.w_ih_gates
+                    .get()
+                    .expect("prepare_step_panels before a fused step"),
+            ),
         }
     }
 
-    /// The transposes for backward, packed on first use from `weights`.
-    pub fn backward(&self, dims: &Dims, w: &LayerWeights<f32>) -> &BackwardPanels {
-        self.backward.get_or_init(|| {
-            let gate_width = dims.gate_width();
-            let in_size = self.in_size;
-            let (ih, hh) = (w.weight_ih.data(), w.weight_hh.data());
-            let w_ih_t = plain(
-                dims,
-                gate_width,
-                in_size.next_multiple_of(dims.lanes),
-                |k, col| {
-                    let row = dims.gate_row(k)?;
-                    (col < in_size).then(|| ih[row * in_size + col])
-                },
-            );
-            let w_hh_t = plain(dims, gate_width, dims.out_padded, |k, col| {
+    /// Packs what [`PackedLayer::w_ih_in_step_panels`] returns, if it is
+    /// not yet: on the calling thread, with an error when memory is short.
+    pub fn prepare_step_panels(&self, dims: &Dims, w: &LayerWeights<f32>) -> Result<()> {
+        if dims.cell != CellKind::Lstm || self.w_ih_gates.get().is_some() {
+            return Ok(());
+        }
+        let data = w.weight_ih.data();
+        let columns = Columns::Gates {
+            hidden_padded: dims.hidden_padded,
+        };
+        let panels = Panels::pack(
+            self.in_size,
+            4,
+            dims.lanes,
+            dims.gate_width(),
+            columns,
+            |k, col| dims.gate_row(col).map(|row| data[row * self.in_size + k]),
+        )?;
+        let _ = self.w_ih_gates.set(panels);
+        Ok(())
+    }
+
+    /// The transposes for backward ([`PackedLayer::prepare_backward`] first).
+    pub fn backward(&self) -> &BackwardPanels {
+        self.backward.get().expect("prepare_backward before backward")
+    }
+
+    /// Packs the transposes for backward from `w`, if they are not yet.
+    pub fn prepare_backward(&self, dims: &Dims, w: &LayerWeights<f32>) -> Result<()> {
+        if self.backward.get().is_some() {
+            return Ok(());
+        }
+        let gate_width = dims.gate_width();
+        let in_size = self.in_size;
+        let (ih, hh) = (w.weight_ih.data(), w.weight_hh.data());
+        let w_ih_t = plain(
+            dims,
+            gate_width,
+            in_size.next_multiple_of(dims.lanes),
+            |k, col| {
                 let row = dims.gate_row(k)?;
-                (col < dims.out).then(|| hh[row * dims.out + col])
-            });
-            let w_hr_t = w.weight_hr.as_ref().map(|w_hr| {
+                (col < in_size).then(|| ih[row * in_size + col])
+            },
+        )?;
+        let w_hh_t = plain(dims, gate_width, dims.out_padded, |k, col| {
+            let row = dims.gate_row(k)?;
+            (col < dims.out).then(|| hh[row * dims.out + col])
+        })?;
+        let w_hr_t = w
+            .weight_hr
+            .as_ref()
+            .map(|w_hr| {
                 let data = w_hr.data();
                 plain(dims, dims.out, dims.hidden_padded, |k, col| {
                     (col < dims.hidden).then(|| data[k * dims.hidden + col])
                 })
-            });
-            BackwardPanels {
-                w_ih_t,
-                w_hh_t,
-                w_hr_t,
-            }
-        })
+            })
+            .transpose()?;
+        let _ = self.backward.set(BackwardPanels {
+            w_ih_t,
+            w_hh_t,
+            w_hr_t,
+        });
+        Ok(())
     }
 }
 
@@ -303,18 +333,18 @@ pub struct PackedNetwork {
 }
 
 impl PackedNetwork {
-    pub fn new(weights: Weights<f32>, isa: Isa) -> Self {
+    pub fn new(weights: Weights<f32>, isa: Isa) -> Result<Self> {
         let config = weights.config().clone();
         let dims = Dims::new(&config, isa);
         let layers = (0..config.num_layers)
             .flat_map(|l| (0..dims.dirs).map(move |d| (l, d)))
             .map(|(l, d)| PackedLayer::new(&dims, weights.layer_in_range(l, d)))
-            .collect();
-        PackedNetwork {
+            .collect::<Result<_>>()?;
+        Ok(PackedNetwork {
             dims,
             weights,
             layers,
-        }
+        })
     }
 
     pub fn layer(&self, layer: usize, direction: usize) -> &PackedLayer {

@@ -92,6 +92,12 @@ impl CpuReserve {
     }
 }
 
+/// What the training forward's and backward's buffers are called in an
+/// out-of-memory error.
+const RESERVE: &str = "the training reserve";
+const BACKWARD: &str = "backward's workspace";
+const WEIGHT_GRADS: &str = "the weight gradients";
+
 impl CpuRnn {
     fn dropout(&self, seed: Option<u64>) -> Option<Dropout> {
         let p = self.config().dropout;
@@ -142,9 +148,7 @@ impl CpuRnn {
             d.out_padded,
             if d.projects() { d.hidden_padded } else { 0 },
         ];
-        reserve.keeps.resize_with(d.layers * d.dirs, || {
-            std::array::from_fn(|_| AlignedBuf::zeros(0))
-        });
+        reserve.keeps.resize_with(d.layers * d.dirs, Default::default);
         // Rows past a sequence's end are never written, and the weight
         // gradients sum over every row: they must read as zero.
         let dead: Vec<usize> = (0..batch)
@@ -152,16 +156,17 @@ impl CpuRnn {
             .collect();
         for keep in &mut reserve.keeps {
             for (buf, width) in keep.iter_mut().zip(widths) {
-                buf.resize(rows * width);
+                buf.resize(rows * width, RESERVE)?;
                 buf.zero_rows(width, dead.iter().copied());
             }
         }
         let sized = |bufs: &mut Vec<AlignedBuf>, count: usize| {
-            bufs.resize_with(count, || AlignedBuf::zeros(0));
-            bufs.iter_mut().for_each(|b| b.resize(rows * d.out_width()));
+            bufs.resize_with(count, AlignedBuf::default);
+            bufs.iter_mut()
+                .try_for_each(|b| b.resize(rows * d.out_width(), RESERVE))
         };
-        sized(&mut reserve.outputs, between);
-        sized(&mut reserve.dropped, if dropout.is_some() { between } else { 0 });
+        sized(&mut reserve.outputs, between)?;
+        sized(&mut reserve.dropped, if dropout.is_some() { between } else { 0 })?;
         let keep_ptrs = reserve.keep_ptrs();
         let pointers = |bufs: &mut Vec<AlignedBuf>| -> Vec<SharedPtr> {
             bufs.iter_mut().map(|o| SharedPtr(o.as_mut_ptr())).collect()
@@ -175,8 +180,7 @@ impl CpuRnn {
                 outputs: &outputs,
                 dropout: dropout.map(|p| (p, &dropped[..])),
             }),
-        );
-        Ok(())
+        )
     }
 
     /// Backward through the training forward that produced `reserve` (on the
@@ -212,11 +216,13 @@ impl CpuRnn {
             batch: dims.batch,
             batch_first: config.batch_first,
         };
-        let mut grad_input = Tensor::zeros(args.input.shape());
-        let mut grad_h0 = Tensor::zeros(sequence::h_shape(&config, dims.batch));
-        let mut grad_c0 = config
-            .has_cell_state()
-            .then(|| Tensor::zeros(sequence::c_shape(&config, dims.batch)));
+        let zeros = |shape: &[usize], name: &str| Tensor::try_zeros(shape).map_err(|e| e.needed_by(name));
+        let mut grad_input = zeros(args.input.shape(), "grad_input")?;
+        let mut grad_h0 = zeros(&sequence::h_shape(&config, dims.batch), "grad_h0")?;
+        let mut grad_c0 = match config.has_cell_state() {
+            true => Some(zeros(&sequence::c_shape(&config, dims.batch), "grad_c0")?),
+            false => None,
+        };
         let mut param_grads: Vec<Option<LayerGrads>> = (0..d.layers * d.dirs).map(|_| None).collect();
         let lengths_ref = &lengths;
         let live_rows: Vec<usize> = (0..dims.seq_len)
@@ -236,24 +242,25 @@ impl CpuRnn {
             .flat_map(|b| (lengths[b]..dims.seq_len).map(move |t| layout.row(t, b)))
             .collect();
         let two_gate_grads = d.cell == CellKind::Gru;
-        let per_direction = |list: &mut Vec<AlignedBuf>, count: usize, width: usize| {
-            list.resize_with(count, || AlignedBuf::zeros(0));
+        let per_direction = |list: &mut Vec<AlignedBuf>, count: usize, width: usize| -> Result<()> {
+            list.resize_with(count, AlignedBuf::default);
             for buf in list.iter_mut() {
-                buf.resize(rows * width);
+                buf.resize(rows * width, BACKWARD)?;
                 buf.zero_rows(width, dead.iter().copied());
             }
+            Ok(())
         };
-        per_direction(&mut bufs.dgi, d.dirs, d.gate_width());
+        per_direction(&mut bufs.dgi, d.dirs, d.gate_width())?;
         per_direction(
             &mut bufs.dgh,
             if two_gate_grads { d.dirs } else { 0 },
             d.gate_width(),
-        );
+        )?;
         per_direction(
             &mut bufs.dproj,
             if d.projects() { d.dirs } else { 0 },
             d.out_padded,
-        );
+        )?;
         let TrainScratch {
             dgi: dgi_bufs,
             dgh: dgh_bufs,
@@ -262,10 +269,10 @@ impl CpuRnn {
             input: input_copy,
         } = &mut bufs;
         // Only the rows the recurrence reads are ever read: no zeroing.
-        dy_buf.resize(rows * d.out_width());
+        dy_buf.resize(rows * d.out_width(), BACKWARD)?;
         let mut dy: *const f32 = grads.output.data().as_ptr();
-        let zeros_state = Tensor::zeros(sequence::h_shape(&config, dims.batch));
-        let zeros_cell = Tensor::zeros(sequence::c_shape(&config, dims.batch));
+        let zeros_state = zeros(&sequence::h_shape(&config, dims.batch), "h_n's zero gradient")?;
+        let zeros_cell = zeros(&sequence::c_shape(&config, dims.batch), "c_n's zero gradient")?;
         let h_n_grad = grads.h_n.unwrap_or(&zeros_state).data();
         let c_n_grad = grads.c_n.unwrap_or(&zeros_cell).data();
         let c0 = args.c0.unwrap_or(&zeros_cell).data();
@@ -280,12 +287,13 @@ impl CpuRnn {
                 reserve.layer_input(layer)
             };
             // The reverse-time recurrences of every direction.
+            for dir in 0..d.dirs {
+                let net = &self.net;
+                net.layer(layer, dir)
+                    .prepare_backward(&d, net.weights.layer_in_range(layer, dir))?;
+            }
             let backward_panels: Vec<&BackwardPanels> = (0..d.dirs)
-                .map(|dir| {
-                    self.net
-                        .layer(layer, dir)
-                        .backward(&d, self.net.weights.layer_in_range(layer, dir))
-                })
+                .map(|dir| self.net.layer(layer, dir).backward())
                 .collect();
             let runs: Vec<BackwardRecurrence<'_>> = (0..d.dirs)
                 .map(|dir| {
@@ -334,18 +342,24 @@ impl CpuRnn {
                 .collect();
             let chunks = backward_chunks(&d, self.workers.threads(), dims.batch);
             let scratch = &self.ws.scratch;
+            let failed = std::sync::Mutex::new(None);
             self.workers.run(runs.len() * chunks, |task| {
                 let (run, chunk) = (&runs[task / chunks], task % chunks);
                 let mut lists = scratch[task].lock();
-                run.run(share(dims.batch, chunk, chunks), &mut lists);
+                if let Err(e) = run.run(share(dims.batch, chunk, chunks), &mut lists) {
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                }
             });
             drop(runs);
+            if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                return Err(e);
+            }
 
             // Weight gradients over all rows at once.
             let x: &[f32] = if layer == 0 && varlen {
                 // Padded steps of the caller's input may hold anything; their
                 // gate gradients are zero, and 0 · NaN is not.
-                input_copy.resize(rows * in_size);
+                input_copy.resize(rows * in_size, BACKWARD)?;
                 input_copy.as_mut_slice().copy_from_slice(layer_input);
                 input_copy.zero_rows(in_size, dead.iter().copied());
                 input_copy.as_slice()
@@ -372,7 +386,7 @@ impl CpuRnn {
                         dgh,
                         keep,
                         dproj_bufs.get(dir).map(AlignedBuf::as_slice),
-                    )
+                    )?
                 };
                 param_grads[state] = Some(grads);
             }
@@ -577,16 +591,17 @@ fn layer_grads(
     dgh: &[f32],
     keep: &[AlignedBuf; 4],
     dproj: Option<&[f32]>,
-) -> LayerGrads {
+) -> Result<LayerGrads> {
     let (gw, hp) = (d.gate_width(), d.hidden_padded);
-    let mut w_ih = AlignedBuf::zeros(gw * in_size);
-    let mut w_hh = AlignedBuf::zeros(gw * d.out);
-    let mut w_hr = AlignedBuf::zeros(if dproj.is_some() {
+    let mut w_ih = AlignedBuf::zeros(gw * in_size, WEIGHT_GRADS)?;
+    let mut w_hh = AlignedBuf::zeros(gw * d.out, WEIGHT_GRADS)?;
+    let w_hr_len = if dproj.is_some() {
         d.out_padded * d.hidden
     } else {
         0
-    });
-    let mut biases = AlignedBuf::zeros(2 * gw);
+    };
+    let mut w_hr = AlignedBuf::zeros(w_hr_len, WEIGHT_GRADS)?;
+    let mut biases = AlignedBuf::zeros(2 * gw, WEIGHT_GRADS)?;
     let h_prev = keep[2].as_slice();
     let mut products = vec![product(gw, in_size, dgi, gw, x, in_size, w_ih.as_mut_ptr())];
     if d.original_gru() {
@@ -655,22 +670,22 @@ fn layer_grads(
     });
     drop(products);
     // Padded gate rows back to PyTorch's rows.
-    let unpad = |padded: &[f32], n: usize| -> Vec<f32> {
-        let mut out = vec![0.0f32; d.gates * d.hidden * n];
+    let unpad = |padded: &[f32], n: usize| -> Result<Vec<f32>> {
+        let mut out = crate::memory::zeros(d.gates * d.hidden * n, || (WEIGHT_GRADS.into(), String::new()))?;
         for col in 0..gw {
             if let Some(row) = d.gate_row(col) {
                 out[row * n..(row + 1) * n].copy_from_slice(&padded[col * n..(col + 1) * n]);
             }
         }
-        out
+        Ok(out)
     };
-    LayerGrads {
-        w_ih: unpad(w_ih.as_slice(), in_size),
-        w_hh: unpad(w_hh.as_slice(), d.out),
-        b_ih: unpad(&biases.as_slice()[..gw], 1),
-        b_hh: unpad(&biases.as_slice()[gw..], 1),
+    Ok(LayerGrads {
+        w_ih: unpad(w_ih.as_slice(), in_size)?,
+        w_hh: unpad(w_hh.as_slice(), d.out)?,
+        b_ih: unpad(&biases.as_slice()[..gw], 1)?,
+        b_hh: unpad(&biases.as_slice()[gw..], 1)?,
         w_hr: w_hr.as_slice()[..if dproj.is_some() { d.out * d.hidden } else { 0 }].to_vec(),
-    }
+    })
 }
 
 /// `dX[row] (+)= dgi[row] · W_ih` for the given rows.
@@ -779,18 +794,19 @@ impl BackwardRecurrence<'_> {
         }
     }
 
-    fn run(&self, batch_rows: std::ops::Range<usize>, lists: &mut RowLists) {
+    fn run(&self, batch_rows: std::ops::Range<usize>, lists: &mut RowLists) -> Result<()> {
         let d = self.dims;
         let n = batch_rows.len();
         let (out_p, hp) = (d.out_padded, d.hidden_padded);
+        let zeros = |len: usize| AlignedBuf::zeros(len, BACKWARD);
         let mut g = CarriedGrads {
-            dh: AlignedBuf::zeros(n * out_p),
-            dh_total: AlignedBuf::zeros(n * out_p),
-            dh_new: AlignedBuf::zeros(n * hp),
-            dc: AlignedBuf::zeros(n * hp),
-            carry: AlignedBuf::zeros(n * out_p),
-            d_reset_h: AlignedBuf::zeros(n * hp),
-            c0: AlignedBuf::zeros(n * hp),
+            dh: zeros(n * out_p)?,
+            dh_total: zeros(n * out_p)?,
+            dh_new: zeros(n * hp)?,
+            dc: zeros(n * hp)?,
+            carry: zeros(n * out_p)?,
+            d_reset_h: zeros(n * hp)?,
+            c0: zeros(n * hp)?,
         };
         for (i, b) in batch_rows.clone().enumerate() {
             g.dh.as_mut_slice()[i * out_p..][..d.out].copy_from_slice(&self.h_n_grad[b * d.out..][..d.out]);
@@ -817,6 +833,7 @@ impl BackwardRecurrence<'_> {
                 }
             }
         }
+        Ok(())
     }
 
     #[inline(always)]

@@ -11,6 +11,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Wraps a driver error with what was being done.
+/// A failed device allocation: [`Error::OutOfMemory`] when the device is
+/// out of memory, else the driver's error.
+pub(crate) fn device_alloc_err(
+    what: &str,
+    detail: String,
+    bytes: usize,
+) -> impl FnOnce(DriverError) -> Error + '_ {
+    move |e| match e.0 {
+        cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+            Error::out_of_memory(what, detail, Some(bytes))
+        }
+        _ => Error::Cuda(format!("allocating {what}: {e}")),
+    }
+}
+
 pub(crate) fn cuda_err(context: impl std::fmt::Display) -> impl FnOnce(DriverError) -> Error {
     move |e| Error::Cuda(format!("{context}: {e}"))
 }

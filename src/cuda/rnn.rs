@@ -3,7 +3,7 @@
 //! launches with no allocation and no host synchronisation (so it can be
 //! captured in a CUDA graph once a call of that shape has been made).
 
-use super::device::{cuda_err, CudaDevice};
+use super::device::{cuda_err, device_alloc_err, CudaDevice};
 use crate::cuda::launch::plan::{KernelParams, Step, WorkspaceLayout};
 use crate::cuda::launch::{
     forward_steps, plan_recurrence, Blocking, ForwardBuffers, RecurrencePlan, Strategy, WeightLayout,
@@ -199,8 +199,11 @@ impl CudaRnn {
         if self.workspace.as_ref().is_none_or(|w| w.len() < words) {
             // SAFETY: every region is written before it is read (barriers are
             // zeroed by the plan, the rest is produced by earlier launches).
-            let fresh =
-                unsafe { self.stream.alloc::<f32>(words) }.map_err(cuda_err("allocating the workspace"))?;
+            let fresh = unsafe { self.stream.alloc::<f32>(words) }.map_err(device_alloc_err(
+                "the GPU workspace",
+                format!("{words} f32 words"),
+                words * 4,
+            ))?;
             self.workspace = Some(fresh);
         }
         Ok(())
@@ -361,9 +364,11 @@ impl CudaRnn {
     }
 
     pub(super) fn alloc_zeros(&self, len: usize, what: &str) -> Result<CudaSlice<f32>> {
-        self.stream
-            .alloc_zeros::<f32>(len)
-            .map_err(cuda_err(format!("allocating {what}")))
+        self.stream.alloc_zeros::<f32>(len).map_err(device_alloc_err(
+            what,
+            format!("{len} f32 on the GPU"),
+            len * 4,
+        ))
     }
 
     /// Copies `buf` back as a tensor of `shape` (waits for the stream).
@@ -392,7 +397,7 @@ impl CudaRnn {
         let c = &self.config;
         let b = dims.batch;
         Ok(DeviceOutputs {
-            output: self.alloc_zeros(dims.seq_len * b * c.output_width(), "output")?,
+            output: self.alloc_zeros(dims.seq_len * b * c.output_width(), "the output")?,
             h_n: self.alloc_zeros(c.num_states() * b * c.output_size(), "h_n")?,
             c_n: c
                 .has_cell_state()

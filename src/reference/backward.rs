@@ -101,7 +101,10 @@ pub fn backward<T: Element>(
             x
         };
         let in_width = config.layer_input_size(layer);
-        let mut dx = vec![T::zero(); batch * seq_len * in_width];
+        let dx_len = batch * seq_len * in_width;
+        let mut dx = crate::memory::zeros(dx_len, || {
+            ("grad_input".to_string(), format!("{dx_len} {}", T::NAME))
+        })?;
         for direction in 0..dirs {
             let state = layer * dirs + direction;
             let run = DirectionRun::new(config, weights, layer, direction, seq_len);

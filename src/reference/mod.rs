@@ -74,15 +74,19 @@ fn run<T: Element>(
 
     let mut layer_input = batch_major(config, args.input)?;
     for layer in 0..config.num_layers {
-        let mut layer_output = Tensor::zeros([batch, seq_len, config.output_width()]);
-        let mut cells = vec![
-            T::zero();
-            if record_cells {
-                batch * seq_len * dirs * hidden
-            } else {
-                0
-            }
-        ];
+        let mut layer_output = Tensor::try_zeros([batch, seq_len, config.output_width()])
+            .map_err(|e| e.needed_by("the output"))?;
+        let cells_len = if record_cells {
+            batch * seq_len * dirs * hidden
+        } else {
+            0
+        };
+        let mut cells = crate::memory::zeros(cells_len, || {
+            (
+                "the training reserve".to_string(),
+                format!("{cells_len} {}", T::NAME),
+            )
+        })?;
         for direction in 0..dirs {
             let state = layer * dirs + direction;
             let h_state = &mut h.data_mut()[state * batch * out_size..(state + 1) * batch * out_size];
@@ -99,7 +103,15 @@ fn run<T: Element>(
         }
         layer_input = layer_output;
         if let Some(reserve) = reserve.as_mut() {
-            reserve.outputs.push(layer_input.data().to_vec());
+            let mut kept = Vec::new();
+            crate::memory::reserve(&mut kept, layer_input.len(), || {
+                (
+                    "the training reserve".to_string(),
+                    format!("{} {}", layer_input.len(), T::NAME),
+                )
+            })?;
+            kept.extend_from_slice(layer_input.data());
+            reserve.outputs.push(kept);
             reserve.cells.push(cells);
             if let (Some(dropout), false) = (reserve.dropout, layer + 1 == config.num_layers) {
                 dropout.apply(
