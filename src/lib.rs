@@ -29,6 +29,7 @@ pub mod memory;
 pub mod reference;
 pub mod rng;
 pub mod sequence;
+pub mod state_file;
 pub mod tensor;
 pub mod tensor_file;
 pub mod weights;

@@ -12,6 +12,11 @@ impl SplitMix64 {
         SplitMix64 { state: seed }
     }
 
+    /// Where the generator is: `SplitMix64::new(g.state())` continues as `g` does.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

@@ -100,6 +100,17 @@ pub struct TensorFile {
     bytes: Vec<u8>,
 }
 
+impl std::fmt::Debug for TensorFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TensorFile({}, {} bytes)",
+            self.path.display(),
+            self.bytes.len()
+        )
+    }
+}
+
 impl TensorFile {
     /// Reads a safetensors file: a regular file (through symbolic links),
     /// no more than its size.
@@ -584,6 +595,42 @@ fn resolve_links(path: &Path) -> Result<PathBuf> {
         }
     }
     Err(Error::file(path, "too many levels of symbolic links"))
+}
+
+/// Removes the temporaries that processes killed while writing `path`
+/// left beside it (`.NAME.rnnk-tmp-PID` of a PID that no longer runs; a
+/// SIGKILL leaves no chance to remove one). Only where `/proc` says which
+/// processes run; elsewhere nothing is removed.
+pub fn remove_stale_temporaries(path: &Path) -> Result<()> {
+    if !Path::new("/proc/self").exists() {
+        return Ok(());
+    }
+    let target = resolve_links(path)?;
+    let (Some(name), Some(dir)) = (target.file_name(), target.parent()) else {
+        return Ok(());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.rnnk-tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let running = pid
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if pid.bytes().all(|b| b.is_ascii_digit()) && !running {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::file(&entry.path(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The temporaries being written, for [`remove_temporaries`].

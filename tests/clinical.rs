@@ -410,3 +410,213 @@ fn the_output_may_not_be_the_model_or_the_input() {
         "the model file is untouched"
     );
 }
+
+/// Runs `example args` again and again, each run killed with SIGKILL at a
+/// random moment of its work (between hours or in the middle of writing
+/// the state file: each write waits 15 ms between its synced temporary and
+/// the rename), until one run finishes. Between runs the state file, if
+/// there is one yet, must load: never torn, never lost. Returns how many
+/// runs were killed after resuming from a state file.
+fn kill_until_done(name: &str, args: &[&str], state: &Path, lstm: &rnn_kernels::Weights<f32>) -> usize {
+    let mut rng = rnn_kernels::rng::SplitMix64::new(0xC0FFEE ^ std::process::id() as u64);
+    let start = || {
+        Command::new(example(name))
+            .args(args)
+            .env("RNNK_TEST_WRITE_DELAY_MS", "15")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // How long a whole run takes, from scratch (then started over).
+    let _ = std::fs::remove_file(state);
+    let began = std::time::Instant::now();
+    assert!(start().wait().unwrap().success());
+    let whole_ms = began.elapsed().as_millis() as usize;
+    std::fs::remove_file(state).unwrap();
+    let mut resumed_and_killed = 0;
+    for attempt in 0..200 {
+        let resuming = state.exists();
+        let mut child = start();
+        let wait_ms = rng.int_inclusive(0, whole_ms / 3);
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms as u64));
+        let killed = child.try_wait().unwrap().is_none();
+        if killed {
+            child.kill().unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{name} panicked: {stderr}");
+        if state.exists() {
+            rnn_kernels::State::<f32>::load(state, lstm)
+                .unwrap_or_else(|e| panic!("after attempt {attempt}, the state file does not load: {e}"));
+        }
+        if killed && resuming {
+            resumed_and_killed += 1;
+        }
+        if out.status.success() {
+            return resumed_and_killed;
+        }
+        assert!(out.status.code().is_none(), "{name} failed by itself: {stderr}");
+    }
+    panic!("{name} never finished in 200 attempts");
+}
+
+fn icu_lstm(model: &Path) -> rnn_kernels::Weights<f32> {
+    rnn_kernels::Weights::load(model, Some("lstm")).unwrap()
+}
+
+#[test]
+fn the_monitor_killed_at_any_moment_resumes_with_nothing_lost() {
+    let dir = temp_dir("kill");
+    // The replay: its scores after any number of kills and restarts are
+    // the bits of a run never killed.
+    let name = "icu_seed_varlen";
+    let (model, cohort) = (case(name, "model"), case(name, "cohort"));
+    let straight = dir.join("straight.safetensors");
+    assert!(score("icu_monitor", &model, &cohort, &straight).ok);
+    let (resumed, state) = (dir.join("resumed.safetensors"), dir.join("replay.state"));
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        cohort.to_str().unwrap(),
+        "--output",
+        resumed.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    let restarts = kill_until_done("icu_monitor", &args, &state, &icu_lstm(&model));
+    assert!(
+        restarts >= 2,
+        "{restarts} runs resumed and were killed: the test proves little"
+    );
+    for tensor in ["logit", "prob"] {
+        assert_eq!(read(&resumed, tensor), read(&straight, tensor), "{tensor}");
+    }
+    // The simulated ward: its final state file (every bed's LSTM state,
+    // stays and hours, the generator) is the bytes of a run never killed.
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/icu_model.safetensors");
+    let ward = |state: &Path| {
+        [
+            "--model".to_string(),
+            model.to_str().unwrap().to_string(),
+            "--beds".into(),
+            "300".into(),
+            "--hours".into(),
+            "40".into(),
+            "--device".into(),
+            "cpu".into(),
+            "--state".into(),
+            state.to_str().unwrap().to_string(),
+        ]
+    };
+    let straight = dir.join("ward-straight.state");
+    let args = ward(&straight);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(run("icu_monitor", &args).ok);
+    let resumed = dir.join("ward-resumed.state");
+    let args = ward(&resumed);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let restarts = kill_until_done("icu_monitor", &args, &resumed, &icu_lstm(&model));
+    assert!(
+        restarts >= 2,
+        "{restarts} runs resumed and were killed: the test proves little"
+    );
+    assert!(std::fs::read(&resumed).unwrap() == std::fs::read(&straight).unwrap());
+    // No killed write left its temporary behind (each start removes those
+    // of processes gone).
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".rnnk-tmp-"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_state_file_of_another_ward_or_cohort_is_refused() {
+    let dir = temp_dir("state-refused");
+    let name = "icu_seed_varlen";
+    let (model, cohort) = (case(name, "model"), case(name, "cohort"));
+    let state = dir.join("ward.state");
+    let ward = |beds: &str| {
+        run(
+            "icu_monitor",
+            &[
+                "--model",
+                model.to_str().unwrap(),
+                "--beds",
+                beds,
+                "--hours",
+                "2",
+                "--device",
+                "cpu",
+                "--state",
+                state.to_str().unwrap(),
+            ],
+        )
+    };
+    assert!(ward("20").ok);
+    let r = ward("21");
+    assert!(
+        !r.ok && r.stderr.contains("holds a ward of 20 beds, this one has 21"),
+        "{}",
+        r.stderr
+    );
+    // The ward's state is not a replay's.
+    let out = dir.join("scores.safetensors");
+    let r = run(
+        "icu_monitor",
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            cohort.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(!out.exists());
+    // Another model's state (the same sizes, other weights).
+    let other = common::fixtures_dir().join("icu_model.safetensors");
+    let r = run(
+        "icu_monitor",
+        &[
+            "--model",
+            other.to_str().unwrap(),
+            "--beds",
+            "20",
+            "--hours",
+            "2",
+            "--device",
+            "cpu",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert!(!r.ok && r.stderr.contains("holds the state of"), "{}", r.stderr);
+    // The state file may not be the model.
+    let r = run(
+        "icu_monitor",
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--beds",
+            "20",
+            "--device",
+            "cpu",
+            "--state",
+            model.to_str().unwrap(),
+        ],
+    );
+    assert!(!r.ok, "{}", r.stdout);
+}

@@ -516,6 +516,23 @@ impl Patient {
         }
     }
 
+    /// The patient as numbers (for a monitor's state file): the
+    /// deterioration flag, then the baseline vitals.
+    pub fn to_row(&self) -> [f64; 1 + FEATURES] {
+        std::array::from_fn(|i| match i {
+            0 => f64::from(u8::from(self.deteriorating)),
+            i => self.baseline[i - 1],
+        })
+    }
+
+    /// The patient [`Patient::to_row`] wrote.
+    pub fn from_row(row: &[f64]) -> Self {
+        Patient {
+            deteriorating: row[0] != 0.0,
+            baseline: std::array::from_fn(|f| row[1 + f]),
+        }
+    }
+
     /// The standardised vitals of hour `hour` of the stay.
     pub fn vitals(&self, hour: usize, rng: &mut SplitMix64, out: &mut [f32]) {
         for (f, value) in out.iter_mut().enumerate() {
