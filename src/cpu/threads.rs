@@ -133,33 +133,47 @@ struct Slot {
 // successful claim (Acquire), until `done` says the piece is finished.
 unsafe impl Sync for Slot {}
 
+/// The pool's shared words, each group on cache lines of its own: a
+/// caller writes some of them for every region while idle workers spin on
+/// others, and a line both write and read would bounce between cores.
 struct Pool {
     slots: [Slot; SLOTS],
     /// Bumped for every region posted: what idle workers watch and sleep on.
-    posted: AtomicU32,
-    /// Workers asleep on `posted`.
-    sleepers: AtomicU32,
+    posted: Line<AtomicU32>,
+    /// Workers asleep on `posted` (read by callers as they post).
+    sleepers: Line<AtomicU32>,
     /// Workers started (they run for the life of the process).
     started: Mutex<usize>,
     /// Index of the next slot a caller looks at first.
     next_slot: AtomicUsize,
     pacing: Pacing,
     /// Threads inside [`Workers::run`] now, on their own work.
-    callers: AtomicUsize,
+    callers: Line<AtomicUsize>,
+}
+
+/// A value on cache lines of its own.
+#[repr(align(128))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 static POOL: Pool = Pool {
     slots: [const { Slot::new() }; SLOTS],
-    posted: AtomicU32::new(0),
-    sleepers: AtomicU32::new(0),
+    posted: Line(AtomicU32::new(0)),
+    sleepers: Line(AtomicU32::new(0)),
     started: Mutex::new(0),
     next_slot: AtomicUsize::new(0),
     pacing: Pacing {
-        misses: AtomicU32::new(0),
-        solo_until: AtomicU64::new(0),
+        misses: Line(AtomicU32::new(0)),
+        solo_until: Line(AtomicU64::new(0)),
         solo_ns: AtomicU64::new(SOLO_MIN.as_nanos() as u64),
     },
-    callers: AtomicUsize::new(0),
+    callers: Line(AtomicUsize::new(0)),
 };
 
 /// A caller inside [`Workers::run`]; `.0`: every core already has a caller
@@ -282,31 +296,30 @@ impl Pool {
         self.posted.fetch_add(1, Ordering::SeqCst);
         let asleep = self.sleepers.load(Ordering::SeqCst);
         for _ in 0..asleep.min(pieces as u32 - 1) {
-            atomic_wait::wake_one(&self.posted);
+            atomic_wait::wake_one(&*self.posted);
         }
 
         // The caller's pieces: 0, then any still unclaimed. The first panic
         // is the one it passes on.
         let mut panic = None;
-        let mut own = Duration::ZERO;
         let mut ran = 0;
         let mut piece = Some(0);
         while let Some(p) = piece {
-            let begun = Instant::now();
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(p))) {
                 panic.get_or_insert(payload);
             }
-            own += begun.elapsed();
             ran += 1;
             piece = slot.claim(0);
         }
+        // The caller's own time per piece (its post included).
+        let own_piece = start.elapsed() / ran;
         let done = slot.done.fetch_add(ran, Ordering::AcqRel) + ran;
         if done as usize != pieces {
-            wait_for_pieces(slot, pieces as u32, own / ran);
+            wait_for_pieces(slot, pieces as u32, own_piece);
         }
         let panicked = slot.panicked.load(Ordering::Relaxed);
         slot.busy.store(false, Ordering::Release);
-        self.pacing.record(start, own / ran * pieces as u32);
+        self.pacing.record(start, own_piece * pieces as u32);
         if let Some(payload) = panic {
             resume_unwind(payload);
         }
@@ -323,23 +336,34 @@ impl Pool {
     }
 
     /// A free slot, taken; None when every slot is in use.
+    /// The calling thread takes the slot it took last time if it is free
+    /// (so a stream of regions from one caller stays on one cache line the
+    /// workers already look at first), else the next free one.
     fn take_slot(&self) -> Option<&Slot> {
-        let first = self.next_slot.fetch_add(1, Ordering::Relaxed);
-        (0..SLOTS).map(|i| &self.slots[(first + i) % SLOTS]).find(|slot| {
-            !slot.busy.load(Ordering::Relaxed)
-                && slot
-                    .busy
+        thread_local! {
+            static LAST: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+        }
+        let first = LAST
+            .with(|last| last.get())
+            .unwrap_or_else(|| self.next_slot.fetch_add(1, Ordering::Relaxed) % SLOTS);
+        let taken = (0..SLOTS).map(|i| (first + i) % SLOTS).find(|&i| {
+            let busy = &self.slots[i].busy;
+            !busy.load(Ordering::Relaxed)
+                && busy
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
-        })
+        })?;
+        LAST.with(|last| last.set(Some(taken)));
+        Some(&self.slots[taken])
     }
 
     /// A worker's life: claim pieces of posted regions; when there are none,
     /// spin a while, then sleep until the next post.
     fn work(&self, index: usize) -> ! {
+        let mut last = index % SLOTS;
         loop {
             let seen = self.posted.load(Ordering::SeqCst);
-            if self.claim_and_run(index) {
+            if self.claim_and_run(index, &mut last) {
                 continue;
             }
             let mut spin = Spin::new(IDLE_SPIN);
@@ -349,17 +373,20 @@ impl Pool {
             {}
             if self.posted.load(Ordering::SeqCst) == seen {
                 self.sleepers.fetch_add(1, Ordering::SeqCst);
-                atomic_wait::wait(&self.posted, seen);
+                atomic_wait::wait(&*self.posted, seen);
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
 
     /// Claims and runs one piece of any posted region; false when there is none.
-    fn claim_and_run(&self, index: usize) -> bool {
+    /// Looks first where it last found work (`last`, updated).
+    fn claim_and_run(&self, index: usize, last: &mut usize) -> bool {
         for i in 0..SLOTS {
-            let slot = &self.slots[(index + i) % SLOTS];
+            let at = (*last + i) % SLOTS;
+            let slot = &self.slots[at];
             if let Some(piece) = slot.claim(index) {
+                *last = at;
                 slot.run_piece(piece);
                 return true;
             }
@@ -381,10 +408,11 @@ impl Pool {
 /// counted: the workers are waking up.
 struct Pacing {
     /// The share of misses over the last ~16 regions, a moving average
-    /// scaled to 2^16.
-    misses: AtomicU32,
-    /// While the clock (ns since [`epoch`]) is below this, regions run solo.
-    solo_until: AtomicU64,
+    /// scaled to 2^16 (written by callers after every region).
+    misses: Line<AtomicU32>,
+    /// While the clock (ns since [`epoch`]) is below this, regions run solo
+    /// (read by spinning workers).
+    solo_until: Line<AtomicU64>,
     /// How long the next solo period lasts.
     solo_ns: AtomicU64,
 }
@@ -392,7 +420,7 @@ struct Pacing {
 const ONE: u32 = 1 << 16;
 
 /// The average misses start from after a solo period.
-const AFTER_SOLO: u32 = ONE * 3 / 8;
+const AFTER_SOLO: u32 = ONE / 4;
 
 impl Pacing {
     /// Whether regions started at `now` run on their caller alone.
@@ -401,10 +429,12 @@ impl Pacing {
     }
 
     /// Counts a region begun at `start` that the caller alone would have
-    /// run in about `alone`. A region weighs by its length (one to eight
-    /// [`REGION_UNIT`]s), so that the average covers about the last 16
-    /// units of time as much as the last 16 regions: a few missed long
-    /// regions turn the pool solo as surely as many short ones.
+    /// run in about `alone`. A region weighs by that length (one to eight
+    /// [`REGION_UNIT`]s: not by its wall time, which one stall of the VM
+    /// makes long), so that the average covers about the last 16 units of
+    /// work as much as the last 16 regions: a few missed long regions turn
+    /// the pool solo as surely as many short ones, and a rare stall of a
+    /// short one does not.
     fn record(&self, start: Instant, alone: Duration) {
         if nanos(start) < self.solo_until.load(Ordering::Relaxed) + WAKE_GRACE.as_nanos() as u64 {
             return;
@@ -412,7 +442,7 @@ impl Pacing {
         let now = Instant::now();
         let wall = now - start;
         let miss = wall.as_secs_f64() > (1.0 - MIN_GAIN) * alone.as_secs_f64();
-        let weight = (wall.as_nanos() / REGION_UNIT.as_nanos()).clamp(1, 8) as u32;
+        let weight = (alone.as_nanos() / REGION_UNIT.as_nanos()).clamp(1, 8) as u32;
         let old = self.misses.load(Ordering::Relaxed);
         let new = old - old / 16 * weight + if miss { ONE / 16 * weight } else { 0 };
         self.misses.store(new, Ordering::Relaxed);
