@@ -373,7 +373,7 @@ impl Pool {
             {}
             if self.posted.load(Ordering::SeqCst) == seen {
                 self.sleepers.fetch_add(1, Ordering::SeqCst);
-                atomic_wait::wait(&*self.posted, seen);
+                atomic_wait::wait(&self.posted, seen);
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -455,7 +455,13 @@ impl Pacing {
             // end it, and only many hits reset the period to its minimum.
             self.misses.store(AFTER_SOLO, Ordering::Relaxed);
         } else if !miss && new < ONE / 8 {
-            self.solo_ns.store(SOLO_MIN.as_nanos() as u64, Ordering::Relaxed);
+            // Back to the shortest solo period only after helped regions
+            // for as long as the last solo period: a lucky probe (the
+            // helper happened to have a core) is not a free machine.
+            let solo = self.solo_ns.load(Ordering::Relaxed);
+            if nanos(now) > self.solo_until.load(Ordering::Relaxed) + solo {
+                self.solo_ns.store(SOLO_MIN.as_nanos() as u64, Ordering::Relaxed);
+            }
         }
     }
 }
