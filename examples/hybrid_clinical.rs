@@ -26,8 +26,7 @@ mod clinical;
 
 use clap::Parser;
 use clinical::{
-    last_hidden, synthetic_cohort, synthetic_notes, Backend, Cohort, DeviceChoice, HybridModel, Work,
-    FEATURES,
+    last_hidden, synthetic_cohort, synthetic_notes, Backend, Cohort, Device, HybridModel, Work, FEATURES,
 };
 use rnn_kernels::{Error, ForwardInput, Result};
 use std::path::{Path, PathBuf};
@@ -56,16 +55,16 @@ struct Args {
     #[arg(long, default_value_t = 2024)]
     seed: u64,
     /// Where the LSTM runs: the GPU if there is one (auto), the CPU, or the GPU.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    device: DeviceChoice,
+    #[arg(long, default_value_t = Device::Auto)]
+    device: Device,
 }
 
-fn score_file(model_path: &Path, input: &Path, output: &Path, device: DeviceChoice) -> Result<()> {
+fn score_file(model_path: &Path, input: &Path, output: &Path, device: Device) -> Result<()> {
     let model = HybridModel::load(model_path)?;
     let config = model.lstm.config().clone();
     let cohort = Cohort::load(input, config.input_size, Some(model.embed_size()))?;
     let text = cohort.text_embed.as_ref().expect("checked by Cohort::load");
-    let (mut backend, backend_line) = Backend::choose(device, &model.lstm)?;
+    let (mut backend, backend_line) = Backend::choose(device, &model.lstm, None)?;
     let out = backend.forward(&cohort.args())?;
     let logits = model.logits(last_hidden(&out, &config), text.data());
     clinical::write_scores(output, &logits, &[model_path, input])?;
@@ -105,7 +104,7 @@ fn demo(args: &Args) -> Result<()> {
     let cohort = synthetic_cohort(args.patients, args.seed);
     let notes = synthetic_notes(&cohort.deteriorating, model.embed_size(), args.seed);
     let args_in = ForwardInput::new(&cohort.vitals).lengths(&cohort.lengths);
-    let (mut backend, backend_line) = Backend::choose(args.device, &model.lstm)?;
+    let (mut backend, backend_line) = Backend::choose(args.device, &model.lstm, None)?;
     backend.forward(&args_in)?;
     let start = Instant::now();
     let out = backend.forward(&args_in)?;

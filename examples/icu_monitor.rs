@@ -39,7 +39,7 @@
 mod clinical;
 
 use clap::Parser;
-use clinical::{Backend, Cohort, DeviceChoice, IcuModel, Patient, FEATURES};
+use clinical::{Backend, Cohort, Device, IcuModel, Patient, FEATURES};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::state_file::Extra;
 use rnn_kernels::tensor_file::{self, OwnedTensor, TensorFile};
@@ -74,8 +74,8 @@ struct Args {
     #[arg(long, requires = "input")]
     output: Option<PathBuf>,
     /// Where the LSTM runs: the GPU if there is one (auto), the CPU, or the GPU.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    device: DeviceChoice,
+    #[arg(long, default_value_t = Device::Auto)]
+    device: Device,
     /// Keep the ward's state in this file after every hour, and resume from it on start.
     #[arg(long)]
     state: Option<PathBuf>,
@@ -111,7 +111,8 @@ impl Ward {
 
     /// Advances every bed by the hour in `self.vitals`; returns each bed's logit.
     fn hour(&mut self) -> Result<Vec<f32>> {
-        self.backend.step(&self.vitals, &mut self.state, &mut self.h)?;
+        self.backend
+            .step_into(&self.vitals, &mut self.state, &mut self.h)?;
         Ok(self.model.logits(self.h.data()))
     }
 
@@ -213,7 +214,7 @@ fn simulate(args: &Args) -> Result<()> {
             "the simulated ward measures {FEATURES} vitals, the model takes {features}: replay a cohort file with --input"
         )));
     }
-    let (backend, backend_line) = Backend::choose(args.device, &model.lstm)?;
+    let (backend, backend_line) = Backend::choose(args.device, &model.lstm, None)?;
     println!(
         "ward of {} beds, {} hours; {} + head, {source}; {backend_line}",
         args.beds,
@@ -333,7 +334,7 @@ fn replay(
     model_path: &Path,
     input: &Path,
     output: &Path,
-    device: DeviceChoice,
+    device: Device,
     state: Option<&Path>,
 ) -> Result<()> {
     tensor_file::refuse_overwrite(output, &[model_path, input])?;
@@ -341,7 +342,7 @@ fn replay(
     let features = model.lstm.config().input_size;
     let cohort = Cohort::load(input, features, None)?;
     let (batch, hours) = (cohort.batch(), cohort.vitals.shape()[1]);
-    let (backend, backend_line) = Backend::choose(device, &model.lstm)?;
+    let (backend, backend_line) = Backend::choose(device, &model.lstm, None)?;
     let mut ward = Ward::new(model, backend, batch);
     let mut logits = vec![0.0f32; batch];
     let cohort_id = cohort_fingerprint(&cohort);

@@ -26,7 +26,7 @@
 mod clinical;
 
 use clap::Parser;
-use clinical::{last_hidden, synthetic_cohort, Backend, Cohort, DeviceChoice, IcuModel, Work, FEATURES};
+use clinical::{last_hidden, synthetic_cohort, Backend, Cohort, Device, IcuModel, Work, FEATURES};
 use rnn_kernels::{Error, ForwardInput, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,16 +51,16 @@ struct Args {
     #[arg(long, default_value_t = 2024)]
     seed: u64,
     /// Where the LSTM runs: the GPU if there is one (auto), the CPU, or the GPU.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    device: DeviceChoice,
+    #[arg(long, default_value_t = Device::Auto)]
+    device: Device,
 }
 
 /// Scores the cohort file `input` with the model file `model` into `output`.
-fn score_file(model_path: &Path, input: &Path, output: &Path, device: DeviceChoice) -> Result<()> {
+fn score_file(model_path: &Path, input: &Path, output: &Path, device: Device) -> Result<()> {
     let model = IcuModel::load(model_path)?;
     let config = model.lstm.config().clone();
     let cohort = Cohort::load(input, config.input_size, None)?;
-    let (mut backend, backend_line) = Backend::choose(device, &model.lstm)?;
+    let (mut backend, backend_line) = Backend::choose(device, &model.lstm, None)?;
     let out = backend.forward(&cohort.args())?;
     let logits = model.logits(last_hidden(&out, &config));
     clinical::write_scores(output, &logits, &[model_path, input])?;
@@ -96,7 +96,7 @@ fn demo(args: &Args) -> Result<()> {
     }
     let cohort = synthetic_cohort(args.patients, args.seed);
     let args_in = ForwardInput::new(&cohort.vitals).lengths(&cohort.lengths);
-    let (mut backend, backend_line) = Backend::choose(args.device, &model.lstm)?;
+    let (mut backend, backend_line) = Backend::choose(args.device, &model.lstm, None)?;
 
     // The first call sizes the workspaces; time the second, as a service would run.
     backend.forward(&args_in)?;

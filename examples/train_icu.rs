@@ -13,7 +13,7 @@
 mod clinical;
 
 use clap::Parser;
-use clinical::{Backend, DeviceChoice, Head, Synthetic, HIDDEN, ICU_HEAD};
+use clinical::{Backend, Device, Head, Synthetic, HIDDEN, ICU_HEAD};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::weights::config_metadata;
@@ -39,8 +39,8 @@ struct Args {
     /// Where to save the trained model (PyTorch names, f32).
     #[arg(long, default_value = "trained_icu.safetensors")]
     out: PathBuf,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    device: DeviceChoice,
+    #[arg(long, default_value_t = Device::Auto)]
+    device: Device,
 }
 
 /// Adam (Kingma & Ba), as `torch.optim.Adam` with default betas and eps.
@@ -156,7 +156,7 @@ impl Model {
         let vitals = gather(&cohort.vitals, rows);
         let lengths: Vec<usize> = rows.iter().map(|&r| cohort.lengths[r]).collect();
         let args = ForwardInput::new(&vitals).lengths(&lengths);
-        let (out, state) = self.backend.forward_train(&args, seed)?;
+        let (out, state) = self.backend.forward_train(&args, Some(seed))?;
         let batch = rows.len();
         let mut grad_h_n = Tensor::<f32>::zeros(out.h_n.shape());
         let (mut g_hidden, mut g_output) = (self.head.hidden.zeros_like(), self.head.output.zeros_like());
@@ -260,7 +260,7 @@ fn run(args: Args) -> Result<()> {
     );
     let mut rng = SplitMix64::new(args.seed);
     let lstm = Weights::random(clinical::lstm_config(), args.seed)?;
-    let (backend, backend_line) = Backend::choose(args.device, &lstm)?;
+    let (backend, backend_line) = Backend::choose(args.device, &lstm, None)?;
     println!("backend: {backend_line}");
     let mut model = Model {
         lstm,

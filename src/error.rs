@@ -42,9 +42,15 @@ pub enum Error {
     #[error("{tensor}: {message}")]
     Invalid { tensor: String, message: String },
 
-    /// A file that cannot be read, parsed or written.
+    /// A file that cannot be read, parsed or written. `io` is the operating
+    /// system's reason when there is one (so that a binding can raise its
+    /// own not-found or permission error).
     #[error("{path}: {message}")]
-    File { path: String, message: String },
+    File {
+        path: String,
+        message: String,
+        io: Option<std::io::ErrorKind>,
+    },
 
     /// A CUDA driver call that failed, with what was being done.
     #[error("CUDA: {0}")]
@@ -123,6 +129,21 @@ impl Error {
         Error::File {
             path: path.display().to_string(),
             message: message.to_string(),
+            io: None,
+        }
+    }
+
+    /// A file operation the operating system refused: `message` says what
+    /// was being done (empty: the system's words alone).
+    pub fn io(path: &std::path::Path, message: &str, error: &std::io::Error) -> Self {
+        Error::File {
+            path: path.display().to_string(),
+            message: if message.is_empty() {
+                error.to_string()
+            } else {
+                format!("{message}: {error}")
+            },
+            io: Some(error.kind()),
         }
     }
 }

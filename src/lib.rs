@@ -19,12 +19,14 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod backend;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
 pub mod dropout;
 pub mod element;
 pub mod error;
+pub mod facts;
 pub mod memory;
 pub mod reference;
 pub mod rng;

@@ -221,6 +221,20 @@ pub fn check_step<T: Copy>(config: &RnnConfig, x: &Tensor<T>, state: &State<T>) 
         ));
     }
     let batch = shape[0];
+    // A state of another batch: the state is the long-lived one, so the
+    // step's rows are what is off.
+    if let [_, streams, _] = *state.h.shape() {
+        if streams != batch {
+            return Err(Error::shape(
+                "x",
+                format!(
+                    "[{streams}, {}] (a row for each of the state's {streams} streams)",
+                    config.input_size
+                ),
+                shape,
+            ));
+        }
+    }
     check_state_shape("state.h", state.h.shape(), h_shape(config, batch))?;
     if let Some(c) = cell_state_arg(config, "state.c", state.c.as_ref(), true)? {
         check_state_shape("state.c", c.shape(), c_shape(config, batch))?;

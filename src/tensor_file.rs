@@ -131,6 +131,29 @@ impl TensorFile {
         Ok(file)
     }
 
+    /// Tensors already in memory (a `state_dict` handed over by a binding),
+    /// as if read from a file: every check and message of a file applies;
+    /// `name` stands for the path in messages.
+    pub fn from_tensors(
+        name: impl Into<PathBuf>,
+        tensors: &[(String, OwnedTensor)],
+        metadata: HashMap<String, String>,
+    ) -> Result<Self> {
+        let header = header(tensors, (!metadata.is_empty()).then_some(metadata));
+        let size = 8 + header.len() + tensors.iter().map(|(_, t)| t.bytes.len()).sum::<usize>();
+        let name = name.into();
+        let mut bytes = Vec::new();
+        crate::memory::reserve(&mut bytes, size, || {
+            (format!("the tensors of {}", name.display()), String::new())
+        })?;
+        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        for (_, tensor) in tensors {
+            bytes.extend_from_slice(&tensor.bytes);
+        }
+        Self::from_bytes(name, bytes)
+    }
+
     /// The header must list every key once: with a name twice, the parser
     /// keeps the last and then finds bytes no tensor covers, a message that
     /// points nowhere near the cause.
@@ -243,17 +266,22 @@ impl TensorFile {
 /// Reads `path` if it is a regular file (through symbolic links), never more
 /// than the size it had when checked.
 fn read_regular_file(path: &Path) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::file(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "", &e))?;
     if !meta.is_file() {
-        return Err(Error::file(
-            path,
-            format!(
-                "is not a regular file ({}): refusing to read it",
-                file_kind(&meta)
+        let message = format!(
+            "is not a regular file ({}): refusing to read it",
+            file_kind(&meta)
+        );
+        return Err(match meta.is_dir() {
+            true => Error::io(
+                path,
+                "",
+                &std::io::Error::new(std::io::ErrorKind::IsADirectory, message),
             ),
-        ));
+            false => Error::file(path, message),
+        });
     }
-    let file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "", &e))?;
     let mut bytes = Vec::new();
     let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
     crate::memory::reserve(&mut bytes, len, || {
@@ -261,7 +289,7 @@ fn read_regular_file(path: &Path) -> Result<Vec<u8>> {
     })?;
     file.take(meta.len())
         .read_to_end(&mut bytes)
-        .map_err(|e| Error::file(path, e))?;
+        .map_err(|e| Error::io(path, "", &e))?;
     Ok(bytes)
 }
 
@@ -504,7 +532,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// it, which is then synced and renamed over it.
 fn write_whole(path: &Path, fill: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let target = resolve_links(path)?;
-    let fail = |e: std::io::Error| Error::file(path, format!("cannot write it: {e}"));
+    let fail = |e: std::io::Error| Error::io(path, "cannot write it", &e);
     let keep_mode = match std::fs::metadata(&target) {
         Ok(meta) if meta.is_file() => Some(meta.permissions()),
         Ok(meta) => {
@@ -585,7 +613,7 @@ fn resolve_links(path: &Path) -> Result<PathBuf> {
     for _ in 0..40 {
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                let target = std::fs::read_link(&current).map_err(|e| Error::file(path, e))?;
+                let target = std::fs::read_link(&current).map_err(|e| Error::io(path, "", &e))?;
                 current = match current.parent() {
                     Some(dir) if target.is_relative() => dir.join(target),
                     _ => target,
@@ -627,7 +655,7 @@ pub fn remove_stale_temporaries(path: &Path) -> Result<()> {
             .parse::<u32>()
             .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if pid.bytes().all(|b| b.is_ascii_digit()) && !running {
-            std::fs::remove_file(entry.path()).map_err(|e| Error::file(&entry.path(), e))?;
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(&entry.path(), "", &e))?;
         }
     }
     Ok(())

@@ -342,11 +342,11 @@ fn batch_first_cell_and_gru_variant_come_from_flags_when_the_file_does_not_say()
     assert!(got.max_abs_diff(&want.output) < 1e-5, "relu, as flagged");
     refused(
         &forward(&model, &input, &out, &["--cell", "lstm"]),
-        "--cell lstm: lstm has 4 gates",
+        "cell = lstm: lstm has 4 gates",
     );
     refused(
         &forward(&model, &input, &out, &["--gru-original"]),
-        "--gru-original applies to a GRU",
+        "gru_original applies to a GRU",
     );
 
     // The original GRU.

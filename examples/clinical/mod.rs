@@ -16,15 +16,15 @@
 //! runs on the chosen backend.
 #![allow(dead_code)] // each example uses its own part
 
-use rnn_kernels::cpu::{CpuReserve, CpuRnn};
-use rnn_kernels::cuda::{CudaDevice, CudaRnn, CudaTrainingState};
+pub use rnn_kernels::backend::{Backend, Device};
 use rnn_kernels::error::ShapeDisplay;
+use rnn_kernels::facts::{load_weights, ModelFacts};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::{
-    CellKind, Error, ForwardInput, ForwardOutput, Result, RnnConfig, State, Tensor, TensorFile, Weights,
+    CellKind, Error, ForwardInput, ForwardOutput, Result, RnnConfig, Tensor, TensorFile, Weights,
 };
-use rnn_kernels::{GradOutputs, Gradients};
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -198,30 +198,20 @@ pub fn sigmoid(x: f32) -> f32 {
 /// LSTM, unidirectional, no projection) and made batch-first (the models
 /// were built with `batch_first=True`, which a `state_dict` does not record).
 pub fn load_lstm(file: &TensorFile) -> Result<Weights<f32>> {
-    let lstm = Weights::<f32>::from_tensor_file(file, Some("lstm"))?;
-    let config = lstm.config().clone();
+    let facts = ModelFacts {
+        batch_first: Some(true),
+        ..ModelFacts::default()
+    };
+    let (lstm, _) = load_weights::<f32>(file, Some("lstm"), &facts)?;
+    let config = lstm.config();
     if config.cell != CellKind::Lstm || config.bidirectional || config.proj_size > 0 {
         return Err(Error::Config(format!(
             "{}: lstm.* holds {}, but these models run a unidirectional LSTM without projection",
             file.path().display(),
-            rnn_kernels::weights::describe(&config)
+            rnn_kernels::weights::describe(config)
         )));
     }
-    if config.batch_first {
-        return Ok(lstm);
-    }
-    let named = lstm
-        .named_parameters()
-        .into_iter()
-        .map(|(n, t)| (n, t.clone()))
-        .collect();
-    Weights::from_named(
-        RnnConfig {
-            batch_first: true,
-            ..config
-        },
-        named,
-    )
+    Ok(lstm)
 }
 
 /// PyTorch's `ICUTimeSeriesModel`.
@@ -585,110 +575,6 @@ pub fn synthetic_notes(deteriorating: &[bool], embed: usize, seed: u64) -> Tenso
         })
         .collect();
     Tensor::new([deteriorating.len(), embed], data).unwrap()
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-/// Where the LSTM runs: the fast CPU path, or the GPU.
-pub enum Backend {
-    Cpu(Box<CpuRnn>),
-    Cuda(Box<CudaRnn>),
-}
-
-/// What a training forward keeps for its backward, on either backend.
-pub enum TrainingState {
-    Cpu(Box<CpuReserve>),
-    Cuda(Box<CudaTrainingState>),
-}
-
-impl Backend {
-    /// The GPU if asked for (or if `auto` finds one), else the CPU, with a
-    /// line saying which and why.
-    pub fn choose(choice: DeviceChoice, lstm: &Weights<f32>) -> Result<(Backend, String)> {
-        let cpu = |why: String| -> Result<(Backend, String)> {
-            let model = CpuRnn::new(lstm)?;
-            let line = format!("CPU, f32, {} with {} threads{why}", model.isa(), model.threads());
-            Ok((Backend::Cpu(Box::new(model)), line))
-        };
-        if choice == DeviceChoice::Cpu {
-            return cpu(String::new());
-        }
-        match CudaDevice::new(0).and_then(|device| Ok((CudaRnn::new(&device, lstm)?, device))) {
-            Ok((model, device)) => Ok((
-                Backend::Cuda(Box::new(model)),
-                format!("CUDA on {}, f32", device.name()),
-            )),
-            Err(e) if choice == DeviceChoice::Cuda => Err(e),
-            Err(e) => cpu(format!(" (no GPU: {e})")),
-        }
-    }
-
-    pub fn forward(&mut self, args: &ForwardInput<'_, f32>) -> Result<ForwardOutput<f32>> {
-        match self {
-            Backend::Cpu(model) => model.forward(args),
-            Backend::Cuda(model) => model.forward(args),
-        }
-    }
-
-    /// One step of every stream; `out` gets the last layer's new `h`.
-    pub fn step(&mut self, x: &Tensor<f32>, state: &mut State<f32>, out: &mut Tensor<f32>) -> Result<()> {
-        match self {
-            Backend::Cpu(model) => model.step_into(x, state, out),
-            Backend::Cuda(model) => {
-                *out = model.step(x, state)?;
-                Ok(())
-            }
-        }
-    }
-
-    pub fn forward_train(
-        &mut self,
-        args: &ForwardInput<'_, f32>,
-        seed: u64,
-    ) -> Result<(ForwardOutput<f32>, TrainingState)> {
-        Ok(match self {
-            Backend::Cpu(model) => {
-                let (out, reserve) = model.forward_train(args, Some(seed))?;
-                (out, TrainingState::Cpu(Box::new(reserve)))
-            }
-            Backend::Cuda(model) => {
-                let (out, state) = model.forward_train(args, Some(seed))?;
-                (out, TrainingState::Cuda(Box::new(state)))
-            }
-        })
-    }
-
-    pub fn backward(
-        &mut self,
-        args: &ForwardInput<'_, f32>,
-        state: &TrainingState,
-        grads: &GradOutputs<'_, f32>,
-    ) -> Result<Gradients<f32>> {
-        match (self, state) {
-            (Backend::Cpu(model), TrainingState::Cpu(reserve)) => model.backward(args, reserve, grads),
-            (Backend::Cuda(model), TrainingState::Cuda(state)) => model.backward(state, grads),
-            _ => Err(Error::Unsupported(
-                "a training state from the other backend".into(),
-            )),
-        }
-    }
-
-    /// After an optimizer step on the host copy: the backend's copy follows.
-    pub fn set_weights(&mut self, lstm: &Weights<f32>) -> Result<()> {
-        match self {
-            Backend::Cpu(model) => model.set_weights(lstm),
-            Backend::Cuda(model) => model.set_weights(lstm),
-        }
-    }
-
-    pub fn is_cuda(&self) -> bool {
-        matches!(self, Backend::Cuda(_))
-    }
 }
 
 /// Each stay's last layer's state after its own last hour: `h_n[-1]`, `[B, H]`.

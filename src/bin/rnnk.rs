@@ -14,8 +14,9 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rnn_kernels::cpu::CpuRnn;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn};
+use rnn_kernels::facts::{load_weights, ModelFacts};
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
-use rnn_kernels::weights::{describe, metadata_flag, network_prefix, param_specs};
+use rnn_kernels::weights::{describe, network_prefix, param_specs};
 use rnn_kernels::{
     reference, CellKind, Element, Error, ForwardInput, ForwardOutput, Result, RnnConfig, Tensor, TensorFile,
     Weights,
@@ -93,6 +94,17 @@ enum Cell {
     Gru,
     RnnTanh,
     RnnRelu,
+}
+
+impl Facts {
+    /// The flags as the library takes them: a flag not given says nothing.
+    fn model_facts(self) -> ModelFacts {
+        ModelFacts {
+            batch_first: self.batch_first.then_some(true),
+            cell: self.cell.map(Cell::kind),
+            gru_original: self.gru_original.then_some(true),
+        }
+    }
 }
 
 impl Cell {
@@ -200,79 +212,20 @@ type Notes = Vec<String>;
 /// metadata is an error), and notes on what neither said.
 fn load_model(path: &Path, prefix: Option<&str>, facts: Facts) -> Result<(Weights<f64>, TensorFile, Notes)> {
     let file = TensorFile::open(path)?;
-    let weights = Weights::<f64>::from_tensor_file(&file, prefix)?;
-    let mut config = weights.config().clone();
-    let contradiction = |flag: &str, key: &str, value: String| {
-        Error::Config(format!(
-            "{flag} contradicts {}'s metadata {key} = {value}",
-            path.display()
-        ))
-    };
+    let (weights, assumed) = load_weights::<f64>(&file, prefix, &facts.model_facts())?;
     let mut notes = Vec::new();
-    let batch_first = metadata_flag(&file, "batch_first")?;
-    if facts.batch_first {
-        if batch_first == Some(false) {
-            return Err(contradiction("--batch-first", "batch_first", "false".into()));
-        }
-        config.batch_first = true;
-    } else if batch_first.is_none() {
+    if assumed.batch_first {
         notes.push(format!(
             "{} does not record batch_first: the input was read as [T, B, I] (give --batch-first for [B, T, I])",
             path.display()
         ));
     }
-    let recorded_cell = file.metadata()?.get("cell").cloned();
-    if let Some(cell) = facts.cell.map(Cell::kind) {
-        if let Some(recorded) = recorded_cell.as_deref().filter(|r| *r != cell.name()) {
-            return Err(contradiction(
-                &format!("--cell {cell}"),
-                "cell",
-                recorded.to_string(),
-            ));
-        }
-        if cell.gates() != config.gates() {
-            return Err(Error::Config(format!(
-                "--cell {cell}: {cell} has {} gates per hidden unit, the weights in {} have {} ({})",
-                cell.gates(),
-                path.display(),
-                config.gates(),
-                config.cell
-            )));
-        }
-        config.cell = cell;
-    } else if recorded_cell.is_none() && config.cell == CellKind::RnnTanh {
+    if assumed.nonlinearity {
         notes.push(format!(
             "{} does not record the nonlinearity: tanh was used (give --cell rnn_relu for ReLU)",
             path.display()
         ));
     }
-    if facts.gru_original {
-        if config.cell != CellKind::Gru {
-            return Err(Error::Config(format!(
-                "--gru-original applies to a GRU; {} holds {}",
-                path.display(),
-                config.cell
-            )));
-        }
-        if metadata_flag(&file, "gru_linear_before_reset")? == Some(true) {
-            return Err(contradiction(
-                "--gru-original",
-                "gru_linear_before_reset",
-                "true".into(),
-            ));
-        }
-        config.gru_linear_before_reset = false;
-    }
-    let weights = if &config == weights.config() {
-        weights
-    } else {
-        let named = weights
-            .named_parameters()
-            .into_iter()
-            .map(|(n, t)| (n, t.clone()))
-            .collect();
-        Weights::from_named(config, named)?
-    };
     Ok((weights, file, notes))
 }
 

@@ -1,0 +1,407 @@
+//! `rnn_kernels._native`: the crate's models for Python, on numpy arrays.
+//!
+//! Thin by design: arrays in, the crate's calls, arrays out. Every check and
+//! message is the crate's; this file only converts. Inputs are copied while
+//! the GIL is held (a borrowed numpy buffer is not safe to read once other
+//! Python threads may run), the crate computes with the GIL released, and
+//! outputs move into numpy without a copy.
+
+use numpy::{
+    IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyIsADirectoryError, PyMemoryError, PyOSError, PyPermissionError, PyRuntimeError,
+    PyTypeError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use rnn_kernels::backend::{Backend, Device};
+use rnn_kernels::facts::{load_weights, Assumed, ModelFacts};
+use rnn_kernels::tensor_file::{OwnedTensor, StoredDtype};
+use rnn_kernels::weights::describe;
+use rnn_kernels::{CellKind, Error, ForwardInput, RnnConfig, State, Tensor, TensorFile};
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::sync::{Mutex, MutexGuard};
+
+/// The crate's error as the Python exception a Python user expects, with
+/// the crate's one-line message.
+fn py_err(e: Error) -> PyErr {
+    let message = e.to_string();
+    match e {
+        Error::File { io: Some(kind), .. } => match kind {
+            ErrorKind::NotFound => PyFileNotFoundError::new_err(message),
+            ErrorKind::PermissionDenied => PyPermissionError::new_err(message),
+            ErrorKind::IsADirectory => PyIsADirectoryError::new_err(message),
+            _ => PyOSError::new_err(message),
+        },
+        Error::OutOfMemory { .. } => PyMemoryError::new_err(message),
+        Error::Cuda(_) | Error::Unsupported(_) => PyRuntimeError::new_err(message),
+        Error::Config(_)
+        | Error::Shape { .. }
+        | Error::Missing { .. }
+        | Error::Invalid { .. }
+        | Error::File { .. } => PyValueError::new_err(message),
+    }
+}
+
+/// `obj` (a numpy array, or anything `numpy.asarray` takes) as an f32
+/// tensor: floating dtypes only (float16/32/64), in C order, copied.
+fn float_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor<f32>> {
+    let py = obj.py();
+    let array = match obj.cast::<PyUntypedArray>() {
+        Ok(array) => array.clone(),
+        Err(_) => py
+            .import("numpy")?
+            .call_method1("asarray", (obj,))?
+            .cast_into::<PyUntypedArray>()?,
+    };
+    if array.dtype().kind() != b'f' {
+        return Err(PyTypeError::new_err(format!(
+            "{name}: expected an array of floats, found dtype {}",
+            array.dtype()
+        )));
+    }
+    let array = match array.cast::<PyArrayDyn<f32>>() {
+        Ok(array) => array.clone(),
+        Err(_) => array
+            .call_method1("astype", ("float32",))?
+            .cast_into::<PyArrayDyn<f32>>()?,
+    };
+    let shape = array.shape().to_vec();
+    let data: Vec<f32> = array.readonly().as_array().iter().copied().collect();
+    Tensor::new(shape, data).map_err(py_err)
+}
+
+/// Sequence lengths: non-negative integers (a list, a tuple or an integer
+/// array).
+fn lengths_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    let values: Vec<i64> = obj
+        .extract()
+        .map_err(|_| PyTypeError::new_err("lengths: expected a sequence of integers, one per sequence"))?;
+    values
+        .iter()
+        .map(|&v| usize::try_from(v))
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            PyValueError::new_err(format!(
+                "lengths: expected non-negative lengths, found {values:?}"
+            ))
+        })
+}
+
+fn to_numpy<'py>(py: Python<'py>, tensor: Tensor<f32>) -> PyResult<Bound<'py, PyAny>> {
+    let shape = tensor.shape().to_vec();
+    Ok(tensor.into_data().into_pyarray(py).reshape(shape)?.into_any())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic inside the crate is a bug, not a state to refuse: the data a
+    // panicking call left is rewritten by the next call.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn cell_arg(cell: Option<&str>) -> PyResult<Option<CellKind>> {
+    cell.map(|c| c.parse::<CellKind>()).transpose().map_err(py_err)
+}
+
+/// A recurrent network prepared to run: PyTorch's `nn.RNN`, `nn.LSTM` or
+/// `nn.GRU` with the weights of a `state_dict`, on the CPU or a GPU.
+#[pyclass(frozen, module = "rnn_kernels._native")]
+struct Rnn {
+    backend: Mutex<Backend>,
+    config: RnnConfig,
+    backend_line: String,
+    assumed: Assumed,
+}
+
+impl Rnn {
+    fn prepare(
+        file: &TensorFile,
+        prefix: Option<&str>,
+        facts: ModelFacts,
+        device: &str,
+        threads: Option<usize>,
+    ) -> PyResult<Self> {
+        let device: Device = device.parse().map_err(py_err)?;
+        let (weights, assumed) = load_weights::<f32>(file, prefix, &facts).map_err(py_err)?;
+        let (backend, backend_line) = Backend::choose(device, &weights, threads).map_err(py_err)?;
+        Ok(Rnn {
+            config: weights.config().clone(),
+            backend: Mutex::new(backend),
+            backend_line,
+            assumed,
+        })
+    }
+}
+
+fn model_facts(
+    batch_first: Option<bool>,
+    cell: Option<&str>,
+    gru_original: Option<bool>,
+) -> PyResult<ModelFacts> {
+    Ok(ModelFacts {
+        batch_first,
+        cell: cell_arg(cell)?,
+        gru_original,
+    })
+}
+
+#[pymethods]
+impl Rnn {
+    /// The network in a safetensors file (`state_dict` saved with
+    /// `safetensors.torch.save_file`); `prefix` picks one module of a whole
+    /// model (`"lstm"`).
+    #[staticmethod]
+    #[pyo3(signature = (path, prefix=None, *, batch_first=None, cell=None, gru_original=None, device="auto", threads=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        prefix: Option<&str>,
+        batch_first: Option<bool>,
+        cell: Option<&str>,
+        gru_original: Option<bool>,
+        device: &str,
+        threads: Option<usize>,
+    ) -> PyResult<Self> {
+        let facts = model_facts(batch_first, cell, gru_original)?;
+        let prefix = prefix.map(str::to_owned);
+        let device = device.to_owned();
+        py.detach(move || {
+            let file = TensorFile::open(&path).map_err(py_err)?;
+            Rnn::prepare(&file, prefix.as_deref(), facts, &device, threads)
+        })
+    }
+
+    /// The network in a `state_dict` already in memory: names to arrays
+    /// (numpy arrays, or anything `numpy.asarray` takes, torch CPU tensors
+    /// included).
+    #[staticmethod]
+    #[pyo3(signature = (state_dict, prefix=None, *, batch_first=None, cell=None, gru_original=None, device="auto", threads=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_state_dict(
+        py: Python<'_>,
+        state_dict: &Bound<'_, PyDict>,
+        prefix: Option<&str>,
+        batch_first: Option<bool>,
+        cell: Option<&str>,
+        gru_original: Option<bool>,
+        device: &str,
+        threads: Option<usize>,
+    ) -> PyResult<Self> {
+        let facts = model_facts(batch_first, cell, gru_original)?;
+        let numpy = py.import("numpy")?;
+        let mut tensors = Vec::with_capacity(state_dict.len());
+        for (key, value) in state_dict.iter() {
+            let name: String = key.extract().map_err(|_| {
+                PyTypeError::new_err(format!("state_dict: keys must be strings, found {key}"))
+            })?;
+            let array = numpy
+                .call_method1("asarray", (&value,))?
+                .cast_into::<PyUntypedArray>()?;
+            let tensor = match array.dtype().kind() {
+                b'f' => OwnedTensor::float(&float_tensor(&name, &array)?, StoredDtype::F32),
+                b'i' | b'u' | b'b' => {
+                    let values = array
+                        .call_method1("astype", ("int64",))?
+                        .cast_into::<PyArrayDyn<i64>>()?;
+                    let values = values.readonly();
+                    let data: Vec<i64> = values.as_array().iter().copied().collect();
+                    OwnedTensor::i64(values.shape().to_vec(), &data)
+                }
+                _ => {
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}: expected an array of numbers, found dtype {}",
+                        array.dtype()
+                    )))
+                }
+            };
+            tensors.push((name, tensor));
+        }
+        let prefix = prefix.map(str::to_owned);
+        let device = device.to_owned();
+        py.detach(move || {
+            let file =
+                TensorFile::from_tensors("the state_dict", &tensors, HashMap::new()).map_err(py_err)?;
+            Rnn::prepare(&file, prefix.as_deref(), facts, &device, threads)
+        })
+    }
+
+    /// PyTorch's `forward`: `x` is `[T, B, I]` (`[B, T, I]` batch-first);
+    /// `lengths` (one per sequence) run each sequence for its own length,
+    /// as a `PackedSequence` does, without packing; `h0`, `c0` are
+    /// `[L*D, B, H]`. Returns `(output, h_n, c_n)`, `c_n` None but for an
+    /// LSTM.
+    #[pyo3(signature = (x, lengths=None, h0=None, c0=None))]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        lengths: Option<&Bound<'py, PyAny>>,
+        h0: Option<&Bound<'py, PyAny>>,
+        c0: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let x = float_tensor("input", x)?;
+        let lengths = lengths.map(lengths_arg).transpose()?;
+        let h0 = h0.map(|h| float_tensor("h0", h)).transpose()?;
+        let c0 = c0.map(|c| float_tensor("c0", c)).transpose()?;
+        let out = py
+            .detach(|| {
+                let mut args = ForwardInput::new(&x);
+                if let Some(lengths) = &lengths {
+                    args = args.lengths(lengths);
+                }
+                if let Some(h0) = &h0 {
+                    args = args.h0(h0);
+                }
+                if let Some(c0) = &c0 {
+                    args = args.c0(c0);
+                }
+                lock(&self.backend).forward(&args)
+            })
+            .map_err(py_err)?;
+        let c_n = match out.c_n {
+            Some(c) => to_numpy(py, c)?,
+            None => py.None().into_bound(py),
+        };
+        PyTuple::new(py, [to_numpy(py, out.output)?, to_numpy(py, out.h_n)?, c_n])
+    }
+
+    /// `batch` streams for online scoring, their state zero: each
+    /// `step(x)` advances all of them by one step.
+    fn streams(slf: &Bound<'_, Self>, batch: usize) -> PyResult<Streams> {
+        let config = &slf.get().config;
+        let state = State::zeros(config, batch);
+        let h = Tensor::try_zeros([batch, config.output_size()]).map_err(py_err)?;
+        Ok(Streams {
+            model: slf.clone().unbind(),
+            state: Mutex::new((state, h)),
+            batch,
+        })
+    }
+
+    /// The configuration, with PyTorch's argument names.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.config;
+        let dict = PyDict::new(py);
+        dict.set_item("mode", c.cell.name())?;
+        dict.set_item("input_size", c.input_size)?;
+        dict.set_item("hidden_size", c.hidden_size)?;
+        dict.set_item("num_layers", c.num_layers)?;
+        dict.set_item("bias", c.bias)?;
+        dict.set_item("batch_first", c.batch_first)?;
+        dict.set_item("dropout", c.dropout)?;
+        dict.set_item("bidirectional", c.bidirectional)?;
+        dict.set_item("proj_size", c.proj_size)?;
+        dict.set_item("gru_linear_before_reset", c.gru_linear_before_reset)?;
+        Ok(dict)
+    }
+
+    /// `"cuda"` or `"cpu"`: where the model runs.
+    #[getter]
+    fn device(&self) -> &'static str {
+        if lock(&self.backend).is_cuda() {
+            "cuda"
+        } else {
+            "cpu"
+        }
+    }
+
+    /// The CPU threads a call may use (0 on the GPU).
+    #[getter]
+    fn threads(&self) -> usize {
+        lock(&self.backend).threads()
+    }
+
+    /// What neither the file nor the caller said, and was assumed:
+    /// `batch_first` (False was used) and `nonlinearity` (tanh was used).
+    #[getter]
+    fn assumed(&self) -> Vec<&'static str> {
+        let mut assumed = Vec::new();
+        if self.assumed.batch_first {
+            assumed.push("batch_first");
+        }
+        if self.assumed.nonlinearity {
+            assumed.push("nonlinearity");
+        }
+        assumed
+    }
+
+    /// One line on the network and one on where it runs.
+    #[getter]
+    fn info(&self) -> String {
+        format!("{}\n{}", describe(&self.config), self.backend_line)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Rnn({}; {})", describe(&self.config), self.backend_line)
+    }
+}
+
+/// `B` streams of one model, their state kept here between steps (a
+/// ward's beds, a service's sessions).
+#[pyclass(frozen, module = "rnn_kernels._native")]
+struct Streams {
+    model: Py<Rnn>,
+    /// The state and the last step's output buffer.
+    state: Mutex<(State<f32>, Tensor<f32>)>,
+    batch: usize,
+}
+
+#[pymethods]
+impl Streams {
+    /// Advances every stream by one step: `x` is `[B, I]`; returns the last
+    /// layer's new `h`, `[B, Hout]`.
+    fn step<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let x = float_tensor("x", x)?;
+        let model = self.model.get();
+        let h = py
+            .detach(|| {
+                let mut guard = lock(&self.state);
+                let (state, h) = &mut *guard;
+                lock(&model.backend).step_into(&x, state, h)?;
+                Ok::<_, Error>(h.clone())
+            })
+            .map_err(py_err)?;
+        to_numpy(py, h)
+    }
+
+    /// Zeroes the state of streams `rows` (a new patient in a bed).
+    fn reset(&self, rows: Vec<usize>) -> PyResult<()> {
+        lock(&self.state).0.reset_rows(&rows).map_err(py_err)
+    }
+
+    /// The streams' `h`, `[L*D, B, Hout]` (a copy).
+    #[getter]
+    fn h<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let h = lock(&self.state).0.h.clone();
+        to_numpy(py, h)
+    }
+
+    /// The streams' `c`, `[L*D, B, H]` (a copy), None but for an LSTM.
+    #[getter]
+    fn c<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match lock(&self.state).0.c.clone() {
+            Some(c) => to_numpy(py, c),
+            None => Ok(py.None().into_bound(py)),
+        }
+    }
+
+    #[getter]
+    fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn __len__(&self) -> usize {
+        self.batch
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Rnn>()?;
+    m.add_class::<Streams>()?;
+    Ok(())
+}
