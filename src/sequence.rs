@@ -71,12 +71,21 @@ pub struct State<T> {
 impl<T: Element> State<T> {
     /// The all-zero state PyTorch starts from when no `h0`/`c0` is given.
     pub fn zeros(config: &RnnConfig, batch: usize) -> Self {
-        State {
-            h: Tensor::zeros(h_shape(config, batch)),
-            c: config
-                .has_cell_state()
-                .then(|| Tensor::zeros(c_shape(config, batch))),
-        }
+        Self::try_zeros(config, batch).expect("memory for a state")
+    }
+
+    /// [`State::zeros`], or an error naming the state when its memory
+    /// cannot be had (a batch sized by a caller's input).
+    pub fn try_zeros(config: &RnnConfig, batch: usize) -> Result<Self> {
+        Ok(State {
+            h: Tensor::try_zeros(h_shape(config, batch)).map_err(|e| e.needed_by("the state's h"))?,
+            c: match config.has_cell_state() {
+                true => Some(
+                    Tensor::try_zeros(c_shape(config, batch)).map_err(|e| e.needed_by("the state's c"))?,
+                ),
+                false => None,
+            },
+        })
     }
 }
 

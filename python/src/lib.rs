@@ -6,6 +6,7 @@
 //! Python threads may run), the crate computes with the GIL released, and
 //! outputs move into numpy without a copy.
 
+use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{
     IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
@@ -69,7 +70,11 @@ fn float_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor<f32>> {
             .cast_into::<PyArrayDyn<f32>>()?,
     };
     let shape = array.shape().to_vec();
-    let data: Vec<f32> = array.readonly().as_array().iter().copied().collect();
+    let view = array.readonly();
+    let data: Vec<f32> = match view.as_slice() {
+        Ok(contiguous) => contiguous.to_vec(),
+        Err(_) => view.as_array().iter().copied().collect(),
+    };
     Tensor::new(shape, data).map_err(py_err)
 }
 
@@ -90,9 +95,12 @@ fn lengths_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
         })
 }
 
+/// `tensor` as a numpy array that owns its data (moved, not copied).
 fn to_numpy<'py>(py: Python<'py>, tensor: Tensor<f32>) -> PyResult<Bound<'py, PyAny>> {
-    let shape = tensor.shape().to_vec();
-    Ok(tensor.into_data().into_pyarray(py).reshape(shape)?.into_any())
+    let shape = IxDyn(tensor.shape());
+    let array = ArrayD::from_shape_vec(shape, tensor.into_data())
+        .map_err(|e| PyRuntimeError::new_err(format!("an output's shape: {e}")))?;
+    Ok(array.into_pyarray(py).into_any())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -272,11 +280,10 @@ impl Rnn {
     /// `step(x)` advances all of them by one step.
     fn streams(slf: &Bound<'_, Self>, batch: usize) -> PyResult<Streams> {
         let config = &slf.get().config;
-        let state = State::zeros(config, batch);
-        let h = Tensor::try_zeros([batch, config.output_size()]).map_err(py_err)?;
+        let state = State::try_zeros(config, batch).map_err(py_err)?;
         Ok(Streams {
             model: slf.clone().unbind(),
-            state: Mutex::new((state, h)),
+            state: Mutex::new(state),
             batch,
         })
     }
@@ -345,8 +352,7 @@ impl Rnn {
 #[pyclass(frozen, module = "rnn_kernels._native")]
 struct Streams {
     model: Py<Rnn>,
-    /// The state and the last step's output buffer.
-    state: Mutex<(State<f32>, Tensor<f32>)>,
+    state: Mutex<State<f32>>,
     batch: usize,
 }
 
@@ -357,33 +363,29 @@ impl Streams {
     fn step<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let x = float_tensor("x", x)?;
         let model = self.model.get();
+        // A fresh output each step: numpy takes it over without a copy.
         let h = py
-            .detach(|| {
-                let mut guard = lock(&self.state);
-                let (state, h) = &mut *guard;
-                lock(&model.backend).step_into(&x, state, h)?;
-                Ok::<_, Error>(h.clone())
-            })
+            .detach(|| lock(&model.backend).step(&x, &mut lock(&self.state)))
             .map_err(py_err)?;
         to_numpy(py, h)
     }
 
     /// Zeroes the state of streams `rows` (a new patient in a bed).
     fn reset(&self, rows: Vec<usize>) -> PyResult<()> {
-        lock(&self.state).0.reset_rows(&rows).map_err(py_err)
+        lock(&self.state).reset_rows(&rows).map_err(py_err)
     }
 
     /// The streams' `h`, `[L*D, B, Hout]` (a copy).
     #[getter]
     fn h<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let h = lock(&self.state).0.h.clone();
+        let h = lock(&self.state).h.clone();
         to_numpy(py, h)
     }
 
     /// The streams' `c`, `[L*D, B, H]` (a copy), None but for an LSTM.
     #[getter]
     fn c<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match lock(&self.state).0.c.clone() {
+        match lock(&self.state).c.clone() {
             Some(c) => to_numpy(py, c),
             None => Ok(py.None().into_bound(py)),
         }
