@@ -338,6 +338,8 @@ fn replay(
     state: Option<&Path>,
 ) -> Result<()> {
     tensor_file::refuse_overwrite(output, &[model_path, input])?;
+    // A run killed while writing the scores left their temporary behind.
+    tensor_file::remove_stale_temporaries(output)?;
     let model = IcuModel::load(model_path)?;
     let features = model.lstm.config().input_size;
     let cohort = Cohort::load(input, features, None)?;

@@ -25,6 +25,10 @@ pub struct ModelFacts {
     pub cell: Option<CellKind>,
     /// A GRU in the original formulation (`gru_linear_before_reset = false`).
     pub gru_original: Option<bool>,
+    /// Inter-layer dropout for training: a setting of the caller's, not a
+    /// property of the weights, so it replaces the file's without a
+    /// contradiction.
+    pub dropout: Option<f64>,
 }
 
 /// What was assumed because neither the file nor the caller said it.
@@ -101,6 +105,11 @@ pub fn load_weights<T: Element>(
         if config.cell == CellKind::Gru {
             config.gru_linear_before_reset = !original;
         }
+    }
+
+    if let Some(dropout) = facts.dropout {
+        config.dropout = dropout;
+        config.validate()?;
     }
 
     if &config == weights.config() {

@@ -16,11 +16,13 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use rnn_kernels::backend::{Backend, Device};
+use rnn_kernels::backend::{Backend, Device, TrainingState};
 use rnn_kernels::facts::{load_weights, Assumed, ModelFacts};
 use rnn_kernels::tensor_file::{OwnedTensor, StoredDtype};
 use rnn_kernels::weights::describe;
-use rnn_kernels::{CellKind, Error, ForwardInput, RnnConfig, State, Tensor, TensorFile};
+use rnn_kernels::{
+    CellKind, Error, ForwardInput, ForwardOutput, GradOutputs, RnnConfig, State, Tensor, TensorFile,
+};
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::sync::{Mutex, MutexGuard};
@@ -113,6 +115,64 @@ fn cell_arg(cell: Option<&str>) -> PyResult<Option<CellKind>> {
     cell.map(|c| c.parse::<CellKind>()).transpose().map_err(py_err)
 }
 
+/// A forward call's inputs, converted (copied) while the GIL is held.
+struct Inputs {
+    x: Tensor<f32>,
+    lengths: Option<Vec<usize>>,
+    h0: Option<Tensor<f32>>,
+    c0: Option<Tensor<f32>>,
+}
+
+impl Inputs {
+    fn new(
+        x: &Bound<'_, PyAny>,
+        lengths: Option<&Bound<'_, PyAny>>,
+        h0: Option<&Bound<'_, PyAny>>,
+        c0: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        Ok(Inputs {
+            x: float_tensor("input", x)?,
+            lengths: lengths.map(lengths_arg).transpose()?,
+            h0: h0.map(|h| float_tensor("h0", h)).transpose()?,
+            c0: c0.map(|c| float_tensor("c0", c)).transpose()?,
+        })
+    }
+
+    fn args(&self) -> ForwardInput<'_, f32> {
+        ForwardInput {
+            input: &self.x,
+            lengths: self.lengths.as_deref(),
+            h0: self.h0.as_ref(),
+            c0: self.c0.as_ref(),
+        }
+    }
+}
+
+/// `(output, h_n, c_n)` as numpy arrays, `c_n` None but for an LSTM.
+fn output_tuple<'py>(py: Python<'py>, out: ForwardOutput<f32>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    Ok(vec![
+        to_numpy(py, out.output)?,
+        to_numpy(py, out.h_n)?,
+        optional(py, out.c_n)?,
+    ])
+}
+
+fn optional<'py>(py: Python<'py>, tensor: Option<Tensor<f32>>) -> PyResult<Bound<'py, PyAny>> {
+    match tensor {
+        Some(t) => to_numpy(py, t),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+/// What a training forward kept for its backward: the crate's reserve and
+/// the forward's inputs. Backward may run more than once
+/// (`retain_graph=True`), on the model that made it only.
+#[pyclass(frozen, module = "rnn_kernels._native")]
+struct Reserve {
+    model: usize,
+    kept: Mutex<(TrainingState, Inputs)>,
+}
+
 /// A recurrent network prepared to run: PyTorch's `nn.RNN`, `nn.LSTM` or
 /// `nn.GRU` with the weights of a `state_dict`, on the CPU or a GPU.
 #[pyclass(frozen, module = "rnn_kernels._native")]
@@ -147,11 +207,13 @@ fn model_facts(
     batch_first: Option<bool>,
     cell: Option<&str>,
     gru_original: Option<bool>,
+    dropout: Option<f64>,
 ) -> PyResult<ModelFacts> {
     Ok(ModelFacts {
         batch_first,
         cell: cell_arg(cell)?,
         gru_original,
+        dropout,
     })
 }
 
@@ -161,7 +223,7 @@ impl Rnn {
     /// `safetensors.torch.save_file`); `prefix` picks one module of a whole
     /// model (`"lstm"`).
     #[staticmethod]
-    #[pyo3(signature = (path, prefix=None, *, batch_first=None, cell=None, gru_original=None, device="auto", threads=None))]
+    #[pyo3(signature = (path, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -170,10 +232,11 @@ impl Rnn {
         batch_first: Option<bool>,
         cell: Option<&str>,
         gru_original: Option<bool>,
+        dropout: Option<f64>,
         device: &str,
         threads: Option<usize>,
     ) -> PyResult<Self> {
-        let facts = model_facts(batch_first, cell, gru_original)?;
+        let facts = model_facts(batch_first, cell, gru_original, dropout)?;
         let prefix = prefix.map(str::to_owned);
         let device = device.to_owned();
         py.detach(move || {
@@ -186,7 +249,7 @@ impl Rnn {
     /// (numpy arrays, or anything `numpy.asarray` takes, torch CPU tensors
     /// included).
     #[staticmethod]
-    #[pyo3(signature = (state_dict, prefix=None, *, batch_first=None, cell=None, gru_original=None, device="auto", threads=None))]
+    #[pyo3(signature = (state_dict, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None))]
     #[allow(clippy::too_many_arguments)]
     fn from_state_dict(
         py: Python<'_>,
@@ -195,10 +258,11 @@ impl Rnn {
         batch_first: Option<bool>,
         cell: Option<&str>,
         gru_original: Option<bool>,
+        dropout: Option<f64>,
         device: &str,
         threads: Option<usize>,
     ) -> PyResult<Self> {
-        let facts = model_facts(batch_first, cell, gru_original)?;
+        let facts = model_facts(batch_first, cell, gru_original, dropout)?;
         let numpy = py.import("numpy")?;
         let mut tensors = Vec::with_capacity(state_dict.len());
         for (key, value) in state_dict.iter() {
@@ -250,30 +314,84 @@ impl Rnn {
         h0: Option<&Bound<'py, PyAny>>,
         c0: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let x = float_tensor("input", x)?;
-        let lengths = lengths.map(lengths_arg).transpose()?;
-        let h0 = h0.map(|h| float_tensor("h0", h)).transpose()?;
-        let c0 = c0.map(|c| float_tensor("c0", c)).transpose()?;
+        let inputs = Inputs::new(x, lengths, h0, c0)?;
         let out = py
+            .detach(|| lock(&self.backend).forward(&inputs.args()))
+            .map_err(py_err)?;
+        PyTuple::new(py, output_tuple(py, out)?)
+    }
+
+    /// The forward of training: as `forward`, with inter-layer dropout
+    /// drawn from `seed` (None: no dropout, as in `eval()`), and a
+    /// `Reserve` for `backward`. Returns `(output, h_n, c_n, reserve)`.
+    #[pyo3(signature = (x, lengths=None, h0=None, c0=None, seed=None))]
+    fn forward_train<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        lengths: Option<&Bound<'py, PyAny>>,
+        h0: Option<&Bound<'py, PyAny>>,
+        c0: Option<&Bound<'py, PyAny>>,
+        seed: Option<u64>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let inputs = Inputs::new(x, lengths, h0, c0)?;
+        let (out, state) = py
+            .detach(|| lock(&self.backend).forward_train(&inputs.args(), seed))
+            .map_err(py_err)?;
+        let reserve = Reserve {
+            model: self as *const Rnn as usize,
+            kept: Mutex::new((state, inputs)),
+        };
+        let mut items = output_tuple(py, out)?;
+        items.push(Bound::new(py, reserve)?.into_any());
+        PyTuple::new(py, items)
+    }
+
+    /// Backward through the training forward that made `reserve`:
+    /// `grad_output` shaped like its output, `grad_h_n`/`grad_c_n` like
+    /// `h_n`/`c_n` (None: zeros). Returns `(grad_input, grad_h0, grad_c0,
+    /// grads)`, `grads` a dict of every parameter's gradient under
+    /// PyTorch's name.
+    #[pyo3(signature = (reserve, grad_output, grad_h_n=None, grad_c_n=None))]
+    fn backward<'py>(
+        &self,
+        py: Python<'py>,
+        reserve: &Reserve,
+        grad_output: &Bound<'py, PyAny>,
+        grad_h_n: Option<&Bound<'py, PyAny>>,
+        grad_c_n: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        if reserve.model != self as *const Rnn as usize {
+            return Err(PyValueError::new_err(
+                "reserve: made by another model's forward_train; backward runs on the model that made it",
+            ));
+        }
+        let grad_output = float_tensor("grad_output", grad_output)?;
+        let grad_h_n = grad_h_n.map(|g| float_tensor("grad_h_n", g)).transpose()?;
+        let grad_c_n = grad_c_n.map(|g| float_tensor("grad_c_n", g)).transpose()?;
+        let grads = py
             .detach(|| {
-                let mut args = ForwardInput::new(&x);
-                if let Some(lengths) = &lengths {
-                    args = args.lengths(lengths);
-                }
-                if let Some(h0) = &h0 {
-                    args = args.h0(h0);
-                }
-                if let Some(c0) = &c0 {
-                    args = args.c0(c0);
-                }
-                lock(&self.backend).forward(&args)
+                let kept = lock(&reserve.kept);
+                let (state, inputs) = &*kept;
+                let wanted = GradOutputs {
+                    output: &grad_output,
+                    h_n: grad_h_n.as_ref(),
+                    c_n: grad_c_n.as_ref(),
+                };
+                lock(&self.backend).backward(&inputs.args(), state, &wanted)
             })
             .map_err(py_err)?;
-        let c_n = match out.c_n {
-            Some(c) => to_numpy(py, c)?,
-            None => py.None().into_bound(py),
-        };
-        PyTuple::new(py, [to_numpy(py, out.output)?, to_numpy(py, out.h_n)?, c_n])
+        let weights = PyDict::new(py);
+        for (name, grad) in grads.weights.named_parameters() {
+            weights.set_item(name, to_numpy(py, grad.clone())?)?;
+        }
+        let items = [
+            to_numpy(py, grads.input)?,
+            to_numpy(py, grads.h0)?,
+            optional(py, grads.c0)?,
+            weights.into_any(),
+        ];
+        PyTuple::new(py, items)
     }
 
     /// `batch` streams for online scoring, their state zero: each
@@ -385,10 +503,8 @@ impl Streams {
     /// The streams' `c`, `[L*D, B, H]` (a copy), None but for an LSTM.
     #[getter]
     fn c<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match lock(&self.state).c.clone() {
-            Some(c) => to_numpy(py, c),
-            None => Ok(py.None().into_bound(py)),
-        }
+        let c = lock(&self.state).c.clone();
+        optional(py, c)
     }
 
     #[getter]
@@ -405,5 +521,6 @@ impl Streams {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Rnn>()?;
     m.add_class::<Streams>()?;
+    m.add_class::<Reserve>()?;
     Ok(())
 }

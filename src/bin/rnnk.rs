@@ -103,6 +103,7 @@ impl Facts {
             batch_first: self.batch_first.then_some(true),
             cell: self.cell.map(Cell::kind),
             gru_original: self.gru_original.then_some(true),
+            dropout: None,
         }
     }
 }
