@@ -19,6 +19,7 @@ class Rnn:
         batch_first: bool | None = None,
         cell: _Cell | None = None,
         gru_original: bool | None = None,
+        dropout: float | None = None,
         device: _Device = "auto",
         threads: int | None = None,
     ) -> Rnn: ...
@@ -30,6 +31,7 @@ class Rnn:
         batch_first: bool | None = None,
         cell: _Cell | None = None,
         gru_original: bool | None = None,
+        dropout: float | None = None,
         device: _Device = "auto",
         threads: int | None = None,
     ) -> Rnn: ...
@@ -40,6 +42,21 @@ class Rnn:
         h0: _Array | None = None,
         c0: _Array | None = None,
     ) -> tuple[_F32, _F32, _F32 | None]: ...
+    def forward_train(
+        self,
+        x: _Array,
+        lengths: Sequence[int] | npt.NDArray[np.integer] | None = None,
+        h0: _Array | None = None,
+        c0: _Array | None = None,
+        seed: int | None = None,
+    ) -> tuple[_F32, _F32, _F32 | None, Reserve]: ...
+    def backward(
+        self,
+        reserve: Reserve,
+        grad_output: _Array,
+        grad_h_n: _Array | None = None,
+        grad_c_n: _Array | None = None,
+    ) -> tuple[_F32, _F32, _F32 | None, dict[str, _F32]]: ...
     def streams(self, batch: int) -> Streams: ...
     @property
     def config(self) -> dict[str, Any]: ...
@@ -51,6 +68,9 @@ class Rnn:
     def assumed(self) -> list[str]: ...
     @property
     def info(self) -> str: ...
+
+class Reserve:
+    """What a training forward kept for its backward (opaque)."""
 
 class Streams:
     def step(self, x: _Array) -> _F32: ...

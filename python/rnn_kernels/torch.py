@@ -20,7 +20,12 @@ Weights are packed for the crate once, and again only when a parameter
 changes (an optimizer step, ``load_state_dict``), detected by the tensors'
 version counters.
 
+Training and ``torch.compile`` go through the operators of
+``rnn_kernels._ops``; inference in eager mode calls the extension
+directly. ``compile`` is ``torch.compile`` for models converted here.
+
     model = rnn_kernels.torch.convert(model)  # every nn.LSTM/GRU/RNN inside, in place
+    compiled = rnn_kernels.torch.compile(model, fullgraph=True)
 """
 
 import warnings
@@ -31,9 +36,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnn_kernels._native import Reserve, Rnn
+from rnn_kernels._ops import Config, clear_cache, native_model
 
-__all__ = ["GRU", "LSTM", "RNN", "convert", "from_torch"]
+__all__ = ["GRU", "LSTM", "RNN", "clear_cache", "compile", "convert", "from_torch"]
 
 _warned: set[str] = set()
 
@@ -48,50 +53,13 @@ def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().contiguous().numpy()
 
 
-class _Native(torch.autograd.Function):
-    """One forward and backward of the crate, as one autograd node whose
-    inputs are the sequence, the initial states and every weight."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        native: Rnn,
-        names: list[str],
-        seed: int | None,
-        lengths: list[int] | None,
-        x: torch.Tensor,
-        h0: torch.Tensor | None,
-        c0: torch.Tensor | None,
-        *weights: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        output, h_n, c_n, reserve = native.forward_train(
-            _numpy(x), lengths, _numpy(h0), _numpy(c0), seed
-        )
-        ctx.native, ctx.reserve, ctx.names = native, reserve, names
-        ctx.has_h0, ctx.has_c0 = h0 is not None, c0 is not None
-        outs = [torch.from_numpy(output), torch.from_numpy(h_n)]
-        if c_n is not None:
-            outs.append(torch.from_numpy(c_n))
-        return tuple(outs)
-
-    @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        reserve: Reserve = ctx.reserve
-        grad_c_n = _numpy(grads[2]) if len(grads) > 2 else None
-        gx, gh0, gc0, gw = ctx.native.backward(
-            reserve, _numpy(grads[0]), _numpy(grads[1]), grad_c_n
-        )
-        weight_grads = [torch.from_numpy(gw[name]) for name in ctx.names]
-        return (
-            None,
-            None,
-            None,
-            None,
-            torch.from_numpy(gx),
-            torch.from_numpy(gh0) if ctx.has_h0 else None,
-            torch.from_numpy(gc0) if ctx.has_c0 and gc0 is not None else None,
-            *weight_grads,
-        )
+def _lengths(lengths: torch.Tensor | list[int]) -> torch.Tensor:
+    """``lengths=`` as an int64 tensor on the CPU; fractions are refused,
+    not rounded."""
+    t = torch.as_tensor(lengths)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"lengths: expected integers, found {t.dtype}")
+    return t.to(device="cpu", dtype=torch.int64)
 
 
 class _CrateRNNBase(nn.RNNBase):
@@ -118,58 +86,46 @@ class _CrateRNNBase(nn.RNNBase):
                 return "parameters not float32 on the CPU"
         return None
 
-    def _native_model(self) -> Rnn:
-        """The crate's model for the parameters as they are now: packed
-        again only when one was replaced or changed in place."""
-        key = (
-            tuple((w.data_ptr(), w._version) for w in self._flat_weights),
-            self.dropout,
-            self.threads,
+    def _config(self) -> Config:
+        return Config(
+            self._cell(),
+            self.num_layers,
+            self.bidirectional,
+            self.bias,
+            self.proj_size,
+            self.batch_first,
+            float(self.dropout),
+            self.threads or 0,
         )
-        cached = self.__dict__.get("_rnn_kernels_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        weights = {
-            name: w.detach().numpy()
-            for name, w in zip(self._flat_weights_names, self._flat_weights, strict=True)
-        }
-        native = Rnn.from_state_dict(
-            weights,
-            cell=self._cell(),
-            batch_first=self.batch_first,
-            gru_original=False if self.mode == "GRU" else None,
-            dropout=self.dropout,
-            device="cpu",
-            threads=self.threads,
-        )
-        self.__dict__["_rnn_kernels_cache"] = (key, native)
-        return native
 
     def _run(
         self,
         x: torch.Tensor,
-        lengths: list[int] | None,
+        lengths: torch.Tensor | None,
         h0: torch.Tensor | None,
         c0: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        native = self._native_model()
+        config, weights = self._config(), self._flat_weights
         dropout = self.training and self.dropout > 0 and self.num_layers > 1
-        seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout else None
-        tensors = [x, h0, c0, *self._flat_weights]
         needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in tensors
+            t is not None and t.requires_grad for t in [x, h0, c0, *weights]
         )
-        if needs_grad or seed is not None:
-            outs = _Native.apply(
-                native, self._flat_weights_names, seed, lengths, x, h0, c0, *self._flat_weights
+        if not (needs_grad or dropout or torch.compiler.is_compiling()):
+            # Inference in eager mode: straight to the extension, without
+            # the dispatcher's few microseconds.
+            native = native_model(config, weights)
+            lens = None if lengths is None else lengths.numpy()
+            output, h_n, c_n = native.forward(_numpy(x), lens, _numpy(h0), _numpy(c0))
+            return (
+                torch.from_numpy(output),
+                torch.from_numpy(h_n),
+                None if c_n is None else torch.from_numpy(c_n),
             )
-            return outs[0], outs[1], outs[2] if len(outs) > 2 else None
-        output, h_n, c_n = native.forward(_numpy(x), lengths, _numpy(h0), _numpy(c0))
-        return (
-            torch.from_numpy(output),
-            torch.from_numpy(h_n),
-            None if c_n is None else torch.from_numpy(c_n),
+        seed = torch.randint(0, 2**62, (1,)) if dropout else None
+        output, h_n, c_n, _ = torch.ops.rnn_kernels.rnn(
+            x, h0, c0, weights, *config.args(), lengths, seed, needs_grad
         )
+        return output, h_n, c_n if self.mode == "LSTM" else None
 
     def forward(  # type: ignore[override]
         self,
@@ -195,7 +151,7 @@ class _CrateRNNBase(nn.RNNBase):
                 raise ValueError("lengths= with a PackedSequence: the packing gives the lengths")
             lengths = _packed_lengths(input)
         elif lengths is not None:
-            lengths = [int(n) for n in lengths]
+            lengths = _lengths(lengths)
 
         unbatched = not packed and padded.dim() == 2
         if unbatched:
@@ -216,7 +172,7 @@ class _CrateRNNBase(nn.RNNBase):
         return output, ((h_n, c_n) if is_lstm else h_n)
 
 
-def _packed_lengths(packed: PackedSequence) -> list[int]:
+def _packed_lengths(packed: PackedSequence) -> torch.Tensor:
     """Each sequence's length, in the batch's original order."""
     batch_sizes = packed.batch_sizes
     sorted_lengths = (
@@ -224,7 +180,7 @@ def _packed_lengths(packed: PackedSequence) -> list[int]:
     ).sum(1)
     if packed.unsorted_indices is not None:
         sorted_lengths = sorted_lengths[packed.unsorted_indices]
-    return [int(n) for n in sorted_lengths]
+    return sorted_lengths
 
 
 def _repack(output: torch.Tensor, like: PackedSequence, batch_first: bool) -> PackedSequence:
@@ -236,7 +192,7 @@ def _repack(output: torch.Tensor, like: PackedSequence, batch_first: bool) -> Pa
         output = output.index_select(1, like.sorted_indices)
     lengths = _packed_lengths(like)
     if like.sorted_indices is not None:
-        lengths = [lengths[i] for i in like.sorted_indices.tolist()]
+        lengths = lengths[like.sorted_indices]
     data = pack_padded_sequence(output, lengths, enforce_sorted=True).data
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
@@ -302,3 +258,30 @@ def convert(model: nn.Module, *, threads: int | None = None) -> nn.Module:
             module.__class__ = ours
             module.threads = threads
     return model
+
+
+def compile(model: nn.Module, **kwargs: Any) -> nn.Module:
+    """``torch.compile(model, **kwargs)`` for a model whose recurrent
+    modules run on the crate (``convert`` it first).
+
+    Dynamo refuses to trace any ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN``
+    instance, ours included, unless ``torch._dynamo.config.allow_rnn`` is
+    set; the compiled model's calls set it for their own duration, so that
+    Dynamo traces our modules' forward (the ``rnn_kernels::rnn`` operator,
+    which compiles with ``fullgraph=True``) while PyTorch's own modules
+    elsewhere in the process keep Dynamo's default. Setting the flag yourself
+    and calling ``torch.compile`` is the same, as long as the process
+    compiles no unconverted RNN module (Dynamo cannot trace those)."""
+    unconverted = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if type(module) in _OURS
+    ]
+    if unconverted:
+        raise TypeError(
+            f"compile: {', '.join(unconverted)} still run(s) PyTorch's own RNN, which "
+            "Dynamo cannot trace; rnn_kernels.torch.convert(model) first"
+        )
+    compiled = torch.compile(model, **kwargs)
+    compiled.forward = torch._dynamo.config.patch(allow_rnn=True)(compiled.forward)
+    return compiled

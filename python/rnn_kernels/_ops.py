@@ -1,0 +1,294 @@
+"""The crate's forward and backward as torch operators.
+
+``torch.ops.rnn_kernels.rnn`` and ``torch.ops.rnn_kernels.rnn_backward``
+are defined with ``torch.library``, with fake (meta) implementations and an
+autograd formula, so that ``torch.compile(..., fullgraph=True)`` traces
+through them and ``torch.library.opcheck`` passes. Their arguments are
+tensors and numbers only: the network's configuration, its weights as a
+list in ``nn.RNNBase._flat_weights`` order, and the inputs.
+
+What a training forward keeps for its backward (the crate's reserve) lives
+in Rust; the ``reserve`` output is a one-element int64 token standing for
+it (found by its address, its value always 0), much as cuDNN's RNN returns
+its reserve space as a tensor. The reserve is freed with its token
+(autograd holds the token as long as the graph can run backward).
+
+Prepared (packed) models are cached by the identity, shape and version of
+their weight tensors: an optimizer step or ``load_state_dict`` changes a
+version, and the next call packs the weights again.
+"""
+
+import itertools
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rnn_kernels._native import Reserve, Rnn
+
+__all__ = ["Config", "clear_cache", "native_model"]
+
+_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the operators need to know of a network besides its weights."""
+
+    cell: str
+    num_layers: int
+    bidirectional: bool
+    bias: bool
+    proj_size: int
+    batch_first: bool
+    dropout: float
+    threads: int  # 0: the crate's default
+
+    def args(self) -> tuple[Any, ...]:
+        """The operators' configuration arguments, in schema order."""
+        return (
+            self.cell,
+            self.num_layers,
+            self.bidirectional,
+            self.bias,
+            self.proj_size,
+            self.batch_first,
+            self.dropout,
+            self.threads,
+        )
+
+    def weight_names(self) -> list[str]:
+        """PyTorch's parameter names, in ``_flat_weights`` order."""
+        names = []
+        for layer, suffix in itertools.product(
+            range(self.num_layers), ["", "_reverse"][: 1 + self.bidirectional]
+        ):
+            kinds = ["weight_ih", "weight_hh"]
+            if self.bias:
+                kinds += ["bias_ih", "bias_hh"]
+            if self.proj_size:
+                kinds.append("weight_hr")
+            names += [f"{kind}_l{layer}{suffix}" for kind in kinds]
+        return names
+
+
+_CONFIG_SCHEMA = (
+    "str cell, int num_layers, bool bidirectional, bool bias, int proj_size, "
+    "bool batch_first, float dropout, int threads"
+)
+
+torch.library.define(
+    "rnn_kernels::rnn",
+    f"(Tensor x, Tensor? h0, Tensor? c0, Tensor[] weights, {_CONFIG_SCHEMA}, "
+    "Tensor? lengths, Tensor? seed, bool keep) -> (Tensor, Tensor, Tensor, Tensor)",
+)
+torch.library.define(
+    "rnn_kernels::rnn_backward",
+    f"(Tensor reserve, Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor x, "
+    f"Tensor[] weights, {_CONFIG_SCHEMA}) -> (Tensor, Tensor, Tensor, Tensor[])",
+)
+
+# Prepared models, least recently used first: config and weight identity ->
+# (weight versions, the weights, the model). Holding the weights keeps their
+# storage alive, so that no other tensor can take their addresses while the
+# entry stands.
+_CACHE_SIZE = 16
+_models: "OrderedDict[tuple[Any, ...], tuple[tuple[int, ...], list[torch.Tensor], Rnn]]" = (
+    OrderedDict()
+)
+
+
+def native_model(config: Config, weights: Sequence[torch.Tensor]) -> Rnn:
+    """The crate's model for these weights as they are now: packed again
+    only when one was replaced or changed in place."""
+    key = (config, *((w.data_ptr(), w.shape, w.stride()) for w in weights))
+    versions = tuple(w._version for w in weights)
+    cached = _models.get(key)
+    if cached is not None and cached[0] == versions:
+        _models.move_to_end(key)
+        return cached[2]
+    state = {
+        name: w.detach().numpy() for name, w in zip(config.weight_names(), weights, strict=True)
+    }
+    native = Rnn.from_state_dict(
+        state,
+        cell=config.cell,
+        batch_first=config.batch_first,
+        gru_original=False if config.cell == "gru" else None,
+        dropout=config.dropout,
+        device="cpu",
+        threads=config.threads or None,
+    )
+    _models[key] = (versions, [w.detach() for w in weights], native)
+    _models.move_to_end(key)
+    while len(_models) > _CACHE_SIZE:
+        _models.popitem(last=False)
+    return native
+
+
+def clear_cache() -> None:
+    """Forget every prepared model (they are rebuilt on their next call)."""
+    _models.clear()
+
+
+# Training forwards' reserves, by the address of their token's one element:
+# the token's value is always 0, so that two runs of one forward give equal
+# outputs (``opcheck`` compares them). Each entry has a serial number, so
+# that a late finalizer never removes a newer token's entry.
+_reserves: dict[int, tuple[int, Rnn, Reserve]] = {}
+_serials = itertools.count(1)
+
+
+def _token(native: Rnn, reserve: Reserve) -> torch.Tensor:
+    token = torch.zeros(1, dtype=torch.int64)
+    key, serial = token.data_ptr(), next(_serials)
+    _reserves[key] = (serial, native, reserve)
+    weakref.finalize(token, _release, key, serial)
+    return token
+
+
+def _release(key: int, serial: int) -> None:
+    entry = _reserves.get(key)
+    if entry is not None and entry[0] == serial:
+        del _reserves[key]
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().contiguous().numpy()
+
+
+def _tensor(a: np.ndarray | None) -> torch.Tensor:
+    return torch.empty(0) if a is None else torch.from_numpy(a)
+
+
+def _config(args: Sequence[Any]) -> Config:
+    return Config(*args)
+
+
+@torch.library.impl("rnn_kernels::rnn", "CPU")
+def _rnn(
+    x: torch.Tensor,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    weights: list[torch.Tensor],
+    *rest: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    config, (lengths, seed, keep) = _config(rest[:8]), rest[8:]
+    native = native_model(config, weights)
+    lens = None if lengths is None else lengths.tolist()
+    if not keep and seed is None:
+        output, h_n, c_n = native.forward(_numpy(x), lens, _numpy(h0), _numpy(c0))
+        token = torch.empty(0, dtype=torch.int64)
+    else:
+        seed_value = None if seed is None else int(seed.item())
+        output, h_n, c_n, reserve = native.forward_train(
+            _numpy(x), lens, _numpy(h0), _numpy(c0), seed_value
+        )
+        token = _token(native, reserve) if keep else torch.empty(0, dtype=torch.int64)
+    return _tensor(output), _tensor(h_n), _tensor(c_n), token
+
+
+@torch.library.register_fake("rnn_kernels::rnn")
+def _rnn_fake(
+    x: torch.Tensor,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    weights: list[torch.Tensor],
+    *rest: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    config, keep = _config(rest[:8]), rest[10]
+    hidden = weights[0].shape[0] // _GATES[config.cell]
+    out = config.proj_size or hidden
+    d = 1 + config.bidirectional
+    batch, seq = (x.shape[0], x.shape[1]) if config.batch_first else (x.shape[1], x.shape[0])
+    output_shape = (batch, seq, d * out) if config.batch_first else (seq, batch, d * out)
+    c_n_shape = (config.num_layers * d, batch, hidden) if config.cell == "lstm" else (0,)
+    return (
+        x.new_empty(output_shape),
+        x.new_empty((config.num_layers * d, batch, out)),
+        x.new_empty(c_n_shape),
+        x.new_empty((1 if keep else 0,), dtype=torch.int64),
+    )
+
+
+@torch.library.impl("rnn_kernels::rnn_backward", "CPU")
+def _rnn_backward(
+    reserve: torch.Tensor,
+    grad_output: torch.Tensor,
+    grad_h_n: torch.Tensor,
+    grad_c_n: torch.Tensor,
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    *config_args: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    config = _config(config_args)
+    if reserve.numel() != 1:
+        raise RuntimeError(
+            "rnn_kernels::rnn_backward: no reserve; run rnn_kernels::rnn with keep=True"
+        )
+    kept = _reserves.get(reserve.data_ptr())
+    if kept is None:
+        raise RuntimeError(
+            "rnn_kernels::rnn_backward: reserve: not a live token made by rnn_kernels::rnn"
+        )
+    _, native, kept_reserve = kept
+    gx, gh0, gc0, gw = native.backward(
+        kept_reserve,
+        _numpy(grad_output),
+        _numpy(grad_h_n),
+        _numpy(grad_c_n) if config.cell == "lstm" else None,
+    )
+    grads = [torch.from_numpy(gw[name]) for name in config.weight_names()]
+    return torch.from_numpy(gx), torch.from_numpy(gh0), _tensor(gc0), grads
+
+
+@torch.library.register_fake("rnn_kernels::rnn_backward")
+def _rnn_backward_fake(
+    reserve: torch.Tensor,
+    grad_output: torch.Tensor,
+    grad_h_n: torch.Tensor,
+    grad_c_n: torch.Tensor,
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    *config_args: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    return (
+        torch.empty_like(x),
+        torch.empty_like(grad_h_n),
+        torch.empty_like(grad_c_n),
+        [torch.empty_like(w) for w in weights],
+    )
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    x, h0, c0, weights, *config_args = inputs[:12]
+    ctx.config_args = config_args
+    ctx.has_h0, ctx.has_c0, ctx.n_weights = h0 is not None, c0 is not None, len(weights)
+    ctx.save_for_backward(output[3], x, *weights)
+
+
+def _backward(
+    ctx: Any,
+    grad_output: torch.Tensor,
+    grad_h_n: torch.Tensor,
+    grad_c_n: torch.Tensor,
+    _grad_reserve: torch.Tensor,
+) -> tuple[Any, ...]:
+    reserve, x, *weights = ctx.saved_tensors
+    gx, gh0, gc0, gw = torch.ops.rnn_kernels.rnn_backward(
+        reserve, grad_output, grad_h_n, grad_c_n, x, weights, *ctx.config_args
+    )
+    return (
+        gx,
+        gh0 if ctx.has_h0 else None,
+        gc0 if ctx.has_c0 else None,
+        gw,
+        *([None] * 11),
+    )
+
+
+torch.library.register_autograd("rnn_kernels::rnn", _backward, setup_context=_setup_context)
