@@ -46,7 +46,7 @@ class Config:
     proj_size: int
     batch_first: bool
     dropout: float
-    threads: int  # 0: the crate's default
+    threads: int  # 0: torch.get_num_threads() at each call
 
     def args(self) -> tuple[Any, ...]:
         """The operators' configuration arguments, in schema order."""
@@ -105,7 +105,8 @@ _models: "OrderedDict[tuple[Any, ...], tuple[tuple[int, ...], list[torch.Tensor]
 def native_model(config: Config, weights: Sequence[torch.Tensor]) -> Rnn:
     """The crate's model for these weights as they are now: packed again
     only when one was replaced or changed in place."""
-    key = (config, *((w.data_ptr(), w.shape, w.stride()) for w in weights))
+    threads = config.threads or torch.get_num_threads()
+    key = (config, threads, *((w.data_ptr(), w.shape, w.stride()) for w in weights))
     versions = tuple(w._version for w in weights)
     cached = _models.get(key)
     if cached is not None and cached[0] == versions:
@@ -121,7 +122,7 @@ def native_model(config: Config, weights: Sequence[torch.Tensor]) -> Rnn:
         gru_original=False if config.cell == "gru" else None,
         dropout=config.dropout,
         device="cpu",
-        threads=config.threads or None,
+        threads=threads,
     )
     _models[key] = (versions, [w.detach() for w in weights], native)
     _models.move_to_end(key)

@@ -198,7 +198,8 @@ def _repack(output: torch.Tensor, like: PackedSequence, batch_first: bool) -> Pa
 
 
 class LSTM(_CrateRNNBase, nn.LSTM):
-    """``torch.nn.LSTM`` on rnn-kernels; ``threads=`` caps the CPU threads."""
+    """``torch.nn.LSTM`` on rnn-kernels; ``threads=`` caps the crate's CPU
+    threads (default: ``torch.get_num_threads()`` at each call)."""
 
     def __init__(self, *args: Any, threads: int | None = None, **kwargs: Any) -> None:
         nn.LSTM.__init__(self, *args, **kwargs)
@@ -206,7 +207,8 @@ class LSTM(_CrateRNNBase, nn.LSTM):
 
 
 class GRU(_CrateRNNBase, nn.GRU):
-    """``torch.nn.GRU`` on rnn-kernels; ``threads=`` caps the CPU threads."""
+    """``torch.nn.GRU`` on rnn-kernels; ``threads=`` caps the crate's CPU
+    threads (default: ``torch.get_num_threads()`` at each call)."""
 
     def __init__(self, *args: Any, threads: int | None = None, **kwargs: Any) -> None:
         nn.GRU.__init__(self, *args, **kwargs)
@@ -214,7 +216,8 @@ class GRU(_CrateRNNBase, nn.GRU):
 
 
 class RNN(_CrateRNNBase, nn.RNN):
-    """``torch.nn.RNN`` on rnn-kernels; ``threads=`` caps the CPU threads."""
+    """``torch.nn.RNN`` on rnn-kernels; ``threads=`` caps the crate's CPU
+    threads (default: ``torch.get_num_threads()`` at each call)."""
 
     def __init__(self, *args: Any, threads: int | None = None, **kwargs: Any) -> None:
         nn.RNN.__init__(self, *args, **kwargs)
@@ -227,7 +230,7 @@ _OURS: dict[type, type] = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
 def from_torch(module: nn.Module, *, threads: int | None = None) -> _CrateRNNBase:
     """A copy of ``module`` (an ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN``) that
     runs on the crate: the same hyperparameters, parameters copied, on the
-    same device and dtype."""
+    same device and dtype. ``threads`` as in ``LSTM``."""
     ours = _OURS.get(type(module))
     if ours is None:
         raise TypeError(f"from_torch: expected nn.LSTM, nn.GRU or nn.RNN, found {type(module)}")

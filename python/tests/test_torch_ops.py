@@ -194,3 +194,17 @@ def test_prepared_models_are_cached_and_repacked_on_change() -> None:
     with torch.no_grad():
         weights[0].add_(1.0)
     assert ops.native_model(config, weights) is not first
+
+
+def test_threads_follow_torch_unless_given() -> None:
+    ours = rt.from_torch(nn.LSTM(5, 7))
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert ops.native_model(ours._config(), ours._flat_weights).threads == n
+        ours.threads = 1
+        torch.set_num_threads(2)
+        assert ops.native_model(ours._config(), ours._flat_weights).threads == 1
+    finally:
+        torch.set_num_threads(before)
