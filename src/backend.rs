@@ -13,8 +13,11 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
     #[default]
+    /// Whichever works: a GPU, else the CPU.
     Auto,
+    /// The fast CPU path.
     Cpu,
+    /// The first GPU; an error where none works.
     Cuda,
 }
 
@@ -46,13 +49,17 @@ impl fmt::Display for Device {
 /// A model prepared on the CPU (weights packed, threads shared) or on the
 /// GPU (weights uploaded, kernels loaded).
 pub enum Backend {
+    /// On the fast CPU path.
     Cpu(Box<CpuRnn>),
+    /// On a GPU.
     Cuda(Box<CudaRnn>),
 }
 
 /// What a training forward keeps for its backward, on either backend.
 pub enum TrainingState {
+    /// The CPU path's reserve.
     Cpu(Box<CpuReserve>),
+    /// The GPU path's reserve, on the device.
     Cuda(Box<CudaTrainingState>),
 }
 
@@ -95,6 +102,7 @@ impl Backend {
         }
     }
 
+    /// The network this model runs.
     pub fn config(&self) -> &RnnConfig {
         match self {
             Backend::Cpu(model) => model.config(),
@@ -110,10 +118,12 @@ impl Backend {
         }
     }
 
+    /// Whether it runs on a GPU.
     pub fn is_cuda(&self) -> bool {
         matches!(self, Backend::Cuda(_))
     }
 
+    /// PyTorch's forward: `output`, `h_n` and (LSTM) `c_n` for a whole sequence.
     pub fn forward(&mut self, args: &ForwardInput<'_, f32>) -> Result<ForwardOutput<f32>> {
         match self {
             Backend::Cpu(model) => model.forward(args),
@@ -165,6 +175,8 @@ impl Backend {
         })
     }
 
+    /// Backward through the training forward that made `state`, with the
+    /// gradients of its outputs: the gradients of its inputs and every weight.
     pub fn backward(
         &mut self,
         args: &ForwardInput<'_, f32>,

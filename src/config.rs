@@ -13,7 +13,9 @@ pub enum CellKind {
     RnnTanh,
     /// `h' = relu(W_ih x + b_ih + W_hh h + b_hh)`
     RnnRelu,
+    /// `nn.LSTM`.
     Lstm,
+    /// `nn.GRU`.
     Gru,
 }
 
@@ -37,6 +39,7 @@ impl CellKind {
         }
     }
 
+    /// Every cell, in the order tests and benchmarks list them.
     pub const ALL: [CellKind; 4] = [
         CellKind::RnnTanh,
         CellKind::RnnRelu,
@@ -75,9 +78,13 @@ impl FromStr for CellKind {
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct RnnConfig {
+    /// Which cell.
     pub cell: CellKind,
+    /// Features per step of the input (`I`).
     pub input_size: usize,
+    /// Features of the hidden state (`H`).
     pub hidden_size: usize,
+    /// Stacked layers (`L`), each reading the previous one's output.
     pub num_layers: usize,
     /// Whether the layers have `bias_ih` and `bias_hh`.
     pub bias: bool,
@@ -85,6 +92,7 @@ pub struct RnnConfig {
     pub batch_first: bool,
     /// Dropout on each layer's output but the last, in training only.
     pub dropout: f64,
+    /// Whether each layer runs both directions (`D = 2`), outputs concatenated.
     pub bidirectional: bool,
     /// LSTM projection size; 0 means no projection (PyTorch's default).
     pub proj_size: usize,
@@ -111,18 +119,22 @@ impl RnnConfig {
         }
     }
 
+    /// One LSTM layer with PyTorch's defaults (bias, no projection, not batch-first).
     pub fn lstm(input_size: usize, hidden_size: usize) -> Self {
         Self::new(CellKind::Lstm, input_size, hidden_size)
     }
 
+    /// One GRU layer with PyTorch's defaults.
     pub fn gru(input_size: usize, hidden_size: usize) -> Self {
         Self::new(CellKind::Gru, input_size, hidden_size)
     }
 
+    /// One `nn.RNN` layer with tanh, PyTorch's defaults.
     pub fn rnn_tanh(input_size: usize, hidden_size: usize) -> Self {
         Self::new(CellKind::RnnTanh, input_size, hidden_size)
     }
 
+    /// One `nn.RNN` layer with ReLU, PyTorch's defaults otherwise.
     pub fn rnn_relu(input_size: usize, hidden_size: usize) -> Self {
         Self::new(CellKind::RnnRelu, input_size, hidden_size)
     }

@@ -38,7 +38,9 @@ pub fn factor(p: f64, seed: u64, layer: usize, index: u64) -> f64 {
 /// The dropout of one training run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dropout {
+    /// The probability of dropping an element.
     pub p: f64,
+    /// The seed the masks are drawn from.
     pub seed: u64,
 }
 

@@ -14,9 +14,12 @@ pub trait Element:
     /// The name used in messages and benchmark records.
     const NAME: &'static str;
 
+    /// The nearest value of this type.
     fn from_f64(value: f64) -> Self;
+    /// The exact value as an `f64`.
     fn as_f64(self) -> f64;
 
+    /// `1 / (1 + e^-x)`, computed as PyTorch computes it.
     fn sigmoid(self) -> Self {
         Self::one() / (Self::one() + (-self).exp())
     }

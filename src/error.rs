@@ -20,6 +20,8 @@ impl fmt::Debug for ShapeDisplay {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Everything that can go wrong, each with a one-line message that names
+/// the tensor, file or request at fault.
 pub enum Error {
     /// A configuration that PyTorch would reject, or that makes no sense.
     #[error("invalid configuration: {0}")]
@@ -29,26 +31,42 @@ pub enum Error {
     /// `expected` may name symbolic dimensions, e.g. `[T, B, 6]`.
     #[error("{tensor}: expected shape {expected}, found {found}")]
     Shape {
+        /// Which tensor.
         tensor: String,
+        /// The shape it should have.
         expected: String,
+        /// The shape it has.
         found: ShapeDisplay,
     },
 
     /// A tensor that must be present is not.
     #[error("{tensor}: missing ({context})")]
-    Missing { tensor: String, context: String },
+    Missing {
+        /// Which tensor.
+        tensor: String,
+        /// What needs it.
+        context: String,
+    },
 
     /// A tensor that is present but unusable: wrong dtype, out-of-range values, ...
     #[error("{tensor}: {message}")]
-    Invalid { tensor: String, message: String },
+    Invalid {
+        /// Which tensor.
+        tensor: String,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// A file that cannot be read, parsed or written. `io` is the operating
     /// system's reason when there is one (so that a binding can raise its
     /// own not-found or permission error).
     #[error("{path}: {message}")]
     File {
+        /// The file.
         path: String,
+        /// What went wrong.
         message: String,
+        /// The operating system's reason, if any.
         io: Option<std::io::ErrorKind>,
     },
 
@@ -66,8 +84,11 @@ pub enum Error {
     /// address can count).
     #[error("{what} needs {}, more than could be allocated", describe_request(*bytes, detail))]
     OutOfMemory {
+        /// What needed the memory.
         what: String,
+        /// Of what, e.g. a shape and dtype.
         detail: String,
+        /// How many bytes; `None`: more than a `u64` counts.
         bytes: Option<u64>,
     },
 }
@@ -81,6 +102,7 @@ fn describe_request(bytes: Option<u64>, detail: &str) -> String {
     }
 }
 
+/// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

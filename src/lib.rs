@@ -1,6 +1,8 @@
 //! Recurrent networks (RNN, LSTM, GRU) with PyTorch's semantics and weight
 //! layout: a CPU reference that matches `torch.nn.RNN` / `LSTM` / `GRU`, and
-//! (in progress) hand-written CUDA kernels checked against it.
+//! the two fast paths checked against it: [`cpu::CpuRnn`] and
+//! [`cuda::CudaRnn`] (hand-written kernels, loaded at run time; a build
+//! without nvcc has none).
 //!
 //! ```
 //! use rnn_kernels::{reference, ForwardInput, RnnConfig, Tensor, Weights};
@@ -13,6 +15,8 @@
 //! assert_eq!(out.output.shape(), &[48, 32, 64]);
 //! assert_eq!(out.h_n.shape(), &[2, 32, 64]);
 //! ```
+
+#![warn(missing_docs)]
 
 /// The README's examples are compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -3,11 +3,13 @@
 //! version, so a seed means the same numbers forever.
 
 #[derive(Clone, Debug)]
+/// The SplitMix64 generator (Steele, Lea and Flood, 2014).
 pub struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
+    /// A generator whose stream is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64 { state: seed }
     }
@@ -17,6 +19,7 @@ impl SplitMix64 {
         self.state
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

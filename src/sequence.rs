@@ -12,6 +12,7 @@ use crate::weights::Weights;
 /// The arguments of a whole-sequence forward call.
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardInput<'a, T> {
+    /// `[T, B, I]` (`[B, T, I]` batch-first).
     pub input: &'a Tensor<T>,
     /// Valid steps per sequence, each in `1..=T`, in any order. `None`: all `T`.
     pub lengths: Option<&'a [usize]>,
@@ -22,6 +23,7 @@ pub struct ForwardInput<'a, T> {
 }
 
 impl<'a, T> ForwardInput<'a, T> {
+    /// The input alone: every sequence `T` steps, initial states zero.
     pub fn new(input: &'a Tensor<T>) -> Self {
         ForwardInput {
             input,
@@ -31,16 +33,19 @@ impl<'a, T> ForwardInput<'a, T> {
         }
     }
 
+    /// Valid steps per sequence.
     pub fn lengths(mut self, lengths: &'a [usize]) -> Self {
         self.lengths = Some(lengths);
         self
     }
 
+    /// The initial hidden state, `[L·D, B, Hout]`.
     pub fn h0(mut self, h0: &'a Tensor<T>) -> Self {
         self.h0 = Some(h0);
         self
     }
 
+    /// The initial cell state, `[L·D, B, H]` (LSTM).
     pub fn c0(mut self, c0: &'a Tensor<T>) -> Self {
         self.c0 = Some(c0);
         self
@@ -133,7 +138,9 @@ impl<T: Element> State<T> {
 /// The size of a forward call, read off its checked input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SequenceDims {
+    /// `T`.
     pub seq_len: usize,
+    /// `B`.
     pub batch: usize,
 }
 
@@ -160,10 +167,12 @@ pub fn try_output<T: Element>(config: &RnnConfig, dims: SequenceDims) -> Result<
     })
 }
 
+/// The shape of `h0` and `h_n`: `[L·D, B, Hout]`.
 pub fn h_shape(config: &RnnConfig, batch: usize) -> [usize; 3] {
     [config.num_states(), batch, config.output_size()]
 }
 
+/// The shape of `c0` and `c_n`: `[L·D, B, H]`.
 pub fn c_shape(config: &RnnConfig, batch: usize) -> [usize; 3] {
     [config.num_states(), batch, config.hidden_size]
 }
@@ -347,6 +356,7 @@ pub struct GradOutputs<'a, T> {
 pub struct Gradients<T> {
     /// Shape of `input`; zero at padded positions.
     pub input: Tensor<T>,
+    /// Shape of `h0`.
     pub h0: Tensor<T>,
     /// LSTM only.
     pub c0: Option<Tensor<T>>,

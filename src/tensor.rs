@@ -8,6 +8,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq)]
+/// A dense row-major tensor on the host.
 pub struct Tensor<T> {
     shape: Vec<usize>,
     data: Vec<T>,
@@ -57,26 +58,32 @@ impl<T: Copy> Tensor<T> {
         Ok(Tensor { shape, data })
     }
 
+    /// Its dimensions.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// Its elements, row-major.
     pub fn data(&self) -> &[T] {
         &self.data
     }
 
+    /// Its elements, row-major, to change in place.
     pub fn data_mut(&mut self) -> &mut [T] {
         &mut self.data
     }
 
+    /// Its elements, row-major, without a copy.
     pub fn into_data(self) -> Vec<T> {
         self.data
     }
 
+    /// How many elements it has.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

@@ -30,9 +30,13 @@ use std::sync::Mutex;
 /// The float formats a file may store tensors in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoredDtype {
+    /// IEEE single precision.
     F32,
+    /// IEEE double precision.
     F64,
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     BF16,
 }
 
@@ -184,6 +188,7 @@ impl TensorFile {
         }
     }
 
+    /// Where the file was read from (a name for tensors built in memory).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -212,6 +217,7 @@ impl TensorFile {
         Ok(self.view(name)?.map(|v| format!("{:?}", v.dtype())))
     }
 
+    /// The shape of tensor `name`, `None` if the file has no such tensor.
     pub fn shape(&self, name: &str) -> Result<Option<Vec<usize>>> {
         Ok(self.view(name)?.map(|v| v.shape().to_vec()))
     }
@@ -419,6 +425,7 @@ impl OwnedTensor {
         })
     }
 
+    /// An int64 tensor (lengths, say) of `shape`.
     pub fn i64(shape: Vec<usize>, values: &[i64]) -> Self {
         OwnedTensor {
             dtype: Dtype::I64,

@@ -22,14 +22,20 @@ use std::path::Path;
 /// Which of a layer's parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ParamKind {
+    /// `weight_ih_l{k}`: `[G·H, I]` (layer 0) or `[G·H, D·Hout]`.
     WeightIh,
+    /// `weight_hh_l{k}`: `[G·H, Hout]`.
     WeightHh,
+    /// `bias_ih_l{k}`: `[G·H]`.
     BiasIh,
+    /// `bias_hh_l{k}`: `[G·H]`.
     BiasHh,
+    /// `weight_hr_l{k}`: `[Hout, H]`, projections only.
     WeightHr,
 }
 
 impl ParamKind {
+    /// PyTorch's name without the layer and direction suffix.
     pub fn base_name(self) -> &'static str {
         match self {
             ParamKind::WeightIh => "weight_ih",
@@ -52,10 +58,15 @@ impl ParamKind {
 /// One parameter a configuration has: its PyTorch name and shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamSpec {
+    /// PyTorch's name, e.g. `weight_hh_l1_reverse`.
     pub name: String,
+    /// Its layer.
     pub layer: usize,
+    /// Its direction: 0 forward, 1 reverse.
     pub direction: usize,
+    /// Which parameter of the layer.
     pub kind: ParamKind,
+    /// Its shape.
     pub shape: Vec<usize>,
 }
 
@@ -95,10 +106,15 @@ pub fn param_specs(config: &RnnConfig) -> Vec<ParamSpec> {
 /// The parameters of one layer in one direction.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerWeights<T> {
+    /// `[G·H, I or D·Hout]`.
     pub weight_ih: Tensor<T>,
+    /// `[G·H, Hout]`.
     pub weight_hh: Tensor<T>,
+    /// `[G·H]`, if the network has biases.
     pub bias_ih: Option<Tensor<T>>,
+    /// `[G·H]`, if the network has biases.
     pub bias_hh: Option<Tensor<T>>,
+    /// `[Hout, H]`, with projections.
     pub weight_hr: Option<Tensor<T>>,
 }
 
@@ -190,6 +206,7 @@ impl<T: Element> Weights<T> {
         })
     }
 
+    /// The network these weights are for.
     pub fn config(&self) -> &RnnConfig {
         &self.config
     }

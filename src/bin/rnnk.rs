@@ -11,6 +11,10 @@
 //! is known not to be the model or the input, and an output file is written
 //! whole or not at all (see `tensor_file`).
 
+// The commands' doc comments are clap's --help text, shapes like [T,B,I]
+// written for a terminal, not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rnn_kernels::cpu::CpuRnn;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn};

@@ -21,7 +21,7 @@ mod forward;
 mod kernel;
 mod model;
 mod packed;
-pub mod simd;
+mod simd;
 mod threads;
 mod train;
 

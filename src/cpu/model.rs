@@ -128,6 +128,7 @@ impl CpuRnn {
         })
     }
 
+    /// The network this model runs.
     pub fn config(&self) -> &RnnConfig {
         self.net.weights.config()
     }
@@ -137,10 +138,12 @@ impl CpuRnn {
         &self.net.weights
     }
 
+    /// The most threads one call uses.
     pub fn threads(&self) -> usize {
         self.workers.threads()
     }
 
+    /// The instruction set its kernels were chosen for.
     pub fn isa(&self) -> Isa {
         self.net.dims.isa
     }

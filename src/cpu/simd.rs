@@ -96,6 +96,7 @@ impl Isa {
         ((registers - nv - 2) / nv).clamp(1, MAX_TILE_ROWS)
     }
 
+    /// The name `rnnk info` and the benchmarks print.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512 => "avx512f",
@@ -142,9 +143,6 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn round(self, x: Self::V) -> Self::V;
     /// `2^n` for integral `n` in `-126..=127`.
     fn pow2i(self, n: Self::V) -> Self::V;
-    fn abs(self, x: Self::V) -> Self::V;
-    /// `|mag|` with the sign of `sign`.
-    fn copysign(self, mag: Self::V, sign: Self::V) -> Self::V;
     /// Lane-wise `if a < b { yes } else { no }` (false for NaN).
     fn select_lt(self, a: Self::V, b: Self::V, yes: Self::V, no: Self::V) -> Self::V;
 
@@ -294,14 +292,6 @@ impl Simd for Portable {
         n.map(|n| f32::from_bits(((n as i32 + 127) as u32) << 23))
     }
     #[inline(always)]
-    fn abs(self, x: Lanes) -> Lanes {
-        x.map(f32::abs)
-    }
-    #[inline(always)]
-    fn copysign(self, mag: Lanes, sign: Lanes) -> Lanes {
-        lanewise(mag, sign, f32::copysign)
-    }
-    #[inline(always)]
     fn select_lt(self, a: Lanes, b: Lanes, yes: Lanes, no: Lanes) -> Lanes {
         std::array::from_fn(|i| if a[i] < b[i] { yes[i] } else { no[i] })
     }
@@ -394,23 +384,6 @@ mod x86 {
             }
         }
         #[inline(always)]
-        fn abs(self, x: __m512) -> __m512 {
-            unsafe {
-                _mm512_castsi512_ps(_mm512_and_si512(
-                    _mm512_castps_si512(x),
-                    _mm512_set1_epi32(i32::MAX),
-                ))
-            }
-        }
-        #[inline(always)]
-        fn copysign(self, mag: __m512, sign: __m512) -> __m512 {
-            unsafe {
-                let m = _mm512_and_si512(_mm512_castps_si512(mag), _mm512_set1_epi32(i32::MAX));
-                let s = _mm512_and_si512(_mm512_castps_si512(sign), _mm512_set1_epi32(i32::MIN));
-                _mm512_castsi512_ps(_mm512_or_si512(m, s))
-            }
-        }
-        #[inline(always)]
         fn select_lt(self, a: __m512, b: __m512, yes: __m512, no: __m512) -> __m512 {
             unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b), no, yes) }
         }
@@ -481,18 +454,6 @@ mod x86 {
             unsafe {
                 let biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
                 _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased))
-            }
-        }
-        #[inline(always)]
-        fn abs(self, x: __m256) -> __m256 {
-            unsafe { _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX))) }
-        }
-        #[inline(always)]
-        fn copysign(self, mag: __m256, sign: __m256) -> __m256 {
-            unsafe {
-                let m = _mm256_and_ps(mag, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX)));
-                let s = _mm256_and_ps(sign, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN)));
-                _mm256_or_ps(m, s)
             }
         }
         #[inline(always)]

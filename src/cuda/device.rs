@@ -141,18 +141,22 @@ impl CudaDevice {
         }))
     }
 
+    /// The device's name, as the driver gives it.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// `(major, minor)`: 9.0 for an H100 or H200.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
     }
 
+    /// What the launch planner needs to know of the device.
     pub fn limits(&self) -> &DeviceLimits {
         &self.limits
     }
 
+    /// cudarc's context, for callers that allocate device memory for a model.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.context
     }

@@ -35,17 +35,25 @@ unsafe impl DeviceRepr for crate::cuda::launch::params::DropoutParams {}
 /// cannot be checked without a copy: values outside `0..=T` are clamped by
 /// the kernel (0 means the row never runs: zero output, `h_n = h0`).
 pub struct DeviceInput<'a> {
+    /// `[T, B, I]` (`[B, T, I]` batch-first), row-major.
     pub input: &'a CudaSlice<f32>,
+    /// `T`.
     pub seq_len: usize,
+    /// `B`.
     pub batch: usize,
+    /// Valid steps per sequence (`B` values); `None`: all `T`.
     pub lengths: Option<&'a CudaSlice<i32>>,
+    /// `[L·D, B, Hout]`; `None`: zeros.
     pub h0: Option<&'a CudaSlice<f32>>,
+    /// `[L·D, B, H]`, LSTM only; `None`: zeros.
     pub c0: Option<&'a CudaSlice<f32>>,
 }
 
 /// Where a device forward pass writes. Every element is written.
 pub struct DeviceOutput<'a> {
+    /// The input's shape with `D·Hout` features.
     pub output: &'a mut CudaSlice<f32>,
+    /// `[L·D, B, Hout]`.
     pub h_n: &'a mut CudaSlice<f32>,
     /// Required for an LSTM, `None` otherwise.
     pub c_n: Option<&'a mut CudaSlice<f32>>,
@@ -119,6 +127,7 @@ impl CudaRnn {
         })
     }
 
+    /// The network this model runs.
     pub fn config(&self) -> &RnnConfig {
         &self.config
     }
@@ -144,6 +153,7 @@ impl CudaRnn {
         &self.stream
     }
 
+    /// The device it runs on.
     pub fn device(&self) -> &Arc<CudaDevice> {
         &self.device
     }

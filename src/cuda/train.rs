@@ -19,8 +19,11 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 /// The gradients of a forward's outputs, on the device (shapes of `output`,
 /// `h_n`, `c_n`; `None` means zeros).
 pub struct DeviceGradOutputs<'a> {
+    /// The gradient of `output`.
     pub output: &'a CudaSlice<f32>,
+    /// The gradient of `h_n`.
     pub h_n: Option<&'a CudaSlice<f32>>,
+    /// The gradient of `c_n` (LSTM).
     pub c_n: Option<&'a CudaSlice<f32>>,
 }
 
@@ -28,10 +31,13 @@ pub struct DeviceGradOutputs<'a> {
 /// states, and every weight, packed as [`CudaRnn::gradient_len`] floats
 /// (unpack with [`CudaRnn::unpack_gradients`]). Every element is written.
 pub struct DeviceGradients<'a> {
+    /// The gradient of the input, shaped as it.
     pub input: &'a mut CudaSlice<f32>,
+    /// The gradient of `h0`.
     pub h0: &'a mut CudaSlice<f32>,
     /// Required for an LSTM, `None` otherwise.
     pub c0: Option<&'a mut CudaSlice<f32>>,
+    /// Every weight's gradient, in the order of [`crate::Weights::named_parameters`].
     pub weights: &'a mut CudaSlice<f32>,
 }
 
