@@ -87,16 +87,6 @@ impl Adam {
     }
 }
 
-/// Labels that depend on the trajectory: deteriorating patients die far more often.
-fn labels(cohort: &Synthetic, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64::new(seed);
-    cohort
-        .deteriorating
-        .iter()
-        .map(|&worse| f32::from(u8::from(rng.next_f64() < if worse { 0.8 } else { 0.06 })))
-        .collect()
-}
-
 /// Rows `rows` of a `[B, T, F]` tensor.
 fn gather(t: &Tensor<f32>, rows: &[usize]) -> Tensor<f32> {
     let row_len = t.shape()[1] * t.shape()[2];
@@ -105,21 +95,6 @@ fn gather(t: &Tensor<f32>, rows: &[usize]) -> Tensor<f32> {
         .flat_map(|&r| t.data()[r * row_len..(r + 1) * row_len].iter().copied())
         .collect();
     Tensor::new([rows.len(), t.shape()[1], t.shape()[2]], data).unwrap()
-}
-
-/// The probability of the positive class ranking above a negative one.
-fn auroc(scores: &[f32], labels: &[f32]) -> f64 {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let (mut rank_sum, mut positives) = (0.0, 0.0);
-    for (rank, &i) in order.iter().enumerate() {
-        if labels[i] > 0.5 {
-            rank_sum += (rank + 1) as f64;
-            positives += 1.0;
-        }
-    }
-    let negatives = scores.len() as f64 - positives;
-    (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
 }
 
 struct Model {
@@ -247,7 +222,7 @@ fn run(args: Args) -> Result<()> {
         ));
     }
     let cohort = clinical::synthetic_cohort(args.patients, args.seed);
-    let y = labels(&cohort, args.seed ^ 0x1AB);
+    let y = clinical::mortality_labels(&cohort, args.seed);
     let split = args.patients * 4 / 5;
     let (train, held_out): (Vec<usize>, Vec<usize>) =
         ((0..split).collect(), (split..args.patients).collect());
@@ -295,7 +270,7 @@ fn run(args: Args) -> Result<()> {
         println!(
             "epoch {epoch:>2}: train loss {:.4}, held-out AUROC {:.3} ({:.1} s)",
             total / batches.len() as f32,
-            auroc(&scores, &held_labels),
+            clinical::auroc(&scores, &held_labels),
             start.elapsed().as_secs_f64()
         );
     }

@@ -157,6 +157,16 @@ fn a_stay_stepped_hour_by_hour_scores_as_the_whole_stay() {
 fn the_demos_run_without_files() {
     let r = run("icu_mortality", &["--patients", "16", "--device", "cpu"]);
     assert!(r.ok && r.stdout.contains("P(death)"), "{}{}", r.stdout, r.stderr);
+    // The committed trained model ranks a cohort it never saw far above chance.
+    let r = run("icu_mortality", &["--device", "cpu"]);
+    let auroc: f64 = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("AUROC: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no AUROC in {}{}", r.stdout, r.stderr));
+    assert!(auroc > 0.7, "{}", r.stdout);
+    assert!(r.stdout.contains("calibration: predicted"), "{}", r.stdout);
     let r = run(
         "hybrid_clinical",
         &["--patients", "16", "--embed", "384", "--device", "cpu"],

@@ -559,6 +559,33 @@ pub fn synthetic_cohort(patients: usize, seed: u64) -> Synthetic {
     }
 }
 
+/// Who dies in a synthetic cohort: deteriorating patients far more often
+/// (80% against 6%), drawn from `seed` (the cohort's own, as `train_icu`
+/// and `icu_mortality` both draw them).
+pub fn mortality_labels(cohort: &Synthetic, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed ^ 0x1AB);
+    cohort
+        .deteriorating
+        .iter()
+        .map(|&worse| f32::from(u8::from(rng.next_f64() < if worse { 0.8 } else { 0.06 })))
+        .collect()
+}
+
+/// The probability that a death scores above a survivor (labels 0 or 1).
+pub fn auroc(scores: &[f32], labels: &[f32]) -> f64 {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (mut rank_sum, mut positives) = (0.0, 0.0);
+    for (rank, &i) in order.iter().enumerate() {
+        if labels[i] > 0.5 {
+            rank_sum += (rank + 1) as f64;
+            positives += 1.0;
+        }
+    }
+    let negatives = scores.len() as f64 - positives;
+    (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
+}
+
 /// Synthetic note embeddings `[B, E]`: noise, with a shared "concerning
 /// note" direction added for the patients who deteriorate.
 pub fn synthetic_notes(deteriorating: &[bool], embed: usize, seed: u64) -> Tensor<f32> {
