@@ -22,8 +22,7 @@ import itertools
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,9 +34,9 @@ __all__ = ["Config", "clear_cache", "native_model"]
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
-@dataclass(frozen=True)
-class Config:
-    """What the operators need to know of a network besides its weights."""
+class Config(NamedTuple):
+    """What the operators need to know of a network besides its weights (a
+    tuple: it is hashed on every call)."""
 
     cell: str
     num_layers: int
@@ -50,16 +49,7 @@ class Config:
 
     def args(self) -> tuple[Any, ...]:
         """The operators' configuration arguments, in schema order."""
-        return (
-            self.cell,
-            self.num_layers,
-            self.bidirectional,
-            self.bias,
-            self.proj_size,
-            self.batch_first,
-            self.dropout,
-            self.threads,
-        )
+        return tuple(self)
 
     def weight_names(self) -> list[str]:
         """PyTorch's parameter names, in ``_flat_weights`` order."""
@@ -92,39 +82,54 @@ torch.library.define(
     f"Tensor[] weights, {_CONFIG_SCHEMA}) -> (Tensor, Tensor, Tensor, Tensor[])",
 )
 
-# Prepared models, least recently used first: config and weight identity ->
-# (weight versions, the weights, the model). Holding the weights keeps their
-# storage alive, so that no other tensor can take their addresses while the
-# entry stands.
+
+class _Prepared(NamedTuple):
+    versions: tuple[int, ...]
+    weights: list[torch.Tensor]
+    native: Rnn
+
+
+# Prepared models, least recently used first, by configuration, threads and
+# the weights' addresses. An entry holds its weights, so that their storage
+# stays alive and no other tensor can take their addresses while it stands.
 _CACHE_SIZE = 16
-_models: "OrderedDict[tuple[Any, ...], tuple[tuple[int, ...], list[torch.Tensor], Rnn]]" = (
-    OrderedDict()
-)
+_models: "OrderedDict[tuple[Any, ...], _Prepared]" = OrderedDict()
+
+
+def _state(config: Config, weights: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    return {
+        name: w.detach().numpy() for name, w in zip(config.weight_names(), weights, strict=True)
+    }
 
 
 def native_model(config: Config, weights: Sequence[torch.Tensor]) -> Rnn:
-    """The crate's model for these weights as they are now: packed again
-    only when one was replaced or changed in place."""
+    """The crate's model for these weights as they are now: repacked (in
+    place) only when one changed, prepared anew when one was replaced."""
     threads = config.threads or torch.get_num_threads()
-    key = (config, threads, *((w.data_ptr(), w.shape, w.stride()) for w in weights))
+    key = (config, threads, tuple(w.data_ptr() for w in weights))
     versions = tuple(w._version for w in weights)
-    cached = _models.get(key)
-    if cached is not None and cached[0] == versions:
-        _models.move_to_end(key)
-        return cached[2]
-    state = {
-        name: w.detach().numpy() for name, w in zip(config.weight_names(), weights, strict=True)
-    }
-    native = Rnn.from_state_dict(
-        state,
-        cell=config.cell,
-        batch_first=config.batch_first,
-        gru_original=False if config.cell == "gru" else None,
-        dropout=config.dropout,
-        device="cpu",
-        threads=threads,
+    entry = _models.get(key)
+    same = entry is not None and all(
+        a is b or (a.shape == b.shape and a.stride() == b.stride())
+        for a, b in zip(entry.weights, weights, strict=True)
     )
-    _models[key] = (versions, [w.detach() for w in weights], native)
+    if same and entry.versions == versions:
+        _models.move_to_end(key)
+        return entry.native
+    if same:  # changed in place (an optimizer step): repack into the same model
+        entry.native.set_weights(_state(config, weights))
+        native = entry.native
+    else:
+        native = Rnn.from_state_dict(
+            _state(config, weights),
+            cell=config.cell,
+            batch_first=config.batch_first,
+            gru_original=False if config.cell == "gru" else None,
+            dropout=config.dropout,
+            device="cpu",
+            threads=threads,
+        )
+    _models[key] = _Prepared(versions, list(weights), native)
     _models.move_to_end(key)
     while len(_models) > _CACHE_SIZE:
         _models.popitem(last=False)

@@ -21,7 +21,7 @@ use rnn_kernels::facts::{load_weights, Assumed, ModelFacts};
 use rnn_kernels::tensor_file::{OwnedTensor, StoredDtype};
 use rnn_kernels::weights::describe;
 use rnn_kernels::{
-    CellKind, Error, ForwardInput, ForwardOutput, GradOutputs, RnnConfig, State, Tensor, TensorFile,
+    CellKind, Error, ForwardInput, ForwardOutput, GradOutputs, RnnConfig, State, Tensor, TensorFile, Weights,
 };
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -392,6 +392,28 @@ impl Rnn {
             weights.into_any(),
         ];
         PyTuple::new(py, items)
+    }
+
+    /// Replaces every weight (after an optimizer step, say) with the arrays
+    /// of `state_dict` under PyTorch's names, without a prefix: the same
+    /// configuration and shapes, repacked in place (the model's threads,
+    /// workspaces and device stay). Streams made before keep their state and
+    /// run the new weights.
+    fn set_weights(&self, py: Python<'_>, state_dict: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut named = HashMap::with_capacity(state_dict.len());
+        for (key, value) in state_dict.iter() {
+            let name: String = key.extract().map_err(|_| {
+                PyTypeError::new_err(format!("state_dict: keys must be strings, found {key}"))
+            })?;
+            let tensor = float_tensor(&name, &value)?;
+            named.insert(name, tensor);
+        }
+        let config = self.config.clone();
+        py.detach(|| {
+            let weights = Weights::from_named(config, named)?;
+            lock(&self.backend).set_weights(&weights)
+        })
+        .map_err(py_err)
     }
 
     /// `batch` streams for online scoring, their state zero: each

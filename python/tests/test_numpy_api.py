@@ -211,3 +211,23 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="threads applies to the CPU"):
         rnn_kernels.Rnn.load(path, device="cuda", threads=2)
     assert "CPU" in auto.info and "LSTM" in auto.info.upper()
+
+
+def test_set_weights_repacks_in_place() -> None:
+    path = FIXTURES / "lstm_basic.safetensors"
+    case = load_case(path)
+    weights = {k.removeprefix("rnn."): v for k, v in case.items() if k.startswith("rnn.")}
+    model = rnn_kernels.Rnn.load(path, prefix="rnn", device="cpu")
+    ward = model.streams(case["input"].shape[1])
+    doubled = {k: 2 * v for k, v in weights.items()}
+    model.set_weights(doubled)
+    want = rnn_kernels.Rnn.from_state_dict(doubled, device="cpu").forward(case["input"])
+    for got, expected in zip(model.forward(case["input"]), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(ward.step(case["input"][0]), want[0][0])  # streams follow
+    with pytest.raises(ValueError, match="weight_hh_l0"):
+        model.set_weights({**weights, "weight_hh_l0": weights["weight_hh_l0"][:, :-1]})
+    with pytest.raises(ValueError, match="bias_ih_l0: missing"):
+        model.set_weights({k: v for k, v in weights.items() if k != "bias_ih_l0"})
+    with pytest.raises(ValueError, match="weight_ih_l1"):
+        model.set_weights({**weights, "weight_ih_l1": weights["weight_ih_l0"]})

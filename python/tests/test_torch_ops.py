@@ -187,13 +187,21 @@ def test_backward_without_a_live_reserve_is_an_error() -> None:
 
 
 def test_prepared_models_are_cached_and_repacked_on_change() -> None:
-    ours = rt.from_torch(nn.LSTM(5, 7))
+    ref = nn.LSTM(5, 7)
+    ours = rt.from_torch(ref)
     config, weights = ours._config(), ours._flat_weights
     first = ops.native_model(config, weights)
     assert ops.native_model(config, weights) is first
+    x = torch.randn(3, 2, 5)
     with torch.no_grad():
-        weights[0].add_(1.0)
-    assert ops.native_model(config, weights) is not first
+        weights[0].add_(1.0)  # in place: repacked into the same model
+        ref.weight_ih_l0.add_(1.0)
+        assert ops.native_model(config, weights) is first
+        assert (ours(x)[0] - ref(x)[0]).abs().max() <= TOL
+        ours.weight_hh_l0 = nn.Parameter(ours.weight_hh_l0 * 2)  # replaced: prepared anew
+        ref.weight_hh_l0 = nn.Parameter(ref.weight_hh_l0 * 2)
+        assert ops.native_model(ours._config(), ours._flat_weights) is not first
+        assert (ours(x)[0] - ref(x)[0]).abs().max() <= TOL
 
 
 def test_threads_follow_torch_unless_given() -> None:
