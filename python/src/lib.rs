@@ -27,6 +27,10 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::sync::{Mutex, MutexGuard};
 
+/// See Cargo.toml: large buffers are reused across calls, not faulted in anew.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The crate's error as the Python exception a Python user expects, with
 /// the crate's one-line message.
 fn py_err(e: Error) -> PyErr {
