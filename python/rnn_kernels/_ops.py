@@ -29,7 +29,7 @@ import torch
 
 from rnn_kernels._native import Reserve, Rnn
 
-__all__ = ["Config", "clear_cache", "native_model"]
+__all__ = ["Config", "clear_cache", "infer", "native_model"]
 
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
@@ -163,16 +163,35 @@ def _release(key: int, serial: int) -> None:
         del _reserves[key]
 
 
-def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+def as_numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    """A tensor's numbers as a numpy array for the extension (a view when
+    already contiguous), None for None."""
     return None if t is None else t.detach().contiguous().numpy()
 
 
-def _tensor(a: np.ndarray | None) -> torch.Tensor:
-    return torch.empty(0) if a is None else torch.from_numpy(a)
+def _optional(a: np.ndarray | None) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(a)
 
 
-def _config(args: Sequence[Any]) -> Config:
-    return Config(*args)
+def _tensor(t: torch.Tensor | None) -> torch.Tensor:
+    """An operator's always-present output: empty where there is none."""
+    return torch.empty(0) if t is None else t
+
+
+def infer(
+    config: Config,
+    weights: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    lengths: torch.Tensor | None,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The crate's inference forward on tensors: ``(output, h_n, c_n)``,
+    ``c_n`` None but for an LSTM."""
+    native = native_model(config, weights)
+    lens = None if lengths is None else lengths.numpy()
+    output, h_n, c_n = native.forward(as_numpy(x), lens, as_numpy(h0), as_numpy(c0))
+    return torch.from_numpy(output), torch.from_numpy(h_n), _optional(c_n)
 
 
 @torch.library.impl("rnn_kernels::rnn", "CPU")
@@ -183,19 +202,19 @@ def _rnn(
     weights: list[torch.Tensor],
     *rest: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    config, (lengths, seed, keep) = _config(rest[:8]), rest[8:]
-    native = native_model(config, weights)
-    lens = None if lengths is None else lengths.tolist()
+    config, (lengths, seed, keep) = Config(*rest[:8]), rest[8:]
+    no_token = torch.empty(0, dtype=torch.int64)
     if not keep and seed is None:
-        output, h_n, c_n = native.forward(_numpy(x), lens, _numpy(h0), _numpy(c0))
-        token = torch.empty(0, dtype=torch.int64)
-    else:
-        seed_value = None if seed is None else int(seed.item())
-        output, h_n, c_n, reserve = native.forward_train(
-            _numpy(x), lens, _numpy(h0), _numpy(c0), seed_value
-        )
-        token = _token(native, reserve) if keep else torch.empty(0, dtype=torch.int64)
-    return _tensor(output), _tensor(h_n), _tensor(c_n), token
+        output, h_n, c_n = infer(config, weights, x, lengths, h0, c0)
+        return output, h_n, _tensor(c_n), no_token
+    native = native_model(config, weights)
+    lens = None if lengths is None else lengths.numpy()
+    seed_value = None if seed is None else int(seed.item())
+    output, h_n, c_n, reserve = native.forward_train(
+        as_numpy(x), lens, as_numpy(h0), as_numpy(c0), seed_value
+    )
+    token = _token(native, reserve) if keep else no_token
+    return torch.from_numpy(output), torch.from_numpy(h_n), _tensor(_optional(c_n)), token
 
 
 @torch.library.register_fake("rnn_kernels::rnn")
@@ -206,7 +225,7 @@ def _rnn_fake(
     weights: list[torch.Tensor],
     *rest: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    config, keep = _config(rest[:8]), rest[10]
+    config, keep = Config(*rest[:8]), rest[10]
     hidden = weights[0].shape[0] // _GATES[config.cell]
     out = config.proj_size or hidden
     d = 1 + config.bidirectional
@@ -231,7 +250,7 @@ def _rnn_backward(
     weights: list[torch.Tensor],
     *config_args: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    config = _config(config_args)
+    config = Config(*config_args)
     if reserve.numel() != 1:
         raise RuntimeError(
             "rnn_kernels::rnn_backward: no reserve; run rnn_kernels::rnn with keep=True"
@@ -244,12 +263,12 @@ def _rnn_backward(
     _, native, kept_reserve = kept
     gx, gh0, gc0, gw = native.backward(
         kept_reserve,
-        _numpy(grad_output),
-        _numpy(grad_h_n),
-        _numpy(grad_c_n) if config.cell == "lstm" else None,
+        as_numpy(grad_output),
+        as_numpy(grad_h_n),
+        as_numpy(grad_c_n) if config.cell == "lstm" else None,
     )
     grads = [torch.from_numpy(gw[name]) for name in config.weight_names()]
-    return torch.from_numpy(gx), torch.from_numpy(gh0), _tensor(gc0), grads
+    return torch.from_numpy(gx), torch.from_numpy(gh0), _tensor(_optional(gc0)), grads
 
 
 @torch.library.register_fake("rnn_kernels::rnn_backward")

@@ -31,12 +31,11 @@ directly. ``compile`` is ``torch.compile`` for models converted here.
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnn_kernels._ops import Config, clear_cache, native_model
+from rnn_kernels._ops import Config, clear_cache, infer
 
 __all__ = ["GRU", "LSTM", "RNN", "clear_cache", "compile", "convert", "from_torch"]
 
@@ -47,10 +46,6 @@ def _warn_once(reason: str) -> None:
     if reason not in _warned:
         _warned.add(reason)
         warnings.warn(f"rnn_kernels.torch: {reason}; running PyTorch's own forward", stacklevel=3)
-
-
-def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.detach().contiguous().numpy()
 
 
 def _lengths(lengths: torch.Tensor | list[int]) -> torch.Tensor:
@@ -113,14 +108,7 @@ class _CrateRNNBase(nn.RNNBase):
         if not (needs_grad or dropout or torch.compiler.is_compiling()):
             # Inference in eager mode: straight to the extension, without
             # the dispatcher's few microseconds.
-            native = native_model(config, weights)
-            lens = None if lengths is None else lengths.numpy()
-            output, h_n, c_n = native.forward(_numpy(x), lens, _numpy(h0), _numpy(c0))
-            return (
-                torch.from_numpy(output),
-                torch.from_numpy(h_n),
-                None if c_n is None else torch.from_numpy(c_n),
-            )
+            return infer(config, weights, x, lengths, h0, c0)
         seed = torch.randint(0, 2**62, (1,)) if dropout else None
         output, h_n, c_n, _ = torch.ops.rnn_kernels.rnn(
             x, h0, c0, weights, *config.args(), lengths, seed, needs_grad
@@ -168,7 +156,7 @@ class _CrateRNNBase(nn.RNNBase):
             h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
         if packed:
-            output = _repack(output, input, self.batch_first)
+            output = _repack(output, input, lengths, self.batch_first)
         return output, ((h_n, c_n) if is_lstm else h_n)
 
 
@@ -183,14 +171,16 @@ def _packed_lengths(packed: PackedSequence) -> torch.Tensor:
     return sorted_lengths
 
 
-def _repack(output: torch.Tensor, like: PackedSequence, batch_first: bool) -> PackedSequence:
+def _repack(
+    output: torch.Tensor, like: PackedSequence, lengths: torch.Tensor, batch_first: bool
+) -> PackedSequence:
     """``output`` (padded, original order) packed in ``like``'s order, so
-    that its data lines up with PyTorch's own."""
+    that its data lines up with PyTorch's own; ``lengths`` are
+    ``_packed_lengths(like)``."""
     if batch_first:
         output = output.transpose(0, 1)
     if like.sorted_indices is not None:
         output = output.index_select(1, like.sorted_indices)
-    lengths = _packed_lengths(like)
     if like.sorted_indices is not None:
         lengths = lengths[like.sorted_indices]
     data = pack_padded_sequence(output, lengths, enforce_sorted=True).data

@@ -52,6 +52,12 @@ fn py_err(e: Error) -> PyErr {
     }
 }
 
+/// A `state_dict` key as a parameter name.
+fn state_dict_name(key: &Bound<'_, PyAny>) -> PyResult<String> {
+    key.extract()
+        .map_err(|_| PyTypeError::new_err(format!("state_dict: keys must be strings, found {key}")))
+}
+
 /// `obj` (a numpy array, or anything `numpy.asarray` takes) as an f32
 /// tensor: floating dtypes only (float16/32/64), in C order, copied.
 fn float_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor<f32>> {
@@ -270,9 +276,7 @@ impl Rnn {
         let numpy = py.import("numpy")?;
         let mut tensors = Vec::with_capacity(state_dict.len());
         for (key, value) in state_dict.iter() {
-            let name: String = key.extract().map_err(|_| {
-                PyTypeError::new_err(format!("state_dict: keys must be strings, found {key}"))
-            })?;
+            let name = state_dict_name(&key)?;
             let array = numpy
                 .call_method1("asarray", (&value,))?
                 .cast_into::<PyUntypedArray>()?;
@@ -406,9 +410,7 @@ impl Rnn {
     fn set_weights(&self, py: Python<'_>, state_dict: &Bound<'_, PyDict>) -> PyResult<()> {
         let mut named = HashMap::with_capacity(state_dict.len());
         for (key, value) in state_dict.iter() {
-            let name: String = key.extract().map_err(|_| {
-                PyTypeError::new_err(format!("state_dict: keys must be strings, found {key}"))
-            })?;
+            let name = state_dict_name(&key)?;
             let tensor = float_tensor(&name, &value)?;
             named.insert(name, tensor);
         }
