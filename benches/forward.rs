@@ -6,7 +6,10 @@
 //! timed between CUDA events with a sync, as `torch_anchor.py` times
 //! cuDNN); `cpu_1t`, `cpu_2t` (the fast CPU path, `cpu::CpuRnn`, on every
 //! shape, with 1 and 2 threads — `RNN_BENCH_THREADS=1,2,4` for others — as
-//! `../shared/bench/cpu_anchor.py` times PyTorch and ONNX Runtime); and
+//! `../shared/bench/cpu_anchor.py` times PyTorch and ONNX Runtime);
+//! `cpu_int8_1t`, `cpu_f16_2t`, … (inference in int8 and f16, dtype `int8`
+//! / `f16` in the records; `RNN_BENCH_PRECISIONS=f32,int8` to choose, as
+//! `../shared/bench/quant_anchor.py` times the anchors' quantized LSTMs); and
 //! `cpu_reference` (the reference, on shapes small enough to time in
 //! seconds). Each timed sample is kept, and when `BENCH_JSON_DIR` is set the
 //! medians are written to `$BENCH_JSON_DIR/rnn_kernels.json` as records
@@ -33,7 +36,7 @@ use rnn_kernels::cuda::launch::Blocking;
 use rnn_kernels::cuda::{CudaDevice, CudaRnn, DeviceGradOutputs, DeviceGradients, DeviceInput, DeviceOutput};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::GradOutputs;
-use rnn_kernels::{reference, ForwardInput, State, Tensor, Weights};
+use rnn_kernels::{reference, ForwardInput, Precision, State, Tensor, Weights};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -43,6 +46,7 @@ use std::time::{Duration, Instant};
 struct Samples {
     shape: String,
     mode: &'static str,
+    dtype: &'static str,
     variant: &'static str,
     per_call_us: Vec<f64>,
 }
@@ -58,6 +62,18 @@ fn bench(
     c: &mut Criterion,
     shape: &Shape,
     mode: &'static str,
+    variant: &'static str,
+    call: impl FnMut() -> Duration,
+) {
+    bench_dtype(c, shape, mode, "f32", variant, call)
+}
+
+/// [`bench`], recording the weights' format as the record's dtype.
+fn bench_dtype(
+    c: &mut Criterion,
+    shape: &Shape,
+    mode: &'static str,
+    dtype: &'static str,
     variant: &'static str,
     mut call: impl FnMut() -> Duration,
 ) {
@@ -81,6 +97,7 @@ fn bench(
     SAMPLES.lock().unwrap().push(Samples {
         shape: shape.name.clone(),
         mode,
+        dtype,
         variant,
         per_call_us: measured,
     });
@@ -106,6 +123,26 @@ fn threads_variant(threads: usize) -> &'static str {
     Box::leak(format!("cpu_{threads}t").into_boxed_str())
 }
 
+/// The formats inference is timed in: `RNN_BENCH_PRECISIONS` (default f32,int8,f16).
+fn cpu_precisions() -> Vec<Precision> {
+    let spec = std::env::var("RNN_BENCH_PRECISIONS").unwrap_or_else(|_| "f32,int8,f16".into());
+    spec.split(',')
+        .map(|p| {
+            p.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("RNN_BENCH_PRECISIONS={spec}: {e}"))
+        })
+        .collect()
+}
+
+/// `cpu_{n}t` for f32, `cpu_int8_{n}t` and `cpu_f16_{n}t` for the others.
+fn precision_variant(precision: Precision, threads: usize) -> &'static str {
+    match precision {
+        Precision::F32 => threads_variant(threads),
+        _ => Box::leak(format!("cpu_{precision}_{threads}t").into_boxed_str()),
+    }
+}
+
 /// Inference: the fast path on every shape (one step on step shapes, the
 /// state carried), the reference on the small ones.
 fn cpu_forward(c: &mut Criterion) {
@@ -124,19 +161,23 @@ fn cpu_forward(c: &mut Criterion) {
             input.data()[..shape.batch * cfg.input_size].to_vec(),
         )
         .unwrap();
-        for threads in cpu_thread_counts() {
-            let mut model = CpuRnn::with_threads(&weights, threads).unwrap();
+        for (precision, threads) in cpu_precisions()
+            .into_iter()
+            .flat_map(|p| cpu_thread_counts().into_iter().map(move |t| (p, t)))
+        {
+            let mut model = CpuRnn::with_precision(&weights, threads, precision).unwrap();
+            let (dtype, variant) = (precision.name(), precision_variant(precision, threads));
             if shape.step {
                 let mut state = State::zeros(cfg, shape.batch);
                 let mut h = Tensor::zeros([shape.batch, cfg.output_size()]);
-                bench(c, &shape, "infer", threads_variant(threads), || {
+                bench_dtype(c, &shape, "infer", dtype, variant, || {
                     let start = Instant::now();
                     model.step_into(&x, &mut state, &mut h).unwrap();
                     start.elapsed()
                 });
             } else {
                 let mut out = model.forward(&args).unwrap();
-                bench(c, &shape, "infer", threads_variant(threads), || {
+                bench_dtype(c, &shape, "infer", dtype, variant, || {
                     let start = Instant::now();
                     model.forward_into(&args, &mut out).unwrap();
                     start.elapsed()
@@ -490,7 +531,7 @@ fn write_json(_: &mut Criterion) {
             let mut sorted = s.per_call_us.clone();
             sorted.sort_by(f64::total_cmp);
             json!({
-                "shape": s.shape, "mode": s.mode, "dtype": "f32", "variant": s.variant,
+                "shape": s.shape, "mode": s.mode, "dtype": s.dtype, "variant": s.variant,
                 "median_us": percentile(&sorted, 0.5), "p10_us": percentile(&sorted, 0.1),
                 "p90_us": percentile(&sorted, 0.9), "reps": sorted.len(),
             })

@@ -5,6 +5,7 @@
 use crate::cpu::{CpuReserve, CpuRnn};
 use crate::cuda::{CudaDevice, CudaRnn, CudaTrainingState};
 use crate::error::{Error, Result};
+use crate::quant::Precision;
 use crate::sequence::{ForwardInput, ForwardOutput, GradOutputs, Gradients, State};
 use crate::{Element, RnnConfig, Tensor, Weights};
 use std::fmt;
@@ -73,6 +74,17 @@ impl Backend {
         weights: &Weights<T>,
         threads: Option<usize>,
     ) -> Result<(Backend, String)> {
+        Self::choose_in(device, weights, threads, Precision::F32)
+    }
+
+    /// [`Backend::choose`] in a given precision: int8 and f16 run on the
+    /// CPU only (`Auto` then means the CPU, `Cuda` is an error).
+    pub fn choose_in<T: Element>(
+        device: Device,
+        weights: &Weights<T>,
+        threads: Option<usize>,
+        precision: Precision,
+    ) -> Result<(Backend, String)> {
         if threads == Some(0) {
             return Err(Error::Config("threads must be at least 1".into()));
         }
@@ -81,15 +93,22 @@ impl Backend {
                 "threads applies to the CPU; the GPU runs without them".into(),
             ));
         }
+        if device == Device::Cuda && precision != Precision::F32 {
+            return Err(Error::Unsupported(format!(
+                "{precision} runs on the CPU only; the GPU runs f32"
+            )));
+        }
         let cpu = |why: String| -> Result<(Backend, String)> {
-            let model = match threads {
-                Some(threads) => CpuRnn::with_threads(weights, threads)?,
-                None => CpuRnn::new(weights)?,
-            };
-            let line = format!("CPU, f32, {} with {} threads{why}", model.isa(), model.threads());
+            let threads = threads.unwrap_or_else(crate::cpu::default_threads);
+            let model = CpuRnn::with_precision(weights, threads, precision)?;
+            let line = format!(
+                "CPU, {precision}, {} with {} threads{why}",
+                model.kernels(),
+                model.threads()
+            );
             Ok((Backend::Cpu(Box::new(model)), line))
         };
-        if device == Device::Cpu || threads.is_some() {
+        if device == Device::Cpu || threads.is_some() || precision != Precision::F32 {
             return cpu(String::new());
         }
         match CudaDevice::new(0).and_then(|gpu| Ok((CudaRnn::new(&gpu, weights)?, gpu))) {

@@ -85,6 +85,68 @@ fn forward_reproduces_pytorch_on_every_fixture() {
     }
 }
 
+/// `--precision int8|f16`: the fast CPU path in that format, close to
+/// PyTorch's f32 (the schemes' own accuracy is tests/quantized.rs's); for
+/// inference only, and on the CPU only.
+#[test]
+fn forward_runs_int8_and_f16_and_refuses_them_elsewhere() {
+    let dir = temp_dir("quantized");
+    for path in case_files() {
+        let case = Case::<f64>::load(&path);
+        for (precision, tol) in [("int8", 5e-2), ("f16", 5e-3)] {
+            let out_path = dir.join(format!("{}-{precision}.safetensors", case.name));
+            let run = forward(
+                &path,
+                &inputs_of(&path, false),
+                &out_path,
+                &["--precision", precision],
+            );
+            assert!(run.ok, "{} {precision}: {}", case.name, run.stderr);
+            let out = TensorFile::open(&out_path).unwrap();
+            let ctx = |t: &str| format!("{} {precision} {t}", case.name);
+            assert_close(
+                &ctx("output"),
+                &out.float::<f64>("output").unwrap().unwrap(),
+                &case.output,
+                tol,
+            );
+            assert_close(
+                &ctx("h_n"),
+                &out.float::<f64>("h_n").unwrap().unwrap(),
+                &case.h_n,
+                tol,
+            );
+        }
+    }
+    let case = fixtures_dir().join("lstm_basic.safetensors");
+    let out = dir.join("refused.safetensors");
+    let refused = [
+        (
+            forward(
+                &case,
+                &inputs_of(&case, false),
+                &out,
+                &["--device", "cuda", "--precision", "int8"],
+            ),
+            "--device cpu",
+        ),
+        (
+            backward(&case, &inputs_of(&case, true), &out, &["--precision", "f16"]),
+            "inference",
+        ),
+    ];
+    for (run, needle) in refused {
+        assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "{:?} should contain {needle:?}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{:?}", run.stderr);
+    }
+    assert!(!out.exists());
+}
+
 /// Without a GPU (or without kernels in this build) `--device cuda` says why,
 /// in one line, with status 1; with one it must pass the fixtures.
 #[test]
@@ -186,6 +248,10 @@ fn info_prints_the_configuration() {
         "{text}"
     );
     assert!(text.contains("weight_hr_l1_reverse"), "{text}");
+    assert!(
+        text.contains("the weights take: f32 ") && text.contains(", int8 ") && text.contains(", f16 "),
+        "{text}"
+    );
 }
 
 /// A case's inputs with some tensors replaced (`Some`) or removed (`None`),

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! rnnk forward  --model M --input IN --output OUT [--batch-first] [--cell C] [--gru-original]
-//!               [--device auto|cpu|cuda] [--prefix P] [--precision f32|f64]
+//!               [--device auto|cpu|cuda] [--prefix P] [--precision f32|f64|int8|f16]
 //! rnnk backward (as forward) [--dropout-seed S]
 //! rnnk info --model M [--prefix P] [--batch-first] [--cell C] [--gru-original]
 //! ```
@@ -16,7 +16,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rnn_kernels::cpu::CpuRnn;
+use rnn_kernels::cpu::{default_threads, CpuRnn};
 use rnn_kernels::cuda::{CudaDevice, CudaRnn};
 use rnn_kernels::facts::{load_weights, ModelFacts};
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
@@ -145,7 +145,10 @@ struct Run {
     /// The module's name in a whole model's state_dict (e.g. `lstm`).
     #[arg(long)]
     prefix: Option<String>,
-    /// Arithmetic precision: f64 runs the reference, on the CPU (the output file is f32 either way).
+    /// Arithmetic precision: f64 runs the reference; int8 (s8 weights, u8
+    /// activations per row and step) and f16 (f16 weights, f32 arithmetic)
+    /// run the fast CPU path for inference. All but f32 run on the CPU; the
+    /// output file is f32 either way.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
 }
@@ -157,10 +160,24 @@ enum Device {
     Cuda,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Precision {
     F32,
     F64,
+    Int8,
+    F16,
+}
+
+impl Precision {
+    /// The fast CPU path's format for this precision (None: the f64 reference).
+    fn cpu_format(self) -> Option<rnn_kernels::Precision> {
+        match self {
+            Precision::F32 => Some(rnn_kernels::Precision::F32),
+            Precision::F64 => None,
+            Precision::Int8 => Some(rnn_kernels::Precision::Int8),
+            Precision::F16 => Some(rnn_kernels::Precision::F16),
+        }
+    }
 }
 
 /// Where a run goes: `auto` is the GPU when there is one and the run is f32.
@@ -171,8 +188,10 @@ enum Backend {
 
 fn backend(device: Device, precision: Precision, weights: &Weights<f64>) -> Result<Backend> {
     match (device, precision) {
-        (Device::Cpu, _) | (Device::Auto, Precision::F64) => Ok(Backend::Cpu),
-        (Device::Cuda, Precision::F64) => Err(f64_on_cuda()),
+        (Device::Cpu, _) | (Device::Auto, Precision::F64 | Precision::Int8 | Precision::F16) => {
+            Ok(Backend::Cpu)
+        }
+        (Device::Cuda, Precision::F64 | Precision::Int8 | Precision::F16) => Err(not_f32_on_cuda(precision)),
         (_, Precision::F32) => match CudaDevice::new(0).and_then(|d| CudaRnn::new(&d, weights)) {
             Ok(model) => Ok(Backend::Cuda(Box::new(model))),
             Err(e) if device == Device::Cuda => Err(e),
@@ -273,13 +292,16 @@ fn prepare(run: &Run, command: &str, allowed: &[&str]) -> Result<(Weights<f64>, 
 
 fn forward(run: &Run) -> Result<Notes> {
     let (weights, file, notes) = prepare(run, "forward", &FORWARD_INPUTS)?;
-    let tensors = match (backend(run.device, run.precision, &weights)?, run.precision) {
-        (Backend::Cpu, Precision::F32) => {
-            let mut model = CpuRnn::new(&weights)?;
+    let tensors = match (
+        backend(run.device, run.precision, &weights)?,
+        run.precision.cpu_format(),
+    ) {
+        (Backend::Cpu, Some(format)) => {
+            let mut model = CpuRnn::with_precision(&weights, default_threads(), format)?;
             let inputs = Inputs::<f32>::read(&file)?;
             forward_outputs(&model.forward(&inputs.args())?)?
         }
-        (Backend::Cpu, Precision::F64) => {
+        (Backend::Cpu, None) => {
             let inputs = Inputs::<f64>::read(&file)?;
             forward_outputs(&reference::forward(&weights, &inputs.args())?)?
         }
@@ -293,6 +315,11 @@ fn forward(run: &Run) -> Result<Notes> {
 }
 
 fn backward(run: &Run, dropout_seed: Option<u64>) -> Result<Notes> {
+    if matches!(run.precision, Precision::Int8 | Precision::F16) {
+        return Err(Error::Unsupported(
+            "int8 and f16 are for inference: backward runs in f32 or f64".into(),
+        ));
+    }
     let (weights, file, notes) = prepare(run, "backward", &BACKWARD_INPUTS)?;
     let tensors = match (backend(run.device, run.precision, &weights)?, run.precision) {
         (Backend::Cpu, Precision::F32) => {
@@ -310,6 +337,7 @@ fn backward(run: &Run, dropout_seed: Option<u64>) -> Result<Notes> {
             let (result, state) = model.forward_train(args, dropout_seed)?;
             Ok((result, model.backward(&state, grads)?))
         })?,
+        (Backend::Cpu, Precision::Int8 | Precision::F16) => unreachable!("refused above"),
     };
     tensor_file::write(&run.output, &tensors, HashMap::new())?;
     Ok(notes)
@@ -343,8 +371,13 @@ fn backward_with<T: Element>(
     Ok(tensors)
 }
 
-fn f64_on_cuda() -> Error {
-    Error::Unsupported("--device cuda computes in f32: drop --precision f64".into())
+fn not_f32_on_cuda(precision: Precision) -> Error {
+    let name = precision
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string());
+    Error::Unsupported(format!(
+        "--device cuda computes in f32: drop --precision {name}, or use --device cpu"
+    ))
 }
 
 /// What a forward pass takes, read from the input file as `T`.
@@ -450,6 +483,22 @@ fn info(model: &Path, prefix: Option<&str>, facts: Facts) -> Result<Notes> {
         println!("  {name:<32} {:<16} {dtype}", format!("{:?}", spec.shape));
         used.push(name);
     }
+    let sizes = [
+        rnn_kernels::Precision::F32,
+        rnn_kernels::Precision::Int8,
+        rnn_kernels::Precision::F16,
+    ]
+    .into_iter()
+    .map(|format| match CpuRnn::with_precision(&weights, 1, format) {
+        Ok(model) => format!("{format} {:.1} KiB", model.weight_bytes() as f64 / 1024.0),
+        Err(e) => format!("{format} not available ({e})"),
+    })
+    .collect::<Vec<_>>();
+    println!(
+        "packed for this CPU ({}), the weights take: {} (--precision)",
+        rnn_kernels::cpu::Isa::detect(),
+        sizes.join(", ")
+    );
     let ignored: Vec<String> = file.names()?.into_iter().filter(|n| !used.contains(n)).collect();
     if !ignored.is_empty() {
         println!("ignored:");

@@ -220,7 +220,7 @@ impl FusedInput<'_> {
     /// large, whose weights are 32 MB, 881 → 1,068 ms; xl_b4 at B = 4,
     /// 60 → 149 ms).
     pub fn pays(d: &Dims, in_size: usize, seq_len: usize, rows: usize) -> bool {
-        let weights_bytes = (in_size + d.out) * d.gate_width() * 4;
+        let weights_bytes = (in_size + d.out) * d.gate_width() * d.precision.weight_bytes();
         seq_len == 1 || (weights_bytes <= FUSED_WEIGHTS_BYTES && rows >= d.step_tile_rows())
     }
 }

@@ -16,8 +16,10 @@
 //! step, a bias add and a store for the input projection, and so on (see
 //! `cells.rs`). Nothing writes a gate tensor only to read it back.
 
+use super::int8::{self, Int8Panels};
 use super::simd::Simd;
 use crate::error::Result;
+use crate::quant::Precision;
 use std::ops::Range;
 
 /// A 64-byte-aligned, zero-filled f32 buffer (a cache line per 16 floats).
@@ -108,20 +110,29 @@ pub enum Columns {
 }
 
 /// A `K × N` matrix packed for the micro-kernel: `count` panels, each `k`
-/// rows of `nv · lanes` floats, row after row.
+/// rows of `nv · lanes` entries, row after row (int8: see [`Int8Panels`]).
 pub struct Panels {
-    data: AlignedBuf,
+    data: PanelData,
     pub k: usize,
     pub nv: usize,
     pub lanes: usize,
     pub count: usize,
 }
 
+/// The entries of a packed matrix, in the model's precision.
+enum PanelData {
+    F32(AlignedBuf),
+    /// f16 bits, two to a float of the buffer, in the f32 layout.
+    F16(AlignedBuf),
+    Int8(Int8Panels),
+}
+
 impl Panels {
     /// Packs a matrix whose padded column space is `width` wide (a multiple
-    /// of `lanes`). `value(k, col)` is the entry at row `k` and padded column
-    /// `col`, or `None` for padding (packed as 0).
+    /// of `lanes`), in `precision`. `value(k, col)` is the entry at row `k`
+    /// and padded column `col`, or `None` for padding (packed as 0).
     pub fn pack(
+        precision: Precision,
         k: usize,
         nv: usize,
         lanes: usize,
@@ -134,25 +145,47 @@ impl Panels {
             Columns::Gates { hidden_padded } => hidden_padded / lanes,
             Columns::Plain => width.div_ceil(nv * lanes),
         };
+        let each_column = |f: &mut dyn FnMut(usize, usize, usize, usize)| {
+            for_each_column(count, nv, lanes, width, columns, f)
+        };
         let row = nv * lanes;
-        let mut data = AlignedBuf::zeros(count * k * row, "the packed weights")?;
-        let out = data.as_mut_slice();
-        for p in 0..count {
-            for v in 0..nv {
-                let start = column_start(columns, lanes, nv, p, v);
-                for lane in 0..lanes {
-                    let col = start + lane;
-                    if col >= width {
-                        continue;
-                    }
+        let len = count * k * row;
+        let data = match precision {
+            Precision::F32 => {
+                let mut data = AlignedBuf::zeros(len, "the packed weights")?;
+                let out = data.as_mut_slice();
+                each_column(&mut |p, v, lane, col| {
                     for kk in 0..k {
                         if let Some(x) = value(kk, col) {
                             out[(p * k + kk) * row + v * lanes + lane] = x;
                         }
                     }
-                }
+                });
+                PanelData::F32(data)
             }
-        }
+            Precision::F16 => {
+                let mut data = AlignedBuf::zeros(len.div_ceil(2), "the packed weights")?;
+                let out: &mut [u16] = bytemuck::cast_slice_mut(data.as_mut_slice());
+                each_column(&mut |p, v, lane, col| {
+                    for kk in 0..k {
+                        if let Some(x) = value(kk, col) {
+                            out[(p * k + kk) * row + v * lanes + lane] = half::f16::from_f32(x).to_bits();
+                        }
+                    }
+                });
+                PanelData::F16(data)
+            }
+            Precision::Int8 => {
+                let mut panels = Int8Panels::zeros(k, nv, lanes, count)?;
+                let mut column = Vec::with_capacity(k);
+                each_column(&mut |p, v, lane, col| {
+                    column.clear();
+                    column.extend((0..k).map(|kk| value(kk, col).unwrap_or(0.0)));
+                    panels.set_column(p, v, lane, &column);
+                });
+                PanelData::Int8(panels)
+            }
+        };
         Ok(Panels {
             data,
             k,
@@ -162,15 +195,76 @@ impl Panels {
         })
     }
 
-    /// The first float of panel `p`.
-    pub fn panel(&self, p: usize) -> *const f32 {
-        debug_assert!(p < self.count);
-        self.data.as_slice()[p * self.panel_len()..].as_ptr()
+    /// The precision the entries are stored in.
+    pub fn precision(&self) -> Precision {
+        match self.data {
+            PanelData::F32(_) => Precision::F32,
+            PanelData::F16(_) => Precision::F16,
+            PanelData::Int8(_) => Precision::Int8,
+        }
     }
 
-    /// Floats per panel.
+    /// The first float of panel `p` (f32 panels only).
+    pub fn panel(&self, p: usize) -> *const f32 {
+        debug_assert!(p < self.count);
+        match &self.data {
+            PanelData::F32(data) => data.as_slice()[p * self.panel_len()..].as_ptr(),
+            _ => panic!("an f32 panel of {} weights", self.precision()),
+        }
+    }
+
+    /// The first f16 of panel `p` (f16 panels only).
+    fn panel_f16(&self, p: usize) -> *const u16 {
+        debug_assert!(p < self.count);
+        match &self.data {
+            PanelData::F16(data) => {
+                let bits: &[u16] = bytemuck::cast_slice(data.as_slice());
+                bits[p * self.panel_len()..].as_ptr()
+            }
+            _ => panic!("an f16 panel of {} weights", self.precision()),
+        }
+    }
+
+    /// The int8 tile kernel (int8 panels only).
+    pub fn int8_kernel(&self) -> Option<int8::DotKernel> {
+        match &self.data {
+            PanelData::Int8(panels) => Some(panels.kernel),
+            _ => None,
+        }
+    }
+
+    /// Entries per panel.
     pub fn panel_len(&self) -> usize {
         self.k * self.nv * self.lanes
+    }
+
+    /// Bytes the packed entries take (with their scales, for int8).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            PanelData::F32(data) => 4 * data.len(),
+            PanelData::F16(data) => 4 * data.len(),
+            PanelData::Int8(panels) => panels.bytes(),
+        }
+    }
+}
+
+/// Calls `f(p, v, lane, col)` for every real column `col` (below `width`):
+/// lane `lane` of vector `v` of panel `p`.
+fn for_each_column(
+    count: usize,
+    nv: usize,
+    lanes: usize,
+    width: usize,
+    columns: Columns,
+    f: &mut dyn FnMut(usize, usize, usize, usize),
+) {
+    for p in 0..count {
+        for v in 0..nv {
+            let start = column_start(columns, lanes, nv, p, v);
+            for lane in (0..lanes).filter(|lane| start + lane < width) {
+                f(p, v, lane, start + lane);
+            }
+        }
     }
 }
 
@@ -178,6 +272,29 @@ fn column_start(columns: Columns, lanes: usize, nv: usize, p: usize, v: usize) -
     match columns {
         Columns::Gates { hidden_padded } => v * hidden_padded + p * lanes,
         Columns::Plain => (p * nv + v) * lanes,
+    }
+}
+
+/// An entry type of packed weights, widened to f32 vectors by the product.
+trait PanelEntry: Copy {
+    /// # Safety
+    /// `p` points to `S::LANES` readable entries.
+    unsafe fn load<S: Simd>(s: S, p: *const Self) -> S::V;
+}
+
+impl PanelEntry for f32 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(s: S, p: *const f32) -> S::V {
+        // SAFETY: forwarded.
+        unsafe { s.load(p) }
+    }
+}
+
+impl PanelEntry for u16 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(s: S, p: *const u16) -> S::V {
+        // SAFETY: forwarded.
+        unsafe { s.load_f16(p) }
     }
 }
 
@@ -196,19 +313,19 @@ pub trait Epilogue<S: Simd, const NV: usize> {
 /// # Safety
 /// Each `a[r]` points to `k` readable floats; `b` to `k · NV · LANES`.
 #[inline(always)]
-unsafe fn product<S: Simd, const M: usize, const NV: usize>(
+unsafe fn product<S: Simd, const M: usize, const NV: usize, W: PanelEntry>(
     s: S,
     acc: &mut [[S::V; NV]; M],
     a: &[*const f32; M],
     k: usize,
-    b: *const f32,
+    b: *const W,
 ) {
     let row = NV * S::LANES;
     for kk in 0..k {
         // SAFETY: kk < k, within the caller's bounds.
         unsafe {
             let bk = b.add(kk * row);
-            let bv: [S::V; NV] = std::array::from_fn(|v| s.load(bk.add(v * S::LANES)));
+            let bv: [S::V; NV] = std::array::from_fn(|v| W::load(s, bk.add(v * S::LANES)));
             for r in 0..M {
                 let x = s.splat(*a[r].add(kk));
                 for v in 0..NV {
@@ -226,12 +343,12 @@ unsafe fn product<S: Simd, const M: usize, const NV: usize>(
 /// As [`product`], and the epilogue's contract for these rows and panel.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<S: Simd, const M: usize, const NV: usize, E: Epilogue<S, NV>>(
+unsafe fn tile<S: Simd, const M: usize, const NV: usize, W: PanelEntry, E: Epilogue<S, NV>>(
     s: S,
     ops: &Operands<'_>,
     first: usize,
-    b: *const f32,
-    b_prefix: *const f32,
+    b: *const W,
+    b_prefix: *const W,
     p: usize,
     epilogue: &E,
 ) {
@@ -240,10 +357,10 @@ unsafe fn tile<S: Simd, const M: usize, const NV: usize, E: Epilogue<S, NV>>(
     unsafe {
         if let Some(prefix) = &ops.prefix {
             let a: [*const f32; M] = std::array::from_fn(|r| prefix.rows[first + r]);
-            product::<S, M, NV>(s, &mut acc, &a, prefix.k, b_prefix);
+            product::<S, M, NV, W>(s, &mut acc, &a, prefix.k, b_prefix);
         }
         let a: [*const f32; M] = std::array::from_fn(|r| ops.rows[first + r]);
-        product::<S, M, NV>(s, &mut acc, &a, ops.k, b);
+        product::<S, M, NV, W>(s, &mut acc, &a, ops.k, b);
         for (r, acc) in acc.iter().enumerate() {
             epilogue.apply(s, first + r, p, acc);
         }
@@ -279,12 +396,12 @@ pub struct Prefix<'a> {
 
 /// Rows per block of the row loop: enough that a block's activations stay
 /// in L2 while every panel passes over them.
-const BLOCK_BYTES: usize = 192 * 1024;
+pub(super) const BLOCK_BYTES: usize = 192 * 1024;
 
 /// For every panel in `panels` and every row, the epilogue on
-/// `Σ_k rows[r][k] · W[k][panel]`. Rows go in blocks (activations stay in
-/// L2), panels within a block (a panel stays in L1/L2 across the block's
-/// tiles), tiles of up to `mr` rows within a panel.
+/// `Σ_k rows[r][k] · W[k][panel]`, in the weights' precision. Rows go in
+/// blocks (activations stay in L2), panels within a block (a panel stays in
+/// L1/L2 across the block's tiles), tiles of up to `mr` rows within a panel.
 ///
 /// # Safety
 /// Every row pointer has `k` readable floats; `k_offset + k <= weights.k`;
@@ -302,12 +419,43 @@ pub unsafe fn gemm_rows<S: Simd, const NV: usize, E: Epilogue<S, NV>>(
     debug_assert_eq!(w.nv, NV);
     debug_assert_eq!(w.lanes, S::LANES);
     debug_assert!(ops.k_offset + ops.k <= w.k);
-    let prefix_k = ops.prefix.as_ref().map_or(0, |prefix| {
+    if let Some(prefix) = &ops.prefix {
         let pw = prefix.weights;
         debug_assert!(pw.nv == NV && pw.lanes == S::LANES && pw.count == w.count && pw.k == prefix.k);
+        debug_assert!(pw.precision() == w.precision());
         debug_assert_eq!(prefix.rows.len(), ops.rows.len());
-        prefix.k
-    });
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match &w.data {
+            PanelData::F32(_) => gemm_float::<S, NV, f32, E>(s, mr, ops, panels, epilogue, |w, p| w.panel(p)),
+            PanelData::F16(_) => {
+                gemm_float::<S, NV, u16, E>(s, mr, ops, panels, epilogue, |w, p| w.panel_f16(p))
+            }
+            PanelData::Int8(main) => {
+                let prefix = ops.prefix.as_ref().map(|prefix| match &prefix.weights.data {
+                    PanelData::Int8(panels) => (prefix.rows, panels),
+                    _ => unreachable!("a prefix in the product's precision"),
+                });
+                debug_assert!(ops.k_offset == 0 && ops.k == w.k);
+                int8::gemm_rows::<S, NV, E>(s, mr, (ops.rows, main), prefix, panels, epilogue)
+            }
+        }
+    }
+}
+
+/// [`gemm_rows`] for f32 and f16 weights (the product widens them).
+#[inline(always)]
+unsafe fn gemm_float<S: Simd, const NV: usize, W: PanelEntry, E: Epilogue<S, NV>>(
+    s: S,
+    mr: usize,
+    ops: &Operands<'_>,
+    panels: Range<usize>,
+    epilogue: &E,
+    panel: impl Fn(&Panels, usize) -> *const W,
+) {
+    let w = ops.weights;
+    let prefix_k = ops.prefix.as_ref().map_or(0, |prefix| prefix.k);
     let n = ops.rows.len();
     let block = (BLOCK_BYTES / (4 * (ops.k + prefix_k).max(1))).max(mr) / mr * mr;
     let mut start = 0;
@@ -315,25 +463,25 @@ pub unsafe fn gemm_rows<S: Simd, const NV: usize, E: Epilogue<S, NV>>(
         let end = n.min(start + block);
         for p in panels.clone() {
             // SAFETY: p < count and k_offset + k <= k per the contract.
-            let b = unsafe { w.panel(p).add(ops.k_offset * NV * S::LANES) };
+            let b = unsafe { panel(w, p).add(ops.k_offset * NV * S::LANES) };
             let b_prefix = ops
                 .prefix
                 .as_ref()
-                .map_or(std::ptr::null(), |prefix| prefix.weights.panel(p));
+                .map_or(std::ptr::null(), |prefix| panel(prefix.weights, p));
             let mut first = start;
             while first < end {
                 let m = mr.min(end - first);
                 // SAFETY: rows first..first + m exist; the rest is the caller's contract.
                 unsafe {
                     match m {
-                        1 => tile::<S, 1, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        2 => tile::<S, 2, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        3 => tile::<S, 3, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        4 => tile::<S, 4, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        5 => tile::<S, 5, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        6 => tile::<S, 6, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        7 => tile::<S, 7, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        _ => tile::<S, 8, NV, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        1 => tile::<S, 1, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        2 => tile::<S, 2, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        3 => tile::<S, 3, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        4 => tile::<S, 4, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        5 => tile::<S, 5, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        6 => tile::<S, 6, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        7 => tile::<S, 7, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        _ => tile::<S, 8, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
                     }
                 }
                 first += m;

@@ -18,6 +18,7 @@
 
 mod cells;
 mod forward;
+mod int8;
 mod kernel;
 mod model;
 mod packed;

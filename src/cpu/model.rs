@@ -12,6 +12,7 @@ use super::simd::Isa;
 use super::threads::{SharedPtr, Workers};
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::quant::Precision;
 use crate::sequence::{self, ForwardInput, ForwardOutput, State};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -117,12 +118,53 @@ impl CpuRnn {
     /// Prepares `weights` for a given instruction set (for tests and
     /// comparisons; it must be one [`Isa::available`] lists).
     pub fn with_isa<T: Element>(weights: &Weights<T>, threads: usize, isa: Isa) -> Result<Self> {
+        Self::prepare(weights, threads, isa, Precision::F32)
+    }
+
+    /// Prepares `weights` for inference in a reduced precision ([`crate::quant`]):
+    /// int8 (s8 weights per output row, u8 activations per batch row and
+    /// step) or f16 weights. Results match
+    /// [`crate::reference::forward_quantized`] to f32 rounding; the model
+    /// keeps only its packed weights (an int8 model's take about a quarter
+    /// of f32's), so training it is an error. [`Precision::F32`] is
+    /// [`CpuRnn::with_threads`].
+    ///
+    /// ```
+    /// use rnn_kernels::cpu::CpuRnn;
+    /// use rnn_kernels::{reference, ForwardInput, Precision, RnnConfig, Tensor, Weights};
+    ///
+    /// let weights = Weights::<f32>::random(RnnConfig { num_layers: 2, ..RnnConfig::lstm(6, 64) }, 0)?;
+    /// let mut model = CpuRnn::with_precision(&weights, 1, Precision::Int8)?;
+    /// let input = Tensor::full(&[48, 32, 6], 0.5);
+    /// let args = ForwardInput::new(&input);
+    /// let fast = model.forward(&args)?;
+    /// let exact = reference::forward_quantized(&weights, Precision::Int8, &args)?;
+    /// // The same codes and integer sums; the gate math rounds apart by an
+    /// // ulp, which can move a code by one over a long sequence.
+    /// assert!(fast.output.max_abs_diff(&exact.output) < 2e-3);
+    /// # Ok::<(), rnn_kernels::Error>(())
+    /// ```
+    pub fn with_precision<T: Element>(
+        weights: &Weights<T>,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<Self> {
+        Self::prepare(weights, threads, Isa::detect(), precision)
+    }
+
+    /// Prepares `weights` for `isa` in `precision`.
+    pub fn prepare<T: Element>(
+        weights: &Weights<T>,
+        threads: usize,
+        isa: Isa,
+        precision: Precision,
+    ) -> Result<Self> {
         if !Isa::available().contains(&isa) {
             return Err(Error::Unsupported(format!("this CPU cannot run {isa}")));
         }
         weights.config().validate()?;
         Ok(CpuRnn {
-            net: PackedNetwork::new(weights.cast(), isa)?,
+            net: PackedNetwork::new(weights.cast(), isa, precision)?,
             workers: Workers::new(threads)?,
             ws: Workspace::default(),
         })
@@ -130,12 +172,33 @@ impl CpuRnn {
 
     /// The network this model runs.
     pub fn config(&self) -> &RnnConfig {
-        self.net.weights.config()
+        &self.net.config
     }
 
-    /// The f32 weights the model runs.
-    pub fn weights(&self) -> &Weights<f32> {
-        &self.net.weights
+    /// The f32 weights an f32 model runs (`None` for a reduced-precision
+    /// model, which keeps only its packed weights).
+    pub fn weights(&self) -> Option<&Weights<f32>> {
+        self.net.weights.as_ref()
+    }
+
+    /// The format the model's weights are stored in and computed with.
+    pub fn precision(&self) -> Precision {
+        self.net.dims.precision
+    }
+
+    /// What runs the model's products: the instruction set, and for int8
+    /// the integer kernel (`avx512f, int8 avx512-vnni`).
+    pub fn kernels(&self) -> String {
+        let int8 = self.net.layers[0].w_hh.int8_kernel();
+        match int8 {
+            Some(kernel) => format!("{}, int8 {}", self.isa(), kernel.name()),
+            None => self.isa().to_string(),
+        }
+    }
+
+    /// Bytes the model's packed weights take in memory (scales and biases included).
+    pub fn weight_bytes(&self) -> usize {
+        self.net.weight_bytes()
     }
 
     /// The most threads one call uses.
@@ -158,7 +221,7 @@ impl CpuRnn {
                 crate::weights::describe(weights.config())
             )));
         }
-        self.net = PackedNetwork::new(weights.cast(), self.net.dims.isa)?;
+        self.net = PackedNetwork::new(weights.cast(), self.net.dims.isa, self.net.dims.precision)?;
         Ok(())
     }
 
@@ -287,8 +350,10 @@ impl CpuRnn {
         for (layer, dir) in (0..d.layers).flat_map(|l| (0..d.dirs).map(move |dir| (l, dir))) {
             if fuses(layer) {
                 let net = &self.net;
-                net.layer(layer, dir)
-                    .prepare_step_panels(&d, net.weights.layer_in_range(layer, dir))?;
+                if let Some(weights) = &net.weights {
+                    net.layer(layer, dir)
+                        .prepare_step_panels(&d, weights.layer_in_range(layer, dir))?;
+                }
             }
         }
         let fused_weights = |layer: usize, dir: usize| {

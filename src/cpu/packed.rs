@@ -17,6 +17,7 @@ use super::kernel::{AlignedBuf, Columns, Panels};
 use super::simd::Isa;
 use crate::config::{CellKind, RnnConfig};
 use crate::error::Result;
+use crate::quant::Precision;
 use crate::weights::{LayerWeights, Weights};
 use std::sync::OnceLock;
 
@@ -24,6 +25,8 @@ use std::sync::OnceLock;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
     pub isa: Isa,
+    /// The weights' format (f32 for training).
+    pub precision: Precision,
     pub lanes: usize,
     pub cell: CellKind,
     /// GRU: PyTorch's "linear before reset" (else the original GRU).
@@ -41,10 +44,11 @@ pub struct Dims {
 }
 
 impl Dims {
-    pub fn new(config: &RnnConfig, isa: Isa) -> Self {
+    pub fn new(config: &RnnConfig, isa: Isa, precision: Precision) -> Self {
         let lanes = isa.lanes();
         Dims {
             isa,
+            precision,
             lanes,
             cell: config.cell,
             linear_before_reset: config.gru_linear_before_reset,
@@ -130,7 +134,19 @@ fn plain_nv(width: usize, lanes: usize) -> usize {
 /// Plain panels of a `K × width` matrix given by `value(k, col)` (`None`
 /// past the real columns).
 fn plain(dims: &Dims, k: usize, width: usize, value: impl Fn(usize, usize) -> Option<f32>) -> Result<Panels> {
+    plain_as(dims.precision, dims, k, width, value)
+}
+
+/// [`plain`] in a given precision (backward's transposes are always f32).
+fn plain_as(
+    precision: Precision,
+    dims: &Dims,
+    k: usize,
+    width: usize,
+    value: impl Fn(usize, usize) -> Option<f32>,
+) -> Result<Panels> {
     Panels::pack(
+        precision,
         k,
         plain_nv(width, dims.lanes),
         dims.lanes,
@@ -203,7 +219,7 @@ impl PackedLayer {
         let hh = |k_index: usize, col: usize| dims.gate_row(col).map(|row| w_hh_data[row * k + k_index]);
         let gates = |nv: usize| {
             let columns = Columns::Gates { hidden_padded: hp };
-            Panels::pack(k, nv, dims.lanes, nv * hp, columns, hh)
+            Panels::pack(dims.precision, k, nv, dims.lanes, nv * hp, columns, hh)
         };
         let (w_hh, w_hn) = match dims.cell {
             CellKind::Lstm => (gates(4)?, None),
@@ -268,6 +284,7 @@ impl PackedLayer {
             hidden_padded: dims.hidden_padded,
         };
         let panels = Panels::pack(
+            dims.precision,
             self.in_size,
             4,
             dims.lanes,
@@ -277,6 +294,22 @@ impl PackedLayer {
         )?;
         let _ = self.w_ih_gates.set(panels);
         Ok(())
+    }
+
+    /// Bytes of every panel packed so far, scales and biases included.
+    pub fn bytes(&self) -> usize {
+        let panels = [
+            Some(&self.w_ih),
+            Some(&self.w_hh),
+            self.w_hn.as_ref(),
+            self.w_hr.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.w_ih_gates.get())
+        .map(Panels::bytes)
+        .sum::<usize>();
+        panels + 4 * (self.bias.len() + self.b_hn.len())
     }
 
     /// The transposes for backward ([`PackedLayer::prepare_backward`] first).
@@ -292,7 +325,8 @@ impl PackedLayer {
         let gate_width = dims.gate_width();
         let in_size = self.in_size;
         let (ih, hh) = (w.weight_ih.data(), w.weight_hh.data());
-        let w_ih_t = plain(
+        let w_ih_t = plain_as(
+            Precision::F32,
             dims,
             gate_width,
             in_size.next_multiple_of(dims.lanes),
@@ -301,7 +335,7 @@ impl PackedLayer {
                 (col < in_size).then(|| ih[row * in_size + col])
             },
         )?;
-        let w_hh_t = plain(dims, gate_width, dims.out_padded, |k, col| {
+        let w_hh_t = plain_as(Precision::F32, dims, gate_width, dims.out_padded, |k, col| {
             let row = dims.gate_row(k)?;
             (col < dims.out).then(|| hh[row * dims.out + col])
         })?;
@@ -310,7 +344,7 @@ impl PackedLayer {
             .as_ref()
             .map(|w_hr| {
                 let data = w_hr.data();
-                plain(dims, dims.out, dims.hidden_padded, |k, col| {
+                plain_as(Precision::F32, dims, dims.out, dims.hidden_padded, |k, col| {
                     (col < dims.hidden).then(|| data[k * dims.hidden + col])
                 })
             })
@@ -324,26 +358,58 @@ impl PackedLayer {
     }
 }
 
-/// Every layer-direction of a network, packed, with the f32 weights they
-/// came from (for backward's transposes and for the reference checks).
+/// Every layer-direction of a network, packed; an f32 network keeps the
+/// weights they came from (for backward's transposes), a reduced-precision
+/// one only its panels (an int8 model's weights then take a quarter of f32's).
 pub struct PackedNetwork {
     pub dims: Dims,
-    pub weights: Weights<f32>,
+    pub config: RnnConfig,
+    /// f32 networks only.
+    pub weights: Option<Weights<f32>>,
     pub layers: Vec<PackedLayer>,
 }
 
 impl PackedNetwork {
-    pub fn new(weights: Weights<f32>, isa: Isa) -> Result<Self> {
+    pub fn new(weights: Weights<f32>, isa: Isa, precision: Precision) -> Result<Self> {
         let config = weights.config().clone();
-        let dims = Dims::new(&config, isa);
-        let layers = (0..config.num_layers)
+        let dims = Dims::new(&config, isa, precision);
+        // f16 packs what it runs: weights rounded once, checked for range.
+        let weights = match precision {
+            Precision::F16 => crate::quant::f16_weights(&weights)?,
+            _ => weights,
+        };
+        let layers: Vec<PackedLayer> = (0..config.num_layers)
             .flat_map(|l| (0..dims.dirs).map(move |d| (l, d)))
-            .map(|(l, d)| PackedLayer::new(&dims, weights.layer_in_range(l, d)))
+            .map(|(l, d)| {
+                let w = weights.layer_in_range(l, d);
+                let layer = PackedLayer::new(&dims, w)?;
+                // Without the f32 weights later, every panel is packed now.
+                if precision != Precision::F32 {
+                    layer.prepare_step_panels(&dims, w)?;
+                }
+                Ok(layer)
+            })
             .collect::<Result<_>>()?;
         Ok(PackedNetwork {
             dims,
-            weights,
+            config,
+            weights: (precision == Precision::F32).then_some(weights),
             layers,
+        })
+    }
+
+    /// Bytes the packed weights take (scales included).
+    pub fn weight_bytes(&self) -> usize {
+        self.layers.iter().map(PackedLayer::bytes).sum()
+    }
+
+    /// The f32 weights, for the paths only an f32 network has (training).
+    pub fn f32_weights(&self) -> Result<&Weights<f32>> {
+        self.weights.as_ref().ok_or_else(|| {
+            crate::Error::Unsupported(format!(
+                "this model runs in {}, for inference only; prepare an f32 model to train",
+                self.dims.precision
+            ))
         })
     }
 

@@ -60,7 +60,7 @@ impl Isa {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 return Isa::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if has_avx2_fma_f16c() {
                 return Isa::Avx2;
             }
         }
@@ -129,6 +129,16 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p` points to `LANES` writable floats.
     unsafe fn store(self, p: *mut f32, v: Self::V);
+    /// `LANES` f16 values (their bits), widened to f32 exactly.
+    ///
+    /// # Safety
+    /// `p` points to `LANES` readable `u16`s.
+    unsafe fn load_f16(self, p: *const u16) -> Self::V;
+    /// `LANES` i32 values, converted to the nearest f32 (ties to even).
+    ///
+    /// # Safety
+    /// `p` points to `LANES` readable `i32`s.
+    unsafe fn load_i32(self, p: *const i32) -> Self::V;
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
@@ -255,6 +265,17 @@ impl Simd for Portable {
         unsafe { p.cast::<Lanes>().write_unaligned(v) }
     }
     #[inline(always)]
+    unsafe fn load_f16(self, p: *const u16) -> Lanes {
+        // SAFETY: the caller guarantees LANES readable u16s at p.
+        let bits = unsafe { p.cast::<[u16; PORTABLE_LANES]>().read_unaligned() };
+        bits.map(|b| half::f16::from_bits(b).to_f32())
+    }
+    #[inline(always)]
+    unsafe fn load_i32(self, p: *const i32) -> Lanes {
+        // SAFETY: the caller guarantees LANES readable i32s at p.
+        unsafe { p.cast::<[i32; PORTABLE_LANES]>().read_unaligned() }.map(|v| v as f32)
+    }
+    #[inline(always)]
     fn add(self, a: Lanes, b: Lanes) -> Lanes {
         lanewise(a, b, |x, y| x + y)
     }
@@ -311,7 +332,7 @@ mod x86 {
     #[derive(Clone, Copy, Debug)]
     pub struct Avx512(pub(super) ());
 
-    /// AVX2 and FMA. Only [`super::Isa::token`] makes one, after detection.
+    /// AVX2, FMA and F16C. Only [`super::Isa::token`] makes one, after detection.
     #[derive(Clone, Copy, Debug)]
     pub struct Avx2(pub(super) ());
 
@@ -342,6 +363,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn store(self, p: *mut f32, v: __m512) {
             unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn load_f16(self, p: *const u16) -> __m512 {
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn load_i32(self, p: *const i32) -> __m512 {
+            unsafe { _mm512_cvtepi32_ps(_mm512_loadu_si512(p.cast())) }
         }
         #[inline(always)]
         fn add(self, a: __m512, b: __m512) -> __m512 {
@@ -390,8 +419,8 @@ mod x86 {
     }
 
     // SAFETY (every intrinsic call below): an `Avx2` value exists only when
-    // the CPU has AVX2 and FMA, and these methods are inlined into
-    // `#[target_feature(enable = "avx2,fma")]` entry points.
+    // the CPU has AVX2, FMA and F16C, and these methods are inlined into
+    // `#[target_feature(enable = "avx2,fma,f16c")]` entry points.
     impl Simd for Avx2 {
         type V = __m256;
         const LANES: usize = 8;
@@ -416,6 +445,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn store(self, p: *mut f32, v: __m256) {
             unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn load_f16(self, p: *const u16) -> __m256 {
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn load_i32(self, p: *const i32) -> __m256 {
+            unsafe { _mm256_cvtepi32_ps(_mm256_loadu_si256(p.cast())) }
         }
         #[inline(always)]
         fn add(self, a: __m256, b: __m256) -> __m256 {
@@ -507,12 +544,12 @@ pub(crate) unsafe fn with_avx512<R>(s: Avx512, f: impl FnOnce(Avx512) -> R) -> R
     f(s)
 }
 
-/// The AVX2 entry point of [`dispatch!`]: `f`, inlined, compiled for AVX2 and FMA.
+/// The AVX2 entry point of [`dispatch!`]: `f`, inlined, compiled for AVX2, FMA and F16C.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA (which the token proves).
+/// The CPU has AVX2, FMA and F16C (which the token proves).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn with_avx2<R>(s: Avx2, f: impl FnOnce(Avx2) -> R) -> R {
     f(s)
 }
@@ -529,8 +566,16 @@ pub(crate) fn run_avx512<R>(s: Avx512, f: impl FnOnce(Avx512) -> R) -> R {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn run_avx2<R>(s: Avx2, f: impl FnOnce(Avx2) -> R) -> R {
-    // SAFETY: an Avx2 token exists only on a CPU with AVX2 and FMA.
+    // SAFETY: an Avx2 token exists only on a CPU with AVX2, FMA and F16C.
     unsafe { with_avx2(s, f) }
+}
+
+/// What the `Avx2` token needs (every CPU with AVX2 and FMA has F16C).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma_f16c() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -545,12 +590,9 @@ impl Isa {
         Avx512(())
     }
 
-    /// The AVX2 token; panics unless this machine has AVX2 and FMA.
+    /// The AVX2 token; panics unless this machine has AVX2, FMA and F16C.
     pub(crate) fn avx2_token() -> Avx2 {
-        assert!(
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
-            "AVX2 and FMA are not available"
-        );
+        assert!(has_avx2_fma_f16c(), "AVX2, FMA and F16C are not available");
         Avx2(())
     }
 }

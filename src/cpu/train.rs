@@ -129,6 +129,7 @@ impl CpuRnn {
         reserve: &mut CpuReserve,
         dropout_seed: Option<u64>,
     ) -> Result<()> {
+        self.net.f32_weights()?;
         let run = self.checked_run(args, out)?;
         let d = self.net.dims;
         let rows = run.rows.rows();
@@ -191,6 +192,7 @@ impl CpuRnn {
         reserve: &CpuReserve,
         grads: &GradOutputs<'_, f32>,
     ) -> Result<Gradients<f32>> {
+        self.net.f32_weights()?;
         let config = self.config().clone();
         let dims = sequence::check_forward(&config, args)?;
         let d = self.net.dims;
@@ -290,7 +292,7 @@ impl CpuRnn {
             for dir in 0..d.dirs {
                 let net = &self.net;
                 net.layer(layer, dir)
-                    .prepare_backward(&d, net.weights.layer_in_range(layer, dir))?;
+                    .prepare_backward(&d, net.f32_weights()?.layer_in_range(layer, dir))?;
             }
             let backward_panels: Vec<&BackwardPanels> = (0..d.dirs)
                 .map(|dir| self.net.layer(layer, dir).backward())

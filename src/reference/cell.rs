@@ -9,6 +9,7 @@
 
 use crate::config::{CellKind, RnnConfig};
 use crate::element::Element;
+use crate::quant::Int8Layer;
 use crate::weights::LayerWeights;
 
 /// `out[r] = bias[r] + Σ_k w[r, k] * x[k]` for a row-major `w` of `out.len()` rows.
@@ -92,6 +93,17 @@ pub(crate) struct CellStep<'w, T> {
     hidden: usize,
     linear_before_reset: bool,
     weights: &'w LayerWeights<T>,
+    /// The int8 scheme's matrices: products then quantize their input row
+    /// and sum in integers (`crate::quant`); biases and gates stay as they are.
+    int8: Option<&'w Int8Layer>,
+}
+
+/// Which weight matrix a product multiplies by.
+#[derive(Clone, Copy)]
+enum Matrix {
+    Ih,
+    Hh,
+    Hr,
 }
 
 impl<'w, T: Element> CellStep<'w, T> {
@@ -101,6 +113,40 @@ impl<'w, T: Element> CellStep<'w, T> {
             hidden: config.hidden_size,
             linear_before_reset: config.gru_linear_before_reset,
             weights,
+            int8: None,
+        }
+    }
+
+    /// The same step under the int8 scheme.
+    pub(crate) fn int8(mut self, layer: Option<&'w Int8Layer>) -> Self {
+        self.int8 = layer;
+        self
+    }
+
+    /// `out = bias + W[rows] · x` for the given matrix's rows `rows`: in
+    /// `T`, or under the int8 scheme when the step has one.
+    fn product(&self, m: Matrix, rows: std::ops::Range<usize>, x: &[T], bias: Option<&[T]>, out: &mut [T]) {
+        let w = self.weights;
+        let Some(q) = self.int8 else {
+            let f = match m {
+                Matrix::Ih => &w.weight_ih,
+                Matrix::Hh => &w.weight_hh,
+                Matrix::Hr => w.weight_hr.as_ref().expect("a projecting layer has W_hr"),
+            };
+            let cols = x.len();
+            return affine(&f.data()[rows.start * cols..rows.end * cols], x, bias, out);
+        };
+        let q = match m {
+            Matrix::Ih => &q.w_ih,
+            Matrix::Hh => &q.w_hh,
+            Matrix::Hr => q.w_hr.as_ref().expect("a projecting layer has W_hr"),
+        };
+        let x32: Vec<f32> = x.iter().map(|v| v.as_f64() as f32).collect();
+        let b32: Option<Vec<f32>> = bias.map(|b| b.iter().map(|v| v.as_f64() as f32).collect());
+        let mut o32 = vec![0.0f32; out.len()];
+        q.affine(&x32, rows, b32.as_deref(), &mut o32);
+        for (o, v) in out.iter_mut().zip(o32) {
+            *o = T::from_f64(v as f64);
         }
     }
 
@@ -144,11 +190,11 @@ impl<'w, T: Element> CellStep<'w, T> {
         let hn = self.hidden;
         let b_ih = w.bias_ih.as_ref().map(|b| b.data());
         let b_hh = w.bias_hh.as_ref().map(|b| b.data());
-        let w_hh = w.weight_hh.data();
-        affine(w.weight_ih.data(), x, b_ih, &mut s.gi);
+        let rows = self.rows();
+        self.product(Matrix::Ih, 0..rows, x, b_ih, &mut s.gi);
         match self.cell {
             CellKind::RnnTanh | CellKind::RnnRelu => {
-                affine(w_hh, h, b_hh, &mut s.gh);
+                self.product(Matrix::Hh, 0..rows, h, b_hh, &mut s.gh);
                 for j in 0..hn {
                     let pre = s.gi[j] + s.gh[j];
                     s.act[j] = if self.cell == CellKind::RnnTanh {
@@ -160,7 +206,7 @@ impl<'w, T: Element> CellStep<'w, T> {
                 }
             }
             CellKind::Lstm => {
-                affine(w_hh, h, b_hh, &mut s.gh);
+                self.product(Matrix::Hh, 0..rows, h, b_hh, &mut s.gh);
                 for gate in 0..4 {
                     for j in 0..hn {
                         let pre = s.gi[gate * hn + j] + s.gh[gate * hn + j];
@@ -175,11 +221,12 @@ impl<'w, T: Element> CellStep<'w, T> {
             }
             CellKind::Gru => {
                 if self.linear_before_reset {
-                    affine(w_hh, h, b_hh, &mut s.gh);
+                    self.product(Matrix::Hh, 0..rows, h, b_hh, &mut s.gh);
                 } else {
                     // r and z first; the candidate's product needs r.
-                    affine(
-                        &w_hh[..2 * hn * hn],
+                    self.product(
+                        Matrix::Hh,
+                        0..2 * hn,
                         h,
                         b_hh.map(|b| &b[..2 * hn]),
                         &mut s.gh[..2 * hn],
@@ -192,8 +239,9 @@ impl<'w, T: Element> CellStep<'w, T> {
                     for j in 0..hn {
                         s.reset_h[j] = s.act[j] * h[j];
                     }
-                    affine(
-                        &w_hh[2 * hn * hn..],
+                    self.product(
+                        Matrix::Hh,
+                        2 * hn..rows,
                         &s.reset_h,
                         b_hh.map(|b| &b[2 * hn..]),
                         &mut s.gh[2 * hn..],
@@ -222,7 +270,7 @@ impl<'w, T: Element> CellStep<'w, T> {
             c.copy_from_slice(&s.c_new);
         }
         match &self.weights.weight_hr {
-            Some(w_hr) => affine(w_hr.data(), &s.h_new, None, h),
+            Some(_) => self.product(Matrix::Hr, 0..h.len(), &s.h_new, None, h),
             None => h.copy_from_slice(&s.h_new),
         }
     }

@@ -15,6 +15,7 @@ pub use backward::{backward, Reserve};
 use crate::dropout::Dropout;
 use crate::element::Element;
 use crate::error::Result;
+use crate::quant::{self, Int8Layer, Precision};
 use crate::sequence::{self, ForwardInput, ForwardOutput, State};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -23,7 +24,26 @@ use cell::CellStep;
 /// Runs the whole sequence through every layer and direction (inference:
 /// no dropout, nothing kept).
 pub fn forward<T: Element>(weights: &Weights<T>, args: &ForwardInput<'_, T>) -> Result<ForwardOutput<T>> {
-    run(weights, args, None).map(|(output, _)| output)
+    run(weights, args, None, None).map(|(output, _)| output)
+}
+
+/// Inference under a reduced-precision scheme ([`crate::quant`]): the
+/// oracle of [`CpuRnn::with_precision`](crate::cpu::CpuRnn::with_precision),
+/// which matches it to f32 rounding of the gate math (the integer sums and
+/// the scales are the same). [`Precision::F32`] is [`forward`].
+pub fn forward_quantized(
+    weights: &Weights<f32>,
+    precision: Precision,
+    args: &ForwardInput<'_, f32>,
+) -> Result<ForwardOutput<f32>> {
+    match precision {
+        Precision::F32 => forward(weights, args),
+        Precision::F16 => forward(&quant::f16_weights(weights)?, args),
+        Precision::Int8 => {
+            let int8 = Int8Layer::all(weights)?;
+            run(weights, args, None, Some(&int8)).map(|(output, _)| output)
+        }
+    }
 }
 
 /// The forward pass of training: applies inter-layer dropout when `dropout_seed`
@@ -36,15 +56,17 @@ pub fn forward_train<T: Element>(
 ) -> Result<(ForwardOutput<T>, Reserve<T>)> {
     let p = weights.config().dropout;
     let dropout = dropout_seed.filter(|_| p > 0.0).map(|seed| Dropout { p, seed });
-    let (output, reserve) = run(weights, args, Some(dropout))?;
+    let (output, reserve) = run(weights, args, Some(dropout), None)?;
     Ok((output, reserve.expect("training keeps a reserve")))
 }
 
-/// The forward pass; with `training` (its dropout, if any), also the reserve.
+/// The forward pass; with `training` (its dropout, if any), also the
+/// reserve; with `int8`, every product under the int8 scheme.
 fn run<T: Element>(
     weights: &Weights<T>,
     args: &ForwardInput<'_, T>,
     training: Option<Option<Dropout>>,
+    int8: Option<&[Int8Layer]>,
 ) -> Result<(ForwardOutput<T>, Option<Reserve<T>>)> {
     let config = weights.config();
     let dims = sequence::check_forward(config, args)?;
@@ -91,7 +113,8 @@ fn run<T: Element>(
             let state = layer * dirs + direction;
             let h_state = &mut h.data_mut()[state * batch * out_size..(state + 1) * batch * out_size];
             let c_state = &mut c.data_mut()[state * batch * hidden..(state + 1) * batch * hidden];
-            let run = DirectionRun::new(config, weights, layer, direction, seq_len);
+            let mut run = DirectionRun::new(config, weights, layer, direction, seq_len);
+            run.cell = run.cell.int8(int8.map(|layers| &layers[state]));
             run.run_rows_parallel(
                 layer_input.data(),
                 &lengths,
@@ -153,7 +176,28 @@ fn batch_major<T: Element>(config: &crate::RnnConfig, t: &Tensor<T>) -> Result<T
 /// in place, and the last layer's new `h` (`[B, Hout]`) is returned. Repeated
 /// calls equal one whole-sequence [`forward`] (unidirectional networks only).
 pub fn step<T: Element>(weights: &Weights<T>, x: &Tensor<T>, state: &mut State<T>) -> Result<Tensor<T>> {
-    let config = weights.config();
+    step_with(weights.config(), x, state, |args| forward(weights, args))
+}
+
+/// [`step`] under a reduced-precision scheme (see [`forward_quantized`]).
+pub fn step_quantized(
+    weights: &Weights<f32>,
+    precision: Precision,
+    x: &Tensor<f32>,
+    state: &mut State<f32>,
+) -> Result<Tensor<f32>> {
+    step_with(weights.config(), x, state, |args| {
+        forward_quantized(weights, precision, args)
+    })
+}
+
+/// One step as a one-step sequence through `forward`.
+fn step_with<T: Element>(
+    config: &crate::RnnConfig,
+    x: &Tensor<T>,
+    state: &mut State<T>,
+    forward: impl FnOnce(&ForwardInput<'_, T>) -> Result<ForwardOutput<T>>,
+) -> Result<Tensor<T>> {
     let batch = sequence::check_step(config, x, state)?;
     // A one-step sequence: time-major and batch-first are then the same bytes.
     let shape = if config.batch_first {
@@ -166,7 +210,7 @@ pub fn step<T: Element>(weights: &Weights<T>, x: &Tensor<T>, state: &mut State<T
     if let Some(c) = &state.c {
         args = args.c0(c);
     }
-    let result = forward(weights, &args)?;
+    let result = forward(&args)?;
     state.h = result.h_n;
     state.c = result.c_n;
     Tensor::new([batch, config.output_size()], result.output.into_data())
