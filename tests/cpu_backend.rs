@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_close, case_files, random_tensor, varied_configs, Case};
+use common::{assert_close, case_files, random_tensor, seed, varied_configs, Case};
 use rnn_kernels::cpu::{CpuRnn, Isa};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{reference, ForwardInput, ForwardOutput, RnnConfig, State, Tensor, Weights};
@@ -15,20 +15,6 @@ use rnn_kernels::{reference, ForwardInput, ForwardOutput, RnnConfig, State, Tens
 /// f32 against the f64 reference: each element within this of the reference,
 /// scaled by the size of the values (outputs are O(1)).
 const TOL: f64 = 3e-5;
-
-/// A fresh seed per run (printed on failure), or `RNN_TEST_SEED`.
-fn seed() -> u64 {
-    let seed = std::env::var("RNN_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(7, |d| d.as_nanos() as u64)
-        });
-    eprintln!("seed {seed} (rerun with RNN_TEST_SEED={seed})");
-    seed
-}
 
 fn nan_output(like: &ForwardOutput<f64>) -> ForwardOutput<f32> {
     ForwardOutput {

@@ -4,23 +4,9 @@
 
 mod common;
 
-use common::random_tensor;
+use common::{random_tensor, seed};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{reference, ForwardInput, ForwardOutput, Precision, RnnConfig, Tensor, Weights};
-
-/// A fresh seed per run (printed on failure), or `RNN_TEST_SEED`.
-fn seed() -> u64 {
-    let seed = std::env::var("RNN_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(7, |d| d.as_nanos() as u64)
-        });
-    eprintln!("seed {seed} (rerun with RNN_TEST_SEED={seed})");
-    seed
-}
 
 /// `weights` with every weight matrix scaled by `factor` (×3 pushes |h| toward 0.8).
 fn scaled(weights: &Weights<f32>, factor: f32) -> Weights<f32> {

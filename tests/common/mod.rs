@@ -265,3 +265,17 @@ pub fn run_emulated(steps: &[rnn_kernels::cuda::launch::Step]) {
         }
     }
 }
+
+/// A fresh seed per run (printed on failure), or `RNN_TEST_SEED`.
+pub fn seed() -> u64 {
+    let seed = std::env::var("RNN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+        });
+    eprintln!("seed {seed} (rerun with RNN_TEST_SEED={seed})");
+    seed
+}
