@@ -10,11 +10,11 @@
 //! of rows `4g .. 4g + 4` (64 bytes a zmm): one VPDPBUSD adds four products
 //! per column. Codes past `K` are 0, so a row's padding bytes add nothing.
 
-use super::kernel::{AlignedBuf, Epilogue, BLOCK_BYTES};
+use super::kernel::AlignedBuf;
 use super::simd::Simd;
 use crate::error::Result;
 use crate::quant::{self, ActivationScale};
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::ops::Range;
 
 /// The widest vector in f32 lanes (AVX-512): tiles size their buffers by it.
@@ -164,16 +164,12 @@ impl QuantizedRows {
             let out = &mut self.codes[r * self.stride..(r + 1) * self.stride];
             let (inv, zero_point) = (s.splat(p.inv), s.splat(p.zero_point as f32));
             let (low, high) = (s.splat(0.0), s.splat(255.0));
-            let mut lanes = [0.0f32; MAX_LANES];
             for i in (0..full).step_by(S::LANES) {
-                // SAFETY: i + LANES <= full <= k; `lanes` holds LANES floats.
+                // SAFETY: i + LANES <= full <= k <= out.len().
                 unsafe {
                     let scaled = s.round(s.mul(s.load(row.add(i)), inv));
                     let code = s.min_keep_nan(high, s.max_keep_nan(low, s.add(scaled, zero_point)));
-                    s.store(lanes.as_mut_ptr(), code);
-                }
-                for (o, &c) in out[i..i + S::LANES].iter_mut().zip(&lanes) {
-                    *o = c as u8;
+                    s.store_u8(out.as_mut_ptr().add(i), code);
                 }
             }
             for (i, o) in out.iter_mut().enumerate().take(k).skip(full) {
@@ -205,17 +201,8 @@ unsafe fn range<S: Simd>(s: S, row: *const f32, k: usize, full: usize) -> (f32, 
         lo = s.select_lt(x, lo, x, lo);
         hi = s.select_lt(hi, x, x, hi);
     }
-    let mut lanes = [[0.0f32; MAX_LANES]; 3];
-    for (out, v) in lanes.iter_mut().zip([lo, hi, poison]) {
-        // SAFETY: each array holds LANES floats.
-        unsafe { s.store(out.as_mut_ptr(), v) };
-    }
-    let (mut min, mut max) = (0.0f32, 0.0f32);
-    let mut poisoned = lanes[2][..S::LANES].iter().any(|p| p.is_nan());
-    for (&lo, &hi) in lanes[0][..S::LANES].iter().zip(&lanes[1][..S::LANES]) {
-        min = min.min(lo);
-        max = max.max(hi);
-    }
+    let (mut min, mut max) = s.min_max_lanes(lo, hi);
+    let mut poisoned = s.any_nan(poison);
     for i in full..k {
         // SAFETY: i < k.
         let x = unsafe { *row.add(i) };
@@ -230,166 +217,133 @@ unsafe fn range<S: Simd>(s: S, row: *const f32, k: usize, full: usize) -> (f32, 
     }
 }
 
-/// [`super::kernel::gemm_rows`] for int8 panels: `main` rows times `main`
-/// panels, plus (the fused input projection) `prefix` rows times their
-/// panels, each quantized per row and dequantized on its own.
-///
-/// # Safety
-/// As `gemm_rows`.
-#[inline(always)]
-pub unsafe fn gemm_rows<S: Simd, const NV: usize, E: Epilogue<S, NV>>(
-    s: S,
-    mr: usize,
-    main: (&[*const f32], &Int8Panels),
-    prefix: Option<(&[*const f32], &Int8Panels)>,
-    panels: Range<usize>,
-    epilogue: &E,
-) {
-    let (rows, weights) = main;
-    let k_total = weights.groups * 4 + prefix.map_or(0, |(_, w)| w.groups * 4);
-    let n = rows.len();
-    let block = (BLOCK_BYTES / (4 * k_total.max(1))).max(mr) / mr * mr;
-    // The buffers are taken out of `with`'s closure, which would otherwise
-    // hold the whole product: a closure is compiled apart from the
-    // `#[target_feature]` entry, without its instructions.
-    let cell: *const RefCell<[QuantizedRows; 2]> = ROWS.with(|cell| cell as *const _);
-    {
-        // SAFETY: this thread's buffers live as long as the thread.
-        let mut buffers = unsafe { &*cell }.borrow_mut();
-        let [quantized, quantized_prefix] = &mut *buffers;
-        let mut start = 0;
-        while start < n {
-            let end = n.min(start + block);
-            // SAFETY (fill): the caller's rows have k floats each.
-            unsafe {
-                quantized.fill(s, &rows[start..end], weights.k);
-                if let Some((prefix_rows, prefix_weights)) = prefix {
-                    quantized_prefix.fill(s, &prefix_rows[start..end], prefix_weights.k);
-                }
+/// A product's int8 operands (`main`, plus the fused input projection's
+/// `prefix`) and the current block of their rows, quantized: the
+/// [`super::kernel::gemm_rows`] driver quantizes each block once, then asks
+/// for its tiles' sums.
+pub struct Block<'a> {
+    main: (&'a [*const f32], &'a Int8Panels),
+    prefix: Option<(&'a [*const f32], &'a Int8Panels)>,
+    /// This thread's buffers: the block's rows, then its prefix rows.
+    rows: RefMut<'a, [QuantizedRows; 2]>,
+}
+
+impl<'a> Block<'a> {
+    pub fn new(
+        main: (&'a [*const f32], &'a Int8Panels),
+        prefix: Option<(&'a [*const f32], &'a Int8Panels)>,
+    ) -> Self {
+        // The buffers are taken out of `with`'s closure, which would
+        // otherwise hold the whole product: a closure is compiled apart from
+        // the `#[target_feature]` entry, without its instructions.
+        let cell: *const RefCell<[QuantizedRows; 2]> = ROWS.with(|cell| cell as *const _);
+        // SAFETY: this thread's buffers live as long as the thread, and a
+        // `Block` (its `RefMut` is not `Send`) never leaves it.
+        let rows = unsafe { &*cell }.borrow_mut();
+        Block { main, prefix, rows }
+    }
+
+    /// Quantizes rows `block` of the product (and of its prefix).
+    ///
+    /// # Safety
+    /// Every row pointer has its matrix's `k` readable floats.
+    #[inline(always)]
+    pub unsafe fn quantize<S: Simd>(&mut self, s: S, block: Range<usize>) {
+        let [quantized, quantized_prefix] = &mut *self.rows;
+        // SAFETY: forwarded.
+        unsafe {
+            quantized.fill(s, &self.main.0[block.clone()], self.main.1.k);
+            if let Some((rows, weights)) = self.prefix {
+                quantized_prefix.fill(s, &rows[block], weights.k);
             }
-            let prefix = prefix.map(|(_, w)| (&*quantized_prefix, w));
-            for p in panels.clone() {
-                let mut first = start;
-                while first < end {
-                    let m = mr.min(end - first);
-                    let t = Tile {
-                        first,
-                        local: first - start,
-                        panel: p,
-                    };
-                    // SAFETY: rows first..first + m exist; the rest is the caller's contract.
-                    unsafe {
-                        match m {
-                            1 => t.run::<S, 1, NV, E>(s, (quantized, weights), prefix, epilogue),
-                            2 => t.run::<S, 2, NV, E>(s, (quantized, weights), prefix, epilogue),
-                            3 => t.run::<S, 3, NV, E>(s, (quantized, weights), prefix, epilogue),
-                            4 => t.run::<S, 4, NV, E>(s, (quantized, weights), prefix, epilogue),
-                            5 => t.run::<S, 5, NV, E>(s, (quantized, weights), prefix, epilogue),
-                            6 => t.run::<S, 6, NV, E>(s, (quantized, weights), prefix, epilogue),
-                            7 => t.run::<S, 7, NV, E>(s, (quantized, weights), prefix, epilogue),
-                            _ => t.run::<S, 8, NV, E>(s, (quantized, weights), prefix, epilogue),
-                        }
-                    }
-                    first += m;
-                }
-            }
-            start = end;
         }
     }
-}
 
-/// One tile: rows `first ..` (`local ..` in the block's quantized rows) of panel `panel`.
-struct Tile {
-    first: usize,
-    local: usize,
-    panel: usize,
-}
-
-impl Tile {
+    /// The dequantized sums of rows `local .. local + M` of the block and
+    /// panel `panel`, prefix included, into `out`.
+    ///
     /// # Safety
-    /// As `gemm_rows`, for this tile's rows and panel.
+    /// Those rows were quantized; `panel` exists.
     #[inline(always)]
-    unsafe fn run<S: Simd, const M: usize, const NV: usize, E: Epilogue<S, NV>>(
+    pub unsafe fn sums<S: Simd, const M: usize, const NV: usize>(
         &self,
         s: S,
-        main: (&QuantizedRows, &Int8Panels),
-        prefix: Option<(&QuantizedRows, &Int8Panels)>,
-        epilogue: &E,
+        local: usize,
+        panel: usize,
+        out: &mut [[S::V; NV]; M],
     ) {
         // SAFETY: forwarded.
         unsafe {
-            let mut sums = self.dequantized::<S, M, NV>(s, main.0, main.1);
-            if let Some((rows, weights)) = prefix {
-                let more = self.dequantized::<S, M, NV>(s, rows, weights);
-                for (acc, more) in sums.iter_mut().zip(more) {
-                    for (a, b) in acc.iter_mut().zip(more) {
-                        *a = s.add(*a, b);
-                    }
-                }
-            }
-            for (r, acc) in sums.iter().enumerate() {
-                epilogue.apply(s, self.first + r, self.panel, acc);
+            dequantized::<S, M, NV>(s, (&self.rows[0], self.main.1), local, panel, out, false);
+            if let Some((_, weights)) = self.prefix {
+                dequantized::<S, M, NV>(s, (&self.rows[1], weights), local, panel, out, true);
             }
         }
     }
+}
 
-    /// `(Σ q_a·q_w − zp·Σq_w) · (scale_a · scale_w)` for the tile's rows and
-    /// the panel's `NV` vectors, as `quant::dequantize` computes it.
-    ///
-    /// # Safety
-    /// The tile's rows exist in `rows`; the panel in `weights`.
-    #[inline(always)]
-    unsafe fn dequantized<S: Simd, const M: usize, const NV: usize>(
-        &self,
-        s: S,
-        rows: &QuantizedRows,
-        weights: &Int8Panels,
-    ) -> [[S::V; NV]; M] {
-        let a: [*const u8; M] = std::array::from_fn(|r| rows.row(self.local + r));
-        let zero_points: [i32; M] = std::array::from_fn(|r| rows.params[self.local + r].zero_point);
-        let column = weights.panel_columns(self.panel);
-        let mut exact = [[[0i32; MAX_LANES]; NV]; M];
-        let b = weights.panel_codes(self.panel);
-        let code_sums = weights.sums[column..].as_ptr();
-        // SAFETY: the rows have `groups·4` codes, the panel `groups·NV·L·4`,
-        // the sums NV·L; each kernel runs only where `choose` found its ISA.
-        unsafe {
-            match weights.kernel {
-                #[cfg(target_arch = "x86_64")]
-                DotKernel::Avx512Vnni => {
-                    x86::avx512_vnni::<M, NV>(&a, weights.groups, b, &zero_points, code_sums, &mut exact)
-                }
-                #[cfg(target_arch = "x86_64")]
-                DotKernel::AvxVnni => {
-                    x86::avx_vnni::<M, NV>(&a, weights.groups, b, &zero_points, code_sums, &mut exact)
-                }
-                _ => portable::<M, NV>(
-                    weights.lanes,
-                    &a,
-                    weights.groups,
-                    b,
-                    &zero_points,
-                    code_sums,
-                    &mut exact,
-                ),
+/// `(Σ q_a·q_w − zp·Σq_w) · (scale_a · scale_w)` for rows `local ..
+/// local + M` of `rows` and the `NV` vectors of panel `panel`, as
+/// `quant::dequantize` computes it: stored in `out`, or added to it.
+///
+/// # Safety
+/// The rows exist in `rows`; the panel in `weights`.
+#[inline(always)]
+unsafe fn dequantized<S: Simd, const M: usize, const NV: usize>(
+    s: S,
+    (rows, weights): (&QuantizedRows, &Int8Panels),
+    local: usize,
+    panel: usize,
+    out: &mut [[S::V; NV]; M],
+    add: bool,
+) {
+    let mut a = [std::ptr::null::<u8>(); M];
+    let mut zero_points = [0i32; M];
+    for r in 0..M {
+        a[r] = rows.row(local + r);
+        zero_points[r] = rows.params[local + r].zero_point;
+    }
+    let column = weights.panel_columns(panel);
+    let mut exact = [[[0i32; MAX_LANES]; NV]; M];
+    let b = weights.panel_codes(panel);
+    let code_sums = weights.sums[column..].as_ptr();
+    // SAFETY: the rows have `groups·4` codes, the panel `groups·NV·L·4`,
+    // the sums NV·L; each kernel runs only where `choose` found its ISA.
+    unsafe {
+        match weights.kernel {
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx512Vnni => {
+                x86::avx512_vnni::<M, NV>(&a, weights.groups, b, &zero_points, code_sums, &mut exact)
+            }
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::AvxVnni => {
+                x86::avx_vnni::<M, NV>(&a, weights.groups, b, &zero_points, code_sums, &mut exact)
+            }
+            _ => portable::<M, NV>(
+                weights.lanes,
+                &a,
+                weights.groups,
+                b,
+                &zero_points,
+                code_sums,
+                &mut exact,
+            ),
+        }
+    }
+    let scales = weights.scales.as_slice()[column..].as_ptr();
+    // Loops, not `array::from_fn`: a closure is compiled apart from the
+    // `#[target_feature]` entry, and every vector operation in it would
+    // become a call.
+    for r in 0..M {
+        let scale_a = s.splat(rows.params[local + r].scale);
+        for v in 0..NV {
+            // SAFETY: NV·L scales from `column`; `exact` holds L lanes a vector.
+            unsafe {
+                let scale = s.mul(scale_a, s.load(scales.add(v * S::LANES)));
+                let sum = s.mul(s.load_i32(exact[r][v].as_ptr()), scale);
+                out[r][v] = if add { s.add(out[r][v], sum) } else { sum };
             }
         }
-        let scales = weights.scales.as_slice()[column..].as_ptr();
-        // Loops, not `array::from_fn`: a closure is compiled apart from the
-        // `#[target_feature]` entry, and every vector operation in it would
-        // become a call.
-        let mut sums = [[s.zero(); NV]; M];
-        for (r, row) in sums.iter_mut().enumerate() {
-            let scale_a = s.splat(rows.params[self.local + r].scale);
-            for (v, sum) in row.iter_mut().enumerate() {
-                // SAFETY: NV·L scales from `column`; `exact` holds L lanes a vector.
-                unsafe {
-                    let scale = s.mul(scale_a, s.load(scales.add(v * S::LANES)));
-                    *sum = s.mul(s.load_i32(exact[r][v].as_ptr()), scale);
-                }
-            }
-        }
-        sums
     }
 }
 

@@ -17,7 +17,7 @@
 //! `cells.rs`). Nothing writes a gate tensor only to read it back.
 
 use super::int8::{self, Int8Panels};
-use super::simd::Simd;
+use super::simd::{Simd, MAX_TILE_ROWS};
 use crate::error::Result;
 use crate::quant::Precision;
 use std::ops::Range;
@@ -336,21 +336,20 @@ unsafe fn product<S: Simd, const M: usize, const NV: usize, W: PanelEntry>(
     }
 }
 
-/// One tile: rows `first .. first + M` of `ops`, panel `p` (its first
-/// packed row at `b`, and the prefix's at `b_prefix`).
+/// The sums of one f32 or f16 tile: rows `first .. first + M` of `ops`
+/// times the panel whose first packed row is at `b` (and the prefix's, at
+/// `b_prefix`).
 ///
 /// # Safety
-/// As [`product`], and the epilogue's contract for these rows and panel.
+/// As [`product`], for these rows and panel.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<S: Simd, const M: usize, const NV: usize, W: PanelEntry, E: Epilogue<S, NV>>(
+unsafe fn float_tile<S: Simd, const M: usize, const NV: usize, W: PanelEntry>(
     s: S,
     ops: &Operands<'_>,
     first: usize,
     b: *const W,
     b_prefix: *const W,
-    p: usize,
-    epilogue: &E,
+    sums: &mut [[S::V; NV]; M],
 ) {
     let mut acc = [[s.zero(); NV]; M];
     // SAFETY: forwarded from the caller.
@@ -361,10 +360,8 @@ unsafe fn tile<S: Simd, const M: usize, const NV: usize, W: PanelEntry, E: Epilo
         }
         let a: [*const f32; M] = std::array::from_fn(|r| ops.rows[first + r]);
         product::<S, M, NV, W>(s, &mut acc, &a, ops.k, b);
-        for (r, acc) in acc.iter().enumerate() {
-            epilogue.apply(s, first + r, p, acc);
-        }
     }
+    *sums = acc;
 }
 
 /// The rows of one product, and the weights they multiply.
@@ -400,8 +397,14 @@ pub(super) const BLOCK_BYTES: usize = 192 * 1024;
 
 /// For every panel in `panels` and every row, the epilogue on
 /// `Σ_k rows[r][k] · W[k][panel]`, in the weights' precision. Rows go in
-/// blocks (activations stay in L2), panels within a block (a panel stays in
-/// L1/L2 across the block's tiles), tiles of up to `mr` rows within a panel.
+/// blocks (activations stay in L2; int8 quantizes a block's rows once),
+/// panels within a block (a panel stays in L1/L2 across the block's tiles),
+/// tiles of up to `mr` rows within a panel.
+///
+/// A tile's sums are computed for its row count `M` (a compile-time
+/// constant: the accumulators live in registers), the epilogue then runs
+/// on them row by row in a loop: one copy of the gate math per epilogue,
+/// not one per precision and row count.
 ///
 /// # Safety
 /// Every row pointer has `k` readable floats; `k_offset + k <= weights.k`;
@@ -419,74 +422,112 @@ pub unsafe fn gemm_rows<S: Simd, const NV: usize, E: Epilogue<S, NV>>(
     debug_assert_eq!(w.nv, NV);
     debug_assert_eq!(w.lanes, S::LANES);
     debug_assert!(ops.k_offset + ops.k <= w.k);
-    if let Some(prefix) = &ops.prefix {
+    debug_assert!((1..=MAX_TILE_ROWS).contains(&mr));
+    let prefix_k = ops.prefix.as_ref().map_or(0, |prefix| {
         let pw = prefix.weights;
         debug_assert!(pw.nv == NV && pw.lanes == S::LANES && pw.count == w.count && pw.k == prefix.k);
         debug_assert!(pw.precision() == w.precision());
         debug_assert_eq!(prefix.rows.len(), ops.rows.len());
-    }
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        match &w.data {
-            PanelData::F32(_) => gemm_float::<S, NV, f32, E>(s, mr, ops, panels, epilogue, |w, p| w.panel(p)),
-            PanelData::F16(_) => {
-                gemm_float::<S, NV, u16, E>(s, mr, ops, panels, epilogue, |w, p| w.panel_f16(p))
-            }
-            PanelData::Int8(main) => {
-                let prefix = ops.prefix.as_ref().map(|prefix| match &prefix.weights.data {
-                    PanelData::Int8(panels) => (prefix.rows, panels),
-                    _ => unreachable!("a prefix in the product's precision"),
-                });
-                debug_assert!(ops.k_offset == 0 && ops.k == w.k);
-                int8::gemm_rows::<S, NV, E>(s, mr, (ops.rows, main), prefix, panels, epilogue)
-            }
+        prefix.k
+    });
+    let mut int8_block = match &w.data {
+        PanelData::Int8(main) => {
+            debug_assert!(ops.k_offset == 0 && ops.k == w.k);
+            let prefix = ops.prefix.as_ref().map(|prefix| match &prefix.weights.data {
+                PanelData::Int8(panels) => (prefix.rows, panels),
+                _ => unreachable!("a prefix in the product's precision"),
+            });
+            Some(int8::Block::new((ops.rows, main), prefix))
         }
-    }
-}
-
-/// [`gemm_rows`] for f32 and f16 weights (the product widens them).
-#[inline(always)]
-unsafe fn gemm_float<S: Simd, const NV: usize, W: PanelEntry, E: Epilogue<S, NV>>(
-    s: S,
-    mr: usize,
-    ops: &Operands<'_>,
-    panels: Range<usize>,
-    epilogue: &E,
-    panel: impl Fn(&Panels, usize) -> *const W,
-) {
-    let w = ops.weights;
-    let prefix_k = ops.prefix.as_ref().map_or(0, |prefix| prefix.k);
+        _ => None,
+    };
     let n = ops.rows.len();
     let block = (BLOCK_BYTES / (4 * (ops.k + prefix_k).max(1))).max(mr) / mr * mr;
+    // The tile's sums, between its product and the epilogue's loop.
+    let mut sums = [[s.zero(); NV]; MAX_TILE_ROWS];
     let mut start = 0;
     while start < n {
         let end = n.min(start + block);
+        if let Some(int8_block) = &mut int8_block {
+            // SAFETY: the caller's rows have their k floats each.
+            unsafe { int8_block.quantize(s, start..end) };
+        }
         for p in panels.clone() {
-            // SAFETY: p < count and k_offset + k <= k per the contract.
-            let b = unsafe { panel(w, p).add(ops.k_offset * NV * S::LANES) };
-            let b_prefix = ops
-                .prefix
-                .as_ref()
-                .map_or(std::ptr::null(), |prefix| panel(prefix.weights, p));
             let mut first = start;
             while first < end {
                 let m = mr.min(end - first);
+                let tile = Tile {
+                    ops,
+                    int8: int8_block.as_ref(),
+                    first,
+                    local: first - start,
+                    panel: p,
+                };
                 // SAFETY: rows first..first + m exist; the rest is the caller's contract.
                 unsafe {
                     match m {
-                        1 => tile::<S, 1, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        2 => tile::<S, 2, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        3 => tile::<S, 3, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        4 => tile::<S, 4, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        5 => tile::<S, 5, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        6 => tile::<S, 6, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        7 => tile::<S, 7, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
-                        _ => tile::<S, 8, NV, W, E>(s, ops, first, b, b_prefix, p, epilogue),
+                        1 => tile.sums::<S, 1, NV>(s, &mut sums),
+                        2 => tile.sums::<S, 2, NV>(s, &mut sums),
+                        3 => tile.sums::<S, 3, NV>(s, &mut sums),
+                        4 => tile.sums::<S, 4, NV>(s, &mut sums),
+                        5 => tile.sums::<S, 5, NV>(s, &mut sums),
+                        6 => tile.sums::<S, 6, NV>(s, &mut sums),
+                        7 => tile.sums::<S, 7, NV>(s, &mut sums),
+                        _ => tile.sums::<S, 8, NV>(s, &mut sums),
+                    }
+                    for (r, acc) in sums[..m].iter().enumerate() {
+                        epilogue.apply(s, first + r, p, acc);
                     }
                 }
                 first += m;
             }
         }
         start = end;
+    }
+}
+
+/// One tile of a product: rows `first ..` (`local ..` within their block) of panel `panel`.
+struct Tile<'a> {
+    ops: &'a Operands<'a>,
+    /// The block's quantized rows, for int8 weights.
+    int8: Option<&'a int8::Block<'a>>,
+    first: usize,
+    local: usize,
+    panel: usize,
+}
+
+impl Tile<'_> {
+    /// The tile's `M` rows of sums into `sums[..M]`, in the weights' precision.
+    ///
+    /// # Safety
+    /// As [`gemm_rows`], for rows `first .. first + M` and this panel.
+    #[inline(always)]
+    unsafe fn sums<S: Simd, const M: usize, const NV: usize>(
+        &self,
+        s: S,
+        sums: &mut [[S::V; NV]; MAX_TILE_ROWS],
+    ) {
+        let out = sums.first_chunk_mut::<M>().expect("M <= MAX_TILE_ROWS");
+        let (ops, p) = (self.ops, self.panel);
+        let prefix = ops.prefix.as_ref();
+        // SAFETY: forwarded from the caller; p < count and k_offset + k <= k.
+        unsafe {
+            match &ops.weights.data {
+                PanelData::F32(_) => {
+                    let b = ops.weights.panel(p).add(ops.k_offset * NV * S::LANES);
+                    let b_prefix = prefix.map_or(std::ptr::null(), |prefix| prefix.weights.panel(p));
+                    float_tile::<S, M, NV, f32>(s, ops, self.first, b, b_prefix, out)
+                }
+                PanelData::F16(_) => {
+                    let b = ops.weights.panel_f16(p).add(ops.k_offset * NV * S::LANES);
+                    let b_prefix = prefix.map_or(std::ptr::null(), |prefix| prefix.weights.panel_f16(p));
+                    float_tile::<S, M, NV, u16>(s, ops, self.first, b, b_prefix, out)
+                }
+                PanelData::Int8(_) => {
+                    let block = self.int8.expect("int8 weights have their quantized block");
+                    block.sums::<S, M, NV>(s, self.local, p, out)
+                }
+            }
+        }
     }
 }

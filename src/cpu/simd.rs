@@ -155,6 +155,16 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn pow2i(self, n: Self::V) -> Self::V;
     /// Lane-wise `if a < b { yes } else { no }` (false for NaN).
     fn select_lt(self, a: Self::V, b: Self::V, yes: Self::V, no: Self::V) -> Self::V;
+    /// The least lane of `lo` and the greatest of `hi` (neither holds NaN).
+    fn min_max_lanes(self, lo: Self::V, hi: Self::V) -> (f32, f32);
+    /// Whether any lane is NaN.
+    fn any_nan(self, v: Self::V) -> bool;
+    /// Stores the lanes as bytes: each an integer in `0..=255`, or NaN
+    /// (stored as 0, as `NaN as u8` gives).
+    ///
+    /// # Safety
+    /// `p` points to `LANES` writable bytes.
+    unsafe fn store_u8(self, p: *mut u8, v: Self::V);
 
     /// Runs `f` compiled for this instruction set, as [`dispatch!`] runs its
     /// body: for a closure that another thread calls (a piece of a
@@ -316,6 +326,25 @@ impl Simd for Portable {
     fn select_lt(self, a: Lanes, b: Lanes, yes: Lanes, no: Lanes) -> Lanes {
         std::array::from_fn(|i| if a[i] < b[i] { yes[i] } else { no[i] })
     }
+    #[inline(always)]
+    fn min_max_lanes(self, lo: Lanes, hi: Lanes) -> (f32, f32) {
+        (
+            lo.into_iter().fold(f32::INFINITY, f32::min),
+            hi.into_iter().fold(f32::NEG_INFINITY, f32::max),
+        )
+    }
+    #[inline(always)]
+    fn any_nan(self, v: Lanes) -> bool {
+        v.iter().any(|x| x.is_nan())
+    }
+    #[inline(always)]
+    unsafe fn store_u8(self, p: *mut u8, v: Lanes) {
+        // SAFETY: the caller guarantees LANES writable bytes at p.
+        unsafe {
+            p.cast::<[u8; PORTABLE_LANES]>()
+                .write_unaligned(v.map(|x| x as u8))
+        }
+    }
 }
 
 // ------------------------------------------------------------- x86-64 ----
@@ -416,6 +445,19 @@ mod x86 {
         fn select_lt(self, a: __m512, b: __m512, yes: __m512, no: __m512) -> __m512 {
             unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b), no, yes) }
         }
+        #[inline(always)]
+        fn min_max_lanes(self, lo: __m512, hi: __m512) -> (f32, f32) {
+            unsafe { (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)) }
+        }
+        #[inline(always)]
+        fn any_nan(self, v: __m512) -> bool {
+            unsafe { _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v) != 0 }
+        }
+        #[inline(always)]
+        unsafe fn store_u8(self, p: *mut u8, v: __m512) {
+            // NaN truncates to 0x8000_0000, whose low byte is 0.
+            unsafe { _mm_storeu_si128(p.cast(), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v))) }
+        }
     }
 
     // SAFETY (every intrinsic call below): an `Avx2` value exists only when
@@ -496,6 +538,36 @@ mod x86 {
         #[inline(always)]
         fn select_lt(self, a: __m256, b: __m256, yes: __m256, no: __m256) -> __m256 {
             unsafe { _mm256_blendv_ps(no, yes, _mm256_cmp_ps::<_CMP_LT_OQ>(a, b)) }
+        }
+        #[inline(always)]
+        fn min_max_lanes(self, lo: __m256, hi: __m256) -> (f32, f32) {
+            unsafe {
+                // Halve the vector three times: 8 lanes, 4, 2, 1.
+                let lo = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps::<1>(lo));
+                let hi = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps::<1>(hi));
+                let lo = _mm_min_ps(lo, _mm_movehl_ps(lo, lo));
+                let hi = _mm_max_ps(hi, _mm_movehl_ps(hi, hi));
+                let lo = _mm_min_ss(lo, _mm_movehdup_ps(lo));
+                let hi = _mm_max_ss(hi, _mm_movehdup_ps(hi));
+                (_mm_cvtss_f32(lo), _mm_cvtss_f32(hi))
+            }
+        }
+        #[inline(always)]
+        fn any_nan(self, v: __m256) -> bool {
+            unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)) != 0 }
+        }
+        #[inline(always)]
+        unsafe fn store_u8(self, p: *mut u8, v: __m256) {
+            unsafe {
+                // NaN truncates to i32::MIN, which the unsigned saturating packs make 0.
+                let words = _mm256_packus_epi32(_mm256_cvttps_epi32(v), _mm256_setzero_si256());
+                let bytes = _mm256_packus_epi16(words, _mm256_setzero_si256());
+                // Bytes 0..4 of each 128-bit half hold lanes 0..4 and 4..8.
+                let low = _mm_cvtsi128_si32(_mm256_castsi256_si128(bytes)) as u32;
+                let high = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(bytes)) as u32;
+                p.cast::<u64>()
+                    .write_unaligned(u64::from(low) | u64::from(high) << 32);
+            }
         }
     }
 }
