@@ -10,7 +10,7 @@
 //! ```
 //!
 //! ```text
-//! hybrid_clinical --model M.safetensors --input C.safetensors --output P.safetensors [--device auto|cpu|cuda]
+//! hybrid_clinical --model M.safetensors --input C.safetensors --output P.safetensors [--device auto|cpu|cuda] [--precision f32|int8|f16]
 //! hybrid_clinical [--model M.safetensors] [--patients N] [--embed E] [--seed S]     # synthetic demo
 //! ```
 //! - `--model`: the `state_dict` (`lstm.*`, `text_proj.*`, `head.0.*`,
@@ -26,7 +26,7 @@ mod clinical;
 
 use clap::Parser;
 use clinical::{
-    last_hidden, synthetic_cohort, synthetic_notes, Backend, Cohort, Device, HybridModel, Work, FEATURES,
+    last_hidden, synthetic_cohort, synthetic_notes, Cohort, HybridModel, Runtime, Work, FEATURES,
 };
 use rnn_kernels::{Error, ForwardInput, Result};
 use std::path::{Path, PathBuf};
@@ -54,17 +54,16 @@ struct Args {
     /// Synthetic demo: the cohort's (and random weights') seed.
     #[arg(long, default_value_t = 2024)]
     seed: u64,
-    /// Where the LSTM runs: the GPU if there is one (auto), the CPU, or the GPU.
-    #[arg(long, default_value_t = Device::Auto)]
-    device: Device,
+    #[command(flatten)]
+    run: Runtime,
 }
 
-fn score_file(model_path: &Path, input: &Path, output: &Path, device: Device) -> Result<()> {
+fn score_file(model_path: &Path, input: &Path, output: &Path, run: Runtime) -> Result<()> {
     let model = HybridModel::load(model_path)?;
     let config = model.lstm.config().clone();
     let cohort = Cohort::load(input, config.input_size, Some(model.embed_size()))?;
     let text = cohort.text_embed.as_ref().expect("checked by Cohort::load");
-    let (mut backend, backend_line) = Backend::choose(device, &model.lstm, None)?;
+    let (mut backend, backend_line) = run.backend(&model.lstm)?;
     let out = backend.forward(&cohort.args())?;
     let logits = model.logits(last_hidden(&out, &config), text.data());
     clinical::write_scores(output, &logits, &[model_path, input])?;
@@ -104,7 +103,7 @@ fn demo(args: &Args) -> Result<()> {
     let cohort = synthetic_cohort(args.patients, args.seed);
     let notes = synthetic_notes(&cohort.deteriorating, model.embed_size(), args.seed);
     let args_in = ForwardInput::new(&cohort.vitals).lengths(&cohort.lengths);
-    let (mut backend, backend_line) = Backend::choose(args.device, &model.lstm, None)?;
+    let (mut backend, backend_line) = args.run.backend(&model.lstm)?;
     backend.forward(&args_in)?;
     let start = Instant::now();
     let out = backend.forward(&args_in)?;
@@ -149,7 +148,7 @@ fn run(args: Args) -> Result<()> {
         args.input.as_deref(),
         args.output.as_deref(),
     )? {
-        Work::Score { model, input, output } => score_file(model, input, output, args.device),
+        Work::Score { model, input, output } => score_file(model, input, output, args.run),
         Work::Demo => demo(&args),
     }
 }

@@ -10,7 +10,7 @@
 //! one call per hour for the whole ward.
 //!
 //! ```text
-//! icu_monitor [--model M.safetensors] [--beds N] [--hours H] [--threshold P] [--device auto|cpu|cuda]
+//! icu_monitor [--model M.safetensors] [--beds N] [--hours H] [--threshold P] [--device auto|cpu|cuda] [--precision f32|int8|f16]
 //! icu_monitor --model M.safetensors --input C.safetensors --output P.safetensors   # replay recorded stays
 //! icu_monitor ... --state ward.safetensors   # the ward's state kept in a file, resumed on restart
 //! ```
@@ -39,7 +39,7 @@
 mod clinical;
 
 use clap::Parser;
-use clinical::{Backend, Cohort, Device, IcuModel, Patient, FEATURES};
+use clinical::{Backend, Cohort, IcuModel, Patient, Runtime, FEATURES};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::state_file::Extra;
 use rnn_kernels::tensor_file::{self, OwnedTensor, TensorFile};
@@ -73,9 +73,8 @@ struct Args {
     /// With --input: where each stay's score after its last hour goes (logit, prob [B, 1]).
     #[arg(long, requires = "input")]
     output: Option<PathBuf>,
-    /// Where the LSTM runs: the GPU if there is one (auto), the CPU, or the GPU.
-    #[arg(long, default_value_t = Device::Auto)]
-    device: Device,
+    #[command(flatten)]
+    run: Runtime,
     /// Keep the ward's state in this file after every hour, and resume from it on start.
     #[arg(long)]
     state: Option<PathBuf>,
@@ -214,7 +213,7 @@ fn simulate(args: &Args) -> Result<()> {
             "the simulated ward measures {FEATURES} vitals, the model takes {features}: replay a cohort file with --input"
         )));
     }
-    let (backend, backend_line) = Backend::choose(args.device, &model.lstm, None)?;
+    let (backend, backend_line) = args.run.backend(&model.lstm)?;
     println!(
         "ward of {} beds, {} hours; {} + head, {source}; {backend_line}",
         args.beds,
@@ -330,13 +329,7 @@ fn simulate(args: &Args) -> Result<()> {
 
 /// Replays the stays of a cohort file hour by hour; each stay's score is
 /// taken after its own last hour.
-fn replay(
-    model_path: &Path,
-    input: &Path,
-    output: &Path,
-    device: Device,
-    state: Option<&Path>,
-) -> Result<()> {
+fn replay(model_path: &Path, input: &Path, output: &Path, run: Runtime, state: Option<&Path>) -> Result<()> {
     tensor_file::refuse_overwrite(output, &[model_path, input])?;
     // A run killed while writing the scores left their temporary behind.
     tensor_file::remove_stale_temporaries(output)?;
@@ -344,7 +337,7 @@ fn replay(
     let features = model.lstm.config().input_size;
     let cohort = Cohort::load(input, features, None)?;
     let (batch, hours) = (cohort.batch(), cohort.vitals.shape()[1]);
-    let (backend, backend_line) = Backend::choose(device, &model.lstm, None)?;
+    let (backend, backend_line) = run.backend(&model.lstm)?;
     let mut ward = Ward::new(model, backend, batch);
     let mut logits = vec![0.0f32; batch];
     let cohort_id = cohort_fingerprint(&cohort);
@@ -421,7 +414,7 @@ fn run(args: Args) -> Result<()> {
     }
     match (&args.model, &args.input, &args.output) {
         (Some(model), Some(input), Some(output)) => {
-            replay(model, input, output, args.device, args.state.as_deref())
+            replay(model, input, output, args.run, args.state.as_deref())
         }
         _ => simulate(&args),
     }

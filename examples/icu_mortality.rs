@@ -5,7 +5,7 @@
 //! patient's probability of in-hospital death.
 //!
 //! ```text
-//! icu_mortality --model M.safetensors --input C.safetensors --output P.safetensors [--device auto|cpu|cuda]
+//! icu_mortality --model M.safetensors --input C.safetensors --output P.safetensors [--device auto|cpu|cuda] [--precision f32|int8|f16]
 //! icu_mortality [--model M.safetensors] [--patients N] [--seed S] [--device ...]     # synthetic demo
 //! ```
 //! - `--model`: the whole model saved with
@@ -19,6 +19,9 @@
 //!
 //! `auto` (the default) runs the LSTM on the GPU when there is one, else on
 //! the fast CPU path; the head is a few thousand flops and stays on the CPU.
+//! `--precision int8` (s8 weights, u8 activations per stay and hour) or
+//! `f16` (f16 weights) runs the LSTM on the CPU in that format (README,
+//! "Reduced precision"); on the clinical fixtures no decision changes.
 //! Without `--input` it scores a synthetic cohort whose outcomes are known,
 //! with the model `train_icu` trained on another synthetic cohort
 //! (`examples/models/icu_trained.safetensors`, unless `--model` is given),
@@ -28,7 +31,7 @@ mod clinical;
 
 use clap::Parser;
 use clinical::{
-    auroc, last_hidden, mortality_labels, synthetic_cohort, Backend, Cohort, Device, IcuModel, Work, FEATURES,
+    auroc, last_hidden, mortality_labels, synthetic_cohort, Cohort, IcuModel, Runtime, Work, FEATURES,
 };
 use rnn_kernels::{Error, ForwardInput, Result};
 use std::path::{Path, PathBuf};
@@ -53,9 +56,8 @@ struct Args {
     /// Synthetic demo: the cohort's seed (the trained model saw seed 7's).
     #[arg(long, default_value_t = 2024)]
     seed: u64,
-    /// Where the LSTM runs: the GPU if there is one (auto), the CPU, or the GPU.
-    #[arg(long, default_value_t = Device::Auto)]
-    device: Device,
+    #[command(flatten)]
+    run: Runtime,
 }
 
 /// The demo's model when no `--model` is given: `train_icu` with its
@@ -66,11 +68,11 @@ const TRAINED: &str = concat!(
 );
 
 /// Scores the cohort file `input` with the model file `model` into `output`.
-fn score_file(model_path: &Path, input: &Path, output: &Path, device: Device) -> Result<()> {
+fn score_file(model_path: &Path, input: &Path, output: &Path, run: Runtime) -> Result<()> {
     let model = IcuModel::load(model_path)?;
     let config = model.lstm.config().clone();
     let cohort = Cohort::load(input, config.input_size, None)?;
-    let (mut backend, backend_line) = Backend::choose(device, &model.lstm, None)?;
+    let (mut backend, backend_line) = run.backend(&model.lstm)?;
     let out = backend.forward(&cohort.args())?;
     let logits = model.logits(last_hidden(&out, &config));
     clinical::write_scores(output, &logits, &[model_path, input])?;
@@ -107,7 +109,7 @@ fn demo(args: &Args) -> Result<()> {
     let cohort = synthetic_cohort(args.patients, args.seed);
     let died = mortality_labels(&cohort, args.seed);
     let args_in = ForwardInput::new(&cohort.vitals).lengths(&cohort.lengths);
-    let (mut backend, backend_line) = Backend::choose(args.device, &model.lstm, None)?;
+    let (mut backend, backend_line) = args.run.backend(&model.lstm)?;
 
     // The first call sizes the workspaces; time the second, as a service would run.
     backend.forward(&args_in)?;
@@ -202,7 +204,7 @@ fn run(args: Args) -> Result<()> {
         args.input.as_deref(),
         args.output.as_deref(),
     )? {
-        Work::Score { model, input, output } => score_file(model, input, output, args.device),
+        Work::Score { model, input, output } => score_file(model, input, output, args.run),
         Work::Demo => demo(&args),
     }
 }

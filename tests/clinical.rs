@@ -630,3 +630,63 @@ fn a_state_file_of_another_ward_or_cohort_is_refused() {
     );
     assert!(!r.ok, "{}", r.stdout);
 }
+
+/// `--precision int8|f16` on every clinical fixture: no decision at 0.5
+/// differs from PyTorch's f32 model (≥ 99% of them may not), and the
+/// probabilities stay close (int8 within 2e-2, f16 within 2e-3; the test
+/// prints the largest change of each).
+#[test]
+fn reduced_precision_scores_keep_the_decisions_of_f32() {
+    let dir = temp_dir("precision");
+    for (example_name, cases) in [
+        ("icu_mortality", &ICU_CASES[..]),
+        ("hybrid_clinical", &HYBRID_CASES[..]),
+    ] {
+        for name in cases {
+            let want = read(&case(name, "expected"), "prob");
+            for (precision, bound) in [("int8", 2e-2), ("f16", 2e-3)] {
+                let out = dir.join(format!("{name}.{precision}.safetensors"));
+                let (model, cohort) = (case(name, "model"), case(name, "cohort"));
+                let r = run(
+                    example_name,
+                    &[
+                        "--model",
+                        model.to_str().unwrap(),
+                        "--input",
+                        cohort.to_str().unwrap(),
+                        "--output",
+                        out.to_str().unwrap(),
+                        "--precision",
+                        precision,
+                    ],
+                );
+                assert!(r.ok, "{example_name} {name} {precision}: {}", r.stderr);
+                assert!(
+                    r.stdout.contains(&format!("CPU, {precision}")),
+                    "{name}: the backend line names the format: {}",
+                    r.stdout
+                );
+                let got = read(&out, "prob");
+                let same = got
+                    .data()
+                    .iter()
+                    .zip(want.data())
+                    .filter(|(g, w)| (**g >= 0.5) == (**w >= 0.5))
+                    .count();
+                let change = got.max_abs_diff(&want);
+                eprintln!(
+                    "{name} {precision}: {same}/{} decisions as f32's, largest probability change {change:.2e}",
+                    want.len()
+                );
+                assert!(
+                    same as f64 >= 0.99 * want.len() as f64,
+                    "{name} {precision}: {same} decisions kept"
+                );
+                assert!(
+                    change <= bound,
+                    "{name} {precision}: probability moved by {change:e} > {bound:e}"
+                );
+            }
+        }
+    }
+}

@@ -22,11 +22,31 @@ use rnn_kernels::facts::{load_weights, ModelFacts};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::tensor_file::{self, OwnedTensor, StoredDtype};
 use rnn_kernels::{
-    CellKind, Error, ForwardInput, ForwardOutput, Result, RnnConfig, Tensor, TensorFile, Weights,
+    CellKind, Error, ForwardInput, ForwardOutput, Precision, Result, RnnConfig, Tensor, TensorFile, Weights,
 };
 
 use std::collections::HashMap;
 use std::path::Path;
+
+/// Where the LSTM runs and in which arithmetic: each example's `--device`
+/// and `--precision`.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct Runtime {
+    /// Where the LSTM runs: the GPU if there is one (auto), the CPU, or the GPU.
+    #[arg(long, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// The LSTM's arithmetic: f32; int8 (s8 weights, u8 activations per
+    /// row and step) or f16 weights, both for inference on the CPU.
+    #[arg(long, default_value_t = Precision::F32)]
+    pub precision: Precision,
+}
+
+impl Runtime {
+    /// The backend for `lstm`, and the line saying which it is.
+    pub fn backend(&self, lstm: &Weights<f32>) -> Result<(Backend, String)> {
+        Backend::choose_in(self.device, lstm, None, self.precision)
+    }
+}
 
 /// The seed model's sizes, for the synthetic demos.
 pub const FEATURES: usize = 6;
