@@ -60,10 +60,16 @@ fn forward(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Run {
 
 #[test]
 fn forward_reproduces_pytorch_on_every_fixture() {
-    let dir = temp_dir("fixtures");
+    forward_matches_every_fixture("fixtures", &[("f32", 2e-5), ("f64", 1e-6)]);
+}
+
+/// `rnnk forward --precision P` on every PyTorch fixture: output, `h_n` and
+/// `c_n` within `tol` of PyTorch's, for each `(P, tol)`.
+fn forward_matches_every_fixture(dir_name: &str, precisions: &[(&str, f64)]) {
+    let dir = temp_dir(dir_name);
     for path in case_files() {
         let case = Case::<f64>::load(&path);
-        for (precision, tol) in [("f32", 2e-5), ("f64", 1e-6)] {
+        for &(precision, tol) in precisions {
             let out_path = dir.join(format!("{}-{precision}.safetensors", case.name));
             let run = forward(
                 &path,
@@ -71,7 +77,7 @@ fn forward_reproduces_pytorch_on_every_fixture() {
                 &out_path,
                 &["--precision", precision],
             );
-            assert!(run.ok, "{}: {}", case.name, run.stderr);
+            assert!(run.ok, "{} {precision}: {}", case.name, run.stderr);
             let out = TensorFile::open(&out_path).unwrap();
             let get = |n: &str| out.float::<f64>(n).unwrap();
             let ctx = |t: &str| format!("{} {precision} {t}", case.name);
@@ -90,34 +96,8 @@ fn forward_reproduces_pytorch_on_every_fixture() {
 /// inference only, and on the CPU only.
 #[test]
 fn forward_runs_int8_and_f16_and_refuses_them_elsewhere() {
-    let dir = temp_dir("quantized");
-    for path in case_files() {
-        let case = Case::<f64>::load(&path);
-        for (precision, tol) in [("int8", 5e-2), ("f16", 5e-3)] {
-            let out_path = dir.join(format!("{}-{precision}.safetensors", case.name));
-            let run = forward(
-                &path,
-                &inputs_of(&path, false),
-                &out_path,
-                &["--precision", precision],
-            );
-            assert!(run.ok, "{} {precision}: {}", case.name, run.stderr);
-            let out = TensorFile::open(&out_path).unwrap();
-            let ctx = |t: &str| format!("{} {precision} {t}", case.name);
-            assert_close(
-                &ctx("output"),
-                &out.float::<f64>("output").unwrap().unwrap(),
-                &case.output,
-                tol,
-            );
-            assert_close(
-                &ctx("h_n"),
-                &out.float::<f64>("h_n").unwrap().unwrap(),
-                &case.h_n,
-                tol,
-            );
-        }
-    }
+    forward_matches_every_fixture("quantized", &[("int8", 5e-2), ("f16", 5e-3)]);
+    let dir = temp_dir("quantized-refused");
     let case = fixtures_dir().join("lstm_basic.safetensors");
     let out = dir.join("refused.safetensors");
     let refused = [

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_close, case_files, random_tensor, seed, varied_configs, Case};
+use common::{assert_close, case_files, nan_output, random_tensor, seed, varied_configs, Case};
 use rnn_kernels::cpu::{CpuRnn, Isa};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{reference, ForwardInput, ForwardOutput, RnnConfig, State, Tensor, Weights};
@@ -15,14 +15,6 @@ use rnn_kernels::{reference, ForwardInput, ForwardOutput, RnnConfig, State, Tens
 /// f32 against the f64 reference: each element within this of the reference,
 /// scaled by the size of the values (outputs are O(1)).
 const TOL: f64 = 3e-5;
-
-fn nan_output(like: &ForwardOutput<f64>) -> ForwardOutput<f32> {
-    ForwardOutput {
-        output: Tensor::full(like.output.shape(), f32::NAN),
-        h_n: Tensor::full(like.h_n.shape(), f32::NAN),
-        c_n: like.c_n.as_ref().map(|c| Tensor::full(c.shape(), f32::NAN)),
-    }
-}
 
 fn check_against(what: &str, got: &ForwardOutput<f32>, want: &ForwardOutput<f64>, tol: f64) {
     assert_close(&format!("{what}: output"), &got.output, &want.output, tol);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{random_tensor, seed};
+use common::{nan_output, random_tensor, seed};
 use rnn_kernels::rng::SplitMix64;
 use rnn_kernels::{reference, ForwardInput, ForwardOutput, Precision, RnnConfig, Tensor, Weights};
 
@@ -184,14 +184,6 @@ fn fast_path_configs() -> Vec<RnnConfig> {
     configs
 }
 
-fn nan_like(out: &ForwardOutput<f32>) -> ForwardOutput<f32> {
-    ForwardOutput {
-        output: Tensor::full(out.output.shape(), f32::NAN),
-        h_n: Tensor::full(out.h_n.shape(), f32::NAN),
-        c_n: out.c_n.as_ref().map(|c| Tensor::full(c.shape(), f32::NAN)),
-    }
-}
-
 /// How far the fast path may drift from the scheme-exact reference over a
 /// whole sequence. Both compute the same integer sums from the same codes,
 /// but their f32 gate math rounds differently (by an ulp or so), and where a
@@ -237,7 +229,7 @@ fn one_step_of_one_layer_is_exact_against_the_scheme_reference() {
             for isa in Isa::available() {
                 let what = format!("{config:?} {precision} {isa}");
                 let mut model = CpuRnn::prepare(&weights, 1, isa, precision).unwrap();
-                let mut got = nan_like(&want);
+                let mut got = nan_output(&want);
                 model.forward_into(&args, &mut got).expect(&what);
                 let (max, _) = errors(&flat(&got), &flat(&want));
                 assert!(max <= EXACT, "{what}: max |Δ| {max:e}");
@@ -289,7 +281,7 @@ fn the_fast_path_follows_the_scheme_reference_over_whole_sequences() {
                     for threads in [1, 2] {
                         let what = format!("{config:?} {precision} {isa} {threads}t lengths={with_lengths}");
                         let mut model = CpuRnn::prepare(&weights, threads, isa, precision).unwrap();
-                        let mut got = nan_like(&want);
+                        let mut got = nan_output(&want);
                         model.forward_into(&args, &mut got).expect(&what);
                         let (max, rms) = errors(&flat(&got), &flat(&want));
                         worst = (worst.0.max(max), worst.1.max(rms));

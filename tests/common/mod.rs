@@ -279,3 +279,13 @@ pub fn seed() -> u64 {
     eprintln!("seed {seed} (rerun with RNN_TEST_SEED={seed})");
     seed
 }
+
+/// An f32 output shaped like `like`, every element NaN: a path that leaves
+/// any element unwritten fails the comparison that follows.
+pub fn nan_output<T: Element>(like: &rnn_kernels::ForwardOutput<T>) -> rnn_kernels::ForwardOutput<f32> {
+    rnn_kernels::ForwardOutput {
+        output: Tensor::full(like.output.shape(), f32::NAN),
+        h_n: Tensor::full(like.h_n.shape(), f32::NAN),
+        c_n: like.c_n.as_ref().map(|c| Tensor::full(c.shape(), f32::NAN)),
+    }
+}
