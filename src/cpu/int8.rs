@@ -388,88 +388,74 @@ mod x86 {
     use super::MAX_LANES;
     use std::arch::x86_64::*;
 
-    /// [`super::portable`] with VPDPBUSD on zmm: `M·NV` accumulators, per
-    /// group `NV` loads, `M` broadcasts and `M·NV` VPDPBUSDs.
-    ///
-    /// # Safety
-    /// As `portable` with 16 lanes, on a CPU with AVX-512F, BW and VNNI.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn avx512_vnni<const M: usize, const NV: usize>(
-        a: &[*const u8; M],
-        groups: usize,
-        b: *const i8,
-        zero_points: &[i32; M],
-        sums: *const i32,
-        out: &mut [[[i32; MAX_LANES]; NV]; M],
-    ) {
-        let mut acc = [[_mm512_setzero_si512(); NV]; M];
-        for g in 0..groups {
-            // SAFETY: within the caller's bounds.
-            unsafe {
-                let bg = b.add(g * NV * 64);
-                let bv: [__m512i; NV] = std::array::from_fn(|v| _mm512_loadu_si512(bg.add(v * 64).cast()));
+    /// A VPDPBUSD tile kernel for one vector width: [`super::portable`]
+    /// with `M·NV` accumulators and, per group of four K rows, `NV` loads,
+    /// `M` broadcasts and `M·NV` VPDPBUSDs, then the zero-point correction.
+    macro_rules! vnni_tile {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $lanes:literal, $vector:ty,
+         zero: $zero:ident, load: $load:ident, store: $store:ident, splat: $splat:ident,
+         dot: $dot:ident, mul: $mul:ident, sub: $sub:ident) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const M: usize, const NV: usize>(
+                a: &[*const u8; M],
+                groups: usize,
+                b: *const i8,
+                zero_points: &[i32; M],
+                sums: *const i32,
+                out: &mut [[[i32; MAX_LANES]; NV]; M],
+            ) {
+                const BYTES: usize = 4 * $lanes;
+                let mut acc: [[$vector; NV]; M] = [[$zero(); NV]; M];
+                for g in 0..groups {
+                    // SAFETY: within the caller's bounds.
+                    unsafe {
+                        let bg = b.add(g * NV * BYTES);
+                        let mut bv: [$vector; NV] = [$zero(); NV];
+                        for (v, bv) in bv.iter_mut().enumerate() {
+                            *bv = $load(bg.add(v * BYTES).cast());
+                        }
+                        for r in 0..M {
+                            let x = $splat(a[r].add(4 * g).cast::<i32>().read_unaligned());
+                            for v in 0..NV {
+                                acc[r][v] = $dot(acc[r][v], x, bv[v]);
+                            }
+                        }
+                    }
+                }
                 for r in 0..M {
-                    let x = _mm512_set1_epi32(a[r].add(4 * g).cast::<i32>().read_unaligned());
+                    let zp = $splat(zero_points[r]);
                     for v in 0..NV {
-                        acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], x, bv[v]);
+                        // SAFETY: NV·lanes sums; `out` holds at least `lanes` lanes a vector.
+                        unsafe {
+                            let correction = $mul(zp, $load(sums.add(v * $lanes).cast()));
+                            $store(out[r][v].as_mut_ptr().cast(), $sub(acc[r][v], correction));
+                        }
                     }
                 }
             }
-        }
-        for r in 0..M {
-            let zp = _mm512_set1_epi32(zero_points[r]);
-            for v in 0..NV {
-                // SAFETY: NV·16 sums; `out` holds 16 lanes a vector.
-                unsafe {
-                    let correction = _mm512_mullo_epi32(zp, _mm512_loadu_si512(sums.add(v * 16).cast()));
-                    _mm512_storeu_si512(
-                        out[r][v].as_mut_ptr().cast(),
-                        _mm512_sub_epi32(acc[r][v], correction),
-                    );
-                }
-            }
-        }
+        };
     }
 
-    /// [`avx512_vnni`] on ymm with AVX-VNNI: 8 lanes.
-    ///
-    /// # Safety
-    /// As `portable` with 8 lanes, on a CPU with AVX2 and AVX-VNNI.
-    #[target_feature(enable = "avx2,avxvnni")]
-    pub unsafe fn avx_vnni<const M: usize, const NV: usize>(
-        a: &[*const u8; M],
-        groups: usize,
-        b: *const i8,
-        zero_points: &[i32; M],
-        sums: *const i32,
-        out: &mut [[[i32; MAX_LANES]; NV]; M],
-    ) {
-        let mut acc = [[_mm256_setzero_si256(); NV]; M];
-        for g in 0..groups {
-            // SAFETY: within the caller's bounds.
-            unsafe {
-                let bg = b.add(g * NV * 32);
-                let bv: [__m256i; NV] = std::array::from_fn(|v| _mm256_loadu_si256(bg.add(v * 32).cast()));
-                for r in 0..M {
-                    let x = _mm256_set1_epi32(a[r].add(4 * g).cast::<i32>().read_unaligned());
-                    for v in 0..NV {
-                        acc[r][v] = _mm256_dpbusd_avx_epi32(acc[r][v], x, bv[v]);
-                    }
-                }
-            }
-        }
-        for r in 0..M {
-            let zp = _mm256_set1_epi32(zero_points[r]);
-            for v in 0..NV {
-                // SAFETY: NV·8 sums; `out` holds at least 8 lanes a vector.
-                unsafe {
-                    let correction = _mm256_mullo_epi32(zp, _mm256_loadu_si256(sums.add(v * 8).cast()));
-                    _mm256_storeu_si256(
-                        out[r][v].as_mut_ptr().cast(),
-                        _mm256_sub_epi32(acc[r][v], correction),
-                    );
-                }
-            }
-        }
-    }
+    vnni_tile!(
+        /// On zmm (AVX512-VNNI): 16 columns a vector.
+        ///
+        /// # Safety
+        /// As `portable` with 16 lanes, on a CPU with AVX-512F, BW and VNNI.
+        avx512_vnni, "avx512f,avx512bw,avx512vnni", 16, __m512i,
+        zero: _mm512_setzero_si512, load: _mm512_loadu_si512, store: _mm512_storeu_si512,
+        splat: _mm512_set1_epi32, dot: _mm512_dpbusd_epi32, mul: _mm512_mullo_epi32,
+        sub: _mm512_sub_epi32
+    );
+
+    vnni_tile!(
+        /// On ymm (AVX-VNNI): 8 columns a vector.
+        ///
+        /// # Safety
+        /// As `portable` with 8 lanes, on a CPU with AVX2 and AVX-VNNI.
+        avx_vnni, "avx2,avxvnni", 8, __m256i,
+        zero: _mm256_setzero_si256, load: _mm256_loadu_si256, store: _mm256_storeu_si256,
+        splat: _mm256_set1_epi32, dot: _mm256_dpbusd_avx_epi32, mul: _mm256_mullo_epi32,
+        sub: _mm256_sub_epi32
+    );
 }
