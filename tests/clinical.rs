@@ -63,19 +63,21 @@ fn run(name: &str, args: &[&str]) -> Run {
 }
 
 fn score(name: &str, model: &Path, input: &Path, output: &Path) -> Run {
-    run(
-        name,
-        &[
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ],
-    )
+    score_with(name, model, input, output, &["--device", "cpu"])
+}
+
+/// [`score`] with other options than `--device cpu`.
+fn score_with(name: &str, model: &Path, input: &Path, output: &Path, options: &[&str]) -> Run {
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(options);
+    run(name, &args)
 }
 
 fn read(path: &Path, name: &str) -> Tensor<f64> {
@@ -647,19 +649,7 @@ fn reduced_precision_scores_keep_the_decisions_of_f32() {
             for (precision, bound) in [("int8", 2e-2), ("f16", 2e-3)] {
                 let out = dir.join(format!("{name}.{precision}.safetensors"));
                 let (model, cohort) = (case(name, "model"), case(name, "cohort"));
-                let r = run(
-                    example_name,
-                    &[
-                        "--model",
-                        model.to_str().unwrap(),
-                        "--input",
-                        cohort.to_str().unwrap(),
-                        "--output",
-                        out.to_str().unwrap(),
-                        "--precision",
-                        precision,
-                    ],
-                );
+                let r = score_with(example_name, &model, &cohort, &out, &["--precision", precision]);
                 assert!(r.ok, "{example_name} {name} {precision}: {}", r.stderr);
                 assert!(
                     r.stdout.contains(&format!("CPU, {precision}")),
