@@ -177,8 +177,8 @@ impl ActivationScale {
 }
 
 /// `clamp(round(scaled) + zero_point, 0, 255)` as a byte (NaN gives 0). The
-/// fast path computes the same f32 value in vectors and converts it with
-/// this function's last line.
+/// fast path computes the same f32 value in vectors and stores it with
+/// `Simd::store_u8`, which makes the same byte of it (NaN included).
 #[inline(always)]
 pub fn code(scaled: f32, zero_point: f32) -> u8 {
     (scaled.round_ties_even() + zero_point).clamp(0.0, 255.0) as u8

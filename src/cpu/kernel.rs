@@ -277,12 +277,17 @@ fn column_start(columns: Columns, lanes: usize, nv: usize, p: usize, v: usize) -
 
 /// An entry type of packed weights, widened to f32 vectors by the product.
 trait PanelEntry: Copy {
+    /// The first entry of panel `p` of `panels` (stored in this type).
+    fn panel(panels: &Panels, p: usize) -> *const Self;
     /// # Safety
     /// `p` points to `S::LANES` readable entries.
     unsafe fn load<S: Simd>(s: S, p: *const Self) -> S::V;
 }
 
 impl PanelEntry for f32 {
+    fn panel(panels: &Panels, p: usize) -> *const f32 {
+        panels.panel(p)
+    }
     #[inline(always)]
     unsafe fn load<S: Simd>(s: S, p: *const f32) -> S::V {
         // SAFETY: forwarded.
@@ -291,6 +296,9 @@ impl PanelEntry for f32 {
 }
 
 impl PanelEntry for u16 {
+    fn panel(panels: &Panels, p: usize) -> *const u16 {
+        panels.panel_f16(p)
+    }
     #[inline(always)]
     unsafe fn load<S: Simd>(s: S, p: *const u16) -> S::V {
         // SAFETY: forwarded.
@@ -337,18 +345,16 @@ unsafe fn product<S: Simd, const M: usize, const NV: usize, W: PanelEntry>(
 }
 
 /// The sums of one f32 or f16 tile: rows `first .. first + M` of `ops`
-/// times the panel whose first packed row is at `b` (and the prefix's, at
-/// `b_prefix`).
+/// times panel `p` (the prefix's rows times the prefix's panel `p` first).
 ///
 /// # Safety
-/// As [`product`], for these rows and panel.
+/// As [`product`], for these rows; `p < count` and `k_offset + k <= k`.
 #[inline(always)]
 unsafe fn float_tile<S: Simd, const M: usize, const NV: usize, W: PanelEntry>(
     s: S,
     ops: &Operands<'_>,
     first: usize,
-    b: *const W,
-    b_prefix: *const W,
+    p: usize,
     sums: &mut [[S::V; NV]; M],
 ) {
     let mut acc = [[s.zero(); NV]; M];
@@ -356,9 +362,10 @@ unsafe fn float_tile<S: Simd, const M: usize, const NV: usize, W: PanelEntry>(
     unsafe {
         if let Some(prefix) = &ops.prefix {
             let a: [*const f32; M] = std::array::from_fn(|r| prefix.rows[first + r]);
-            product::<S, M, NV, W>(s, &mut acc, &a, prefix.k, b_prefix);
+            product::<S, M, NV, W>(s, &mut acc, &a, prefix.k, W::panel(prefix.weights, p));
         }
         let a: [*const f32; M] = std::array::from_fn(|r| ops.rows[first + r]);
+        let b = W::panel(ops.weights, p).add(ops.k_offset * NV * S::LANES);
         product::<S, M, NV, W>(s, &mut acc, &a, ops.k, b);
     }
     *sums = acc;
@@ -509,20 +516,11 @@ impl Tile<'_> {
     ) {
         let out = sums.first_chunk_mut::<M>().expect("M <= MAX_TILE_ROWS");
         let (ops, p) = (self.ops, self.panel);
-        let prefix = ops.prefix.as_ref();
-        // SAFETY: forwarded from the caller; p < count and k_offset + k <= k.
+        // SAFETY: forwarded from the caller.
         unsafe {
             match &ops.weights.data {
-                PanelData::F32(_) => {
-                    let b = ops.weights.panel(p).add(ops.k_offset * NV * S::LANES);
-                    let b_prefix = prefix.map_or(std::ptr::null(), |prefix| prefix.weights.panel(p));
-                    float_tile::<S, M, NV, f32>(s, ops, self.first, b, b_prefix, out)
-                }
-                PanelData::F16(_) => {
-                    let b = ops.weights.panel_f16(p).add(ops.k_offset * NV * S::LANES);
-                    let b_prefix = prefix.map_or(std::ptr::null(), |prefix| prefix.weights.panel_f16(p));
-                    float_tile::<S, M, NV, u16>(s, ops, self.first, b, b_prefix, out)
-                }
+                PanelData::F32(_) => float_tile::<S, M, NV, f32>(s, ops, self.first, p, out),
+                PanelData::F16(_) => float_tile::<S, M, NV, u16>(s, ops, self.first, p, out),
                 PanelData::Int8(_) => {
                     let block = self.int8.expect("int8 weights have their quantized block");
                     block.sums::<S, M, NV>(s, self.local, p, out)
