@@ -101,14 +101,13 @@ fn assert_close(what: &str, got: &Tensor<f64>, want: &Tensor<f64>, tol: f64) {
 
 const ICU_CASES: [&str; 3] = ["icu_seed", "icu_seed_varlen", "icu_wide_l3"];
 const HYBRID_CASES: [&str; 2] = ["hybrid_bert", "hybrid_minilm"];
+/// Each scoring example and the fixture cases it scores.
+const SCORERS: [(&str, &[&str]); 2] = [("icu_mortality", &ICU_CASES), ("hybrid_clinical", &HYBRID_CASES)];
 
 #[test]
 fn both_scorers_reproduce_pytorch_with_and_without_lengths() {
     let dir = temp_dir("pytorch");
-    for (example_name, cases) in [
-        ("icu_mortality", &ICU_CASES[..]),
-        ("hybrid_clinical", &HYBRID_CASES[..]),
-    ] {
+    for (example_name, cases) in SCORERS {
         for name in cases {
             let out = dir.join(format!("{name}.scores.safetensors"));
             let r = score(example_name, &case(name, "model"), &case(name, "cohort"), &out);
@@ -640,10 +639,7 @@ fn a_state_file_of_another_ward_or_cohort_is_refused() {
 #[test]
 fn reduced_precision_scores_keep_the_decisions_of_f32() {
     let dir = temp_dir("precision");
-    for (example_name, cases) in [
-        ("icu_mortality", &ICU_CASES[..]),
-        ("hybrid_clinical", &HYBRID_CASES[..]),
-    ] {
+    for (example_name, cases) in SCORERS {
         for name in cases {
             let want = read(&case(name, "expected"), "prob");
             for (precision, bound) in [("int8", 2e-2), ("f16", 2e-3)] {

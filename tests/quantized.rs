@@ -314,12 +314,18 @@ fn fixture_variant(file: &rnn_kernels::TensorFile, variant: &str) -> Option<Vec<
     Some(v)
 }
 
-/// The classifier head of a trained fixture on each row's last hidden state:
-/// softmax probabilities, one row of classes per sequence.
-fn head_probabilities(file: &rnn_kernels::TensorFile, h_n: &[f32], hidden: usize) -> Vec<Vec<f64>> {
+/// The classifier head of a trained fixture on each row's last hidden state
+/// (the last `batch · hidden` values of `h_n`, its last layer): softmax
+/// probabilities, one row of classes per sequence.
+fn head_probabilities(
+    file: &rnn_kernels::TensorFile,
+    h_n: &[f32],
+    batch: usize,
+    hidden: usize,
+) -> Vec<Vec<f64>> {
     let weight = fixture_tensor(file, "head.weight").unwrap();
     let bias = fixture_tensor(file, "head.bias").unwrap();
-    let last_layer = &h_n[h_n.len() - h_n.len() / 2..];
+    let last_layer = &h_n[h_n.len() - batch * hidden..];
     last_layer
         .chunks(hidden)
         .map(|h| {
@@ -351,13 +357,7 @@ fn argmax(p: &[f64]) -> usize {
 fn int8_and_f16_are_never_further_from_f32_than_pytorch_and_onnx_runtime() {
     use rnn_kernels::cpu::CpuRnn;
     use rnn_kernels::TensorFile;
-    let dir = common::fixtures_dir().join("quantized");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("tests/fixtures/quantized exists")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
+    let files = common::safetensors_files(&common::fixtures_dir().join("quantized"));
     assert!(
         files.len() >= 4,
         "expected the 4 quantized fixtures, found {}",
@@ -410,9 +410,15 @@ fn int8_and_f16_are_never_further_from_f32_than_pytorch_and_onnx_runtime() {
 
         if fixture_tensor(&file, "head.weight").is_some() {
             let hidden = weights.config().hidden_size;
-            let want = head_probabilities(&file, fixture_tensor(&file, "f32.h_n").unwrap().data(), hidden);
+            let batch = input.shape()[0]; // the fixtures are batch-first
+            let want = head_probabilities(
+                &file,
+                fixture_tensor(&file, "f32.h_n").unwrap().data(),
+                batch,
+                hidden,
+            );
             for (precision, out) in [(Precision::Int8, &int8), (Precision::F16, &f16)] {
-                let got = head_probabilities(&file, out.h_n.data(), hidden);
+                let got = head_probabilities(&file, out.h_n.data(), batch, hidden);
                 let same = got
                     .iter()
                     .zip(&want)

@@ -56,15 +56,21 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// Every per-case fixture written by `tests/fixtures/generate.py` (all but the ICU model).
-pub fn case_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-        .expect("tests/fixtures exists")
+/// The `.safetensors` files directly in `dir`, sorted by name.
+pub fn safetensors_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .filter(|p| !p.file_stem().unwrap().to_string_lossy().starts_with("icu_"))
         .collect();
     files.sort();
+    files
+}
+
+/// Every per-case fixture written by `tests/fixtures/generate.py` (all but the ICU model).
+pub fn case_files() -> Vec<PathBuf> {
+    let mut files = safetensors_files(&fixtures_dir());
+    files.retain(|p| !p.file_stem().unwrap().to_string_lossy().starts_with("icu_"));
     // The generator writes 19 cases; fewer means fixtures went missing.
     assert!(
         files.len() >= 19,
