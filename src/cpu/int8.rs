@@ -25,8 +25,12 @@ const MAX_LANES: usize = 16;
 pub enum DotKernel {
     /// VPDPBUSD on zmm (AVX512-VNNI), 16 columns a vector.
     Avx512Vnni,
+    /// VPMADDUBSW and VPMADDWD on zmm (AVX512-BW without VNNI).
+    Avx512Bw,
     /// VPDPBUSD on ymm (AVX-VNNI), 8 columns a vector.
     AvxVnni,
+    /// VPMADDUBSW and VPMADDWD on ymm (AVX2 without VNNI).
+    Avx2,
     /// Plain integer arithmetic, any width: correct everywhere, fast nowhere.
     Portable,
 }
@@ -34,24 +38,40 @@ pub enum DotKernel {
 impl DotKernel {
     /// The fastest kernel for vectors of `lanes` columns on this machine.
     pub fn choose(lanes: usize) -> DotKernel {
+        Self::runnable(lanes)[0]
+    }
+
+    /// Every kernel this machine runs for vectors of `lanes` columns, fastest first.
+    pub fn runnable(lanes: usize) -> Vec<DotKernel> {
+        let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if lanes == 16 && has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
-                return DotKernel::Avx512Vnni;
+            let avx512bw = has!("avx512f") && has!("avx512bw");
+            if lanes == 16 && avx512bw && has!("avx512vnni") {
+                kernels.push(DotKernel::Avx512Vnni);
+            }
+            if lanes == 16 && avx512bw {
+                kernels.push(DotKernel::Avx512Bw);
             }
             if lanes == 8 && has!("avx2") && has!("avxvnni") {
-                return DotKernel::AvxVnni;
+                kernels.push(DotKernel::AvxVnni);
+            }
+            if lanes == 8 && has!("avx2") {
+                kernels.push(DotKernel::Avx2);
             }
         }
-        DotKernel::Portable
+        kernels.push(DotKernel::Portable);
+        kernels
     }
 
     /// The name `rnnk info` prints.
     pub fn name(self) -> &'static str {
         match self {
             DotKernel::Avx512Vnni => "avx512-vnni",
+            DotKernel::Avx512Bw => "avx512bw",
             DotKernel::AvxVnni => "avx-vnni",
+            DotKernel::Avx2 => "avx2",
             DotKernel::Portable => "portable",
         }
     }
@@ -308,28 +328,16 @@ unsafe fn dequantized<S: Simd, const M: usize, const NV: usize>(
     let b = weights.panel_codes(panel);
     let code_sums = weights.sums[column..].as_ptr();
     // SAFETY: the rows have `groups·4` codes, the panel `groups·NV·L·4`,
-    // the sums NV·L; each kernel runs only where `choose` found its ISA.
+    // the sums NV·L; `choose` found the kernel on this machine.
     unsafe {
-        match weights.kernel {
-            #[cfg(target_arch = "x86_64")]
-            DotKernel::Avx512Vnni => {
-                x86::avx512_vnni::<M, NV>(&a, weights.groups, b, &zero_points, code_sums, &mut exact)
-            }
-            #[cfg(target_arch = "x86_64")]
-            DotKernel::AvxVnni => {
-                x86::avx_vnni::<M, NV>(&a, weights.groups, b, &zero_points, code_sums, &mut exact)
-            }
-            _ => portable::<M, NV>(
-                weights.lanes,
-                &a,
-                weights.groups,
-                b,
-                &zero_points,
-                code_sums,
-                &mut exact,
-            ),
-        }
-    }
+        exact_sums::<M, NV>(
+            weights.kernel,
+            weights.lanes,
+            (&a, weights.groups, b),
+            (&zero_points, code_sums),
+            &mut exact,
+        )
+    };
     let scales = weights.scales.as_slice()[column..].as_ptr();
     // Loops, not `array::from_fn`: a closure is compiled apart from the
     // `#[target_feature]` entry, and every vector operation in it would
@@ -343,6 +351,35 @@ unsafe fn dequantized<S: Simd, const M: usize, const NV: usize>(
                 let sum = s.mul(s.load_i32(exact[r][v].as_ptr()), scale);
                 out[r][v] = if add { s.add(out[r][v], sum) } else { sum };
             }
+        }
+    }
+}
+
+/// The tile's exact sums `Σ_k a[r][k]·b[k][v, lane] − zp[r]·sums[v·L + lane]`
+/// by `kernel`, into the first `lanes` lanes of each `out[r][v]`.
+///
+/// # Safety
+/// As [`portable`]'s; `kernel` is one of [`DotKernel::runnable`]`(lanes)`.
+#[inline(always)]
+unsafe fn exact_sums<const M: usize, const NV: usize>(
+    kernel: DotKernel,
+    lanes: usize,
+    (a, groups, b): (&[*const u8; M], usize, *const i8),
+    (zero_points, sums): (&[i32; M], *const i32),
+    out: &mut [[[i32; MAX_LANES]; NV]; M],
+) {
+    // SAFETY: forwarded; each x86 kernel runs only where `runnable` found its ISA.
+    unsafe {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx512Vnni => x86::avx512_vnni::<M, NV>(a, groups, b, zero_points, sums, out),
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx512Bw => x86::avx512_bw::<M, NV>(a, groups, b, zero_points, sums, out),
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::AvxVnni => x86::avx_vnni::<M, NV>(a, groups, b, zero_points, sums, out),
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx2 => x86::avx2::<M, NV>(a, groups, b, zero_points, sums, out),
+            _ => portable::<M, NV>(lanes, a, groups, b, zero_points, sums, out),
         }
     }
 }
@@ -388,13 +425,17 @@ mod x86 {
     use super::MAX_LANES;
     use std::arch::x86_64::*;
 
-    /// A VPDPBUSD tile kernel for one vector width: [`super::portable`]
-    /// with `M·NV` accumulators and, per group of four K rows, `NV` loads,
-    /// `M` broadcasts and `M·NV` VPDPBUSDs, then the zero-point correction.
-    macro_rules! vnni_tile {
+    /// A tile kernel for one vector width and one way to multiply bytes:
+    /// [`super::portable`] with `M·NV` accumulators and, per group of four K
+    /// rows, `NV` loads, `M` broadcasts (each made into `dot`'s operand
+    /// once) and `M·NV` dots, then the zero-point correction. A dot adds
+    /// `Σ (a − shift)·w` over the group's four codes; the correction takes
+    /// `(zp − shift)·Σw` away, which leaves `Σ a·w − zp·Σw`.
+    macro_rules! int8_tile {
         ($(#[$doc:meta])* $name:ident, $features:literal, $lanes:literal, $vector:ty,
          zero: $zero:ident, load: $load:ident, store: $store:ident, splat: $splat:ident,
-         dot: $dot:ident, mul: $mul:ident, sub: $sub:ident) => {
+         mul: $mul:ident, sub: $sub:ident, operand: $operand:ident, dot: $dot:ident,
+         shift: $shift:literal) => {
             $(#[$doc])*
             #[target_feature(enable = $features)]
             pub unsafe fn $name<const M: usize, const NV: usize>(
@@ -416,7 +457,7 @@ mod x86 {
                             *bv = $load(bg.add(v * BYTES).cast());
                         }
                         for r in 0..M {
-                            let x = $splat(a[r].add(4 * g).cast::<i32>().read_unaligned());
+                            let x = $operand($splat(a[r].add(4 * g).cast::<i32>().read_unaligned()));
                             for v in 0..NV {
                                 acc[r][v] = $dot(acc[r][v], x, bv[v]);
                             }
@@ -424,7 +465,7 @@ mod x86 {
                     }
                 }
                 for r in 0..M {
-                    let zp = $splat(zero_points[r]);
+                    let zp = $splat(zero_points[r] - $shift);
                     for v in 0..NV {
                         // SAFETY: NV·lanes sums; `out` holds at least `lanes` lanes a vector.
                         unsafe {
@@ -437,25 +478,184 @@ mod x86 {
         };
     }
 
-    vnni_tile!(
-        /// On zmm (AVX512-VNNI): 16 columns a vector.
+    /// VPDPBUSD takes the broadcast codes as they are.
+    #[inline(always)]
+    fn as_is<T>(x: T) -> T {
+        x
+    }
+
+    int8_tile!(
+        /// On zmm with VPDPBUSD (AVX512-VNNI): 16 columns a vector.
         ///
         /// # Safety
         /// As `portable` with 16 lanes, on a CPU with AVX-512F, BW and VNNI.
         avx512_vnni, "avx512f,avx512bw,avx512vnni", 16, __m512i,
         zero: _mm512_setzero_si512, load: _mm512_loadu_si512, store: _mm512_storeu_si512,
-        splat: _mm512_set1_epi32, dot: _mm512_dpbusd_epi32, mul: _mm512_mullo_epi32,
-        sub: _mm512_sub_epi32
+        splat: _mm512_set1_epi32, mul: _mm512_mullo_epi32, sub: _mm512_sub_epi32,
+        operand: as_is, dot: _mm512_dpbusd_epi32, shift: 0
     );
 
-    vnni_tile!(
-        /// On ymm (AVX-VNNI): 8 columns a vector.
+    int8_tile!(
+        /// On ymm with VPDPBUSD (AVX-VNNI): 8 columns a vector.
         ///
         /// # Safety
         /// As `portable` with 8 lanes, on a CPU with AVX2 and AVX-VNNI.
         avx_vnni, "avx2,avxvnni", 8, __m256i,
         zero: _mm256_setzero_si256, load: _mm256_loadu_si256, store: _mm256_storeu_si256,
-        splat: _mm256_set1_epi32, dot: _mm256_dpbusd_avx_epi32, mul: _mm256_mullo_epi32,
-        sub: _mm256_sub_epi32
+        splat: _mm256_set1_epi32, mul: _mm256_mullo_epi32, sub: _mm256_sub_epi32,
+        operand: as_is, dot: _mm256_dpbusd_avx_epi32, shift: 0
     );
+
+    // Without VNNI: VPMADDUBSW multiplies u8 by s8 and adds pairs into i16,
+    // saturating; u8 codes could overflow a pair (2·255·127 > 32767). Shifted
+    // to s8 (a − 128, magnitude ≤ 128) a pair stays within 2·128·127 = 32512,
+    // so the kernels multiply |a − 128| by the weights carrying a − 128's
+    // sign (weights are within ±127: their negation fits), then VPMADDWD by
+    // ones adds the pairs into i32: exact, as VPDPBUSD is.
+
+    /// A broadcast's codes shifted to s8: their magnitude, and the shifted
+    /// codes whose signs the weights take.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn avx2_operand(x: __m256i) -> (__m256i, __m256i) {
+        let shifted = _mm256_xor_si256(x, _mm256_set1_epi8(i8::MIN));
+        (_mm256_abs_epi8(shifted), shifted)
+    }
+
+    /// `acc + Σ (a − 128)·w` over each lane's four codes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn avx2_dot(acc: __m256i, (magnitude, shifted): (__m256i, __m256i), w: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(w, shifted));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    /// As [`avx2_operand`], the signs as a mask (AVX-512 has no VPSIGNB).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn avx512_bw_operand(x: __m512i) -> (__m512i, __mmask64) {
+        let shifted = _mm512_xor_si512(x, _mm512_set1_epi8(i8::MIN));
+        (_mm512_abs_epi8(shifted), _mm512_movepi8_mask(shifted))
+    }
+
+    /// As [`avx2_dot`] on zmm.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn avx512_bw_dot(acc: __m512i, (magnitude, negative): (__m512i, __mmask64), w: __m512i) -> __m512i {
+        let signed = _mm512_mask_sub_epi8(w, negative, _mm512_setzero_si512(), w);
+        let pairs = _mm512_maddubs_epi16(magnitude, signed);
+        _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))
+    }
+
+    int8_tile!(
+        /// On zmm without VNNI (AVX512-BW): 16 columns a vector.
+        ///
+        /// # Safety
+        /// As `portable` with 16 lanes, on a CPU with AVX-512F and BW.
+        avx512_bw, "avx512f,avx512bw", 16, __m512i,
+        zero: _mm512_setzero_si512, load: _mm512_loadu_si512, store: _mm512_storeu_si512,
+        splat: _mm512_set1_epi32, mul: _mm512_mullo_epi32, sub: _mm512_sub_epi32,
+        operand: avx512_bw_operand, dot: avx512_bw_dot, shift: 128
+    );
+
+    int8_tile!(
+        /// On ymm without VNNI (AVX2): 8 columns a vector.
+        ///
+        /// # Safety
+        /// As `portable` with 8 lanes, on a CPU with AVX2.
+        avx2, "avx2", 8, __m256i,
+        zero: _mm256_setzero_si256, load: _mm256_loadu_si256, store: _mm256_storeu_si256,
+        splat: _mm256_set1_epi32, mul: _mm256_mullo_epi32, sub: _mm256_sub_epi32,
+        operand: avx2_operand, dot: avx2_dot, shift: 128
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::rng::SplitMix64;
+
+    /// A code in `low ..= high`, the ends three times in ten: the ends are
+    /// where a 16-bit pair sum would saturate.
+    fn code(rng: &mut SplitMix64, low: i32, high: i32) -> i32 {
+        match rng.next_u64() % 10 {
+            0 => low,
+            1 | 2 => high,
+            _ => low + (rng.next_u64() % (high - low + 1) as u64) as i32,
+        }
+    }
+
+    /// Every kernel this machine runs gives the portable loop's sums, on
+    /// random codes and on the extremes (u8 0 and 255, s8 ±127).
+    fn kernels_agree<const M: usize, const NV: usize>(lanes: usize, groups: usize, rng: &mut SplitMix64) {
+        let rows: Vec<Vec<u8>> = (0..M)
+            .map(|_| (0..4 * groups).map(|_| code(rng, 0, 255) as u8).collect())
+            .collect();
+        let weights: Vec<i8> = (0..groups * NV * lanes * 4)
+            .map(|_| code(rng, -127, 127) as i8)
+            .collect();
+        // Each column's code sum, as `Int8Panels::set_column` keeps it (the
+        // kernels without VNNI rely on it being the true sum).
+        let sums: Vec<i32> = (0..NV * lanes)
+            .map(|column| {
+                (0..4 * groups)
+                    .map(|k| weights[((k / 4 * NV * lanes) + column) * 4 + k % 4] as i32)
+                    .sum()
+            })
+            .collect();
+        let zero_points: [i32; M] = std::array::from_fn(|_| code(rng, 0, 255));
+        let a: [*const u8; M] = std::array::from_fn(|r| rows[r].as_ptr());
+        let operands = (&a, groups, weights.as_ptr());
+        let mut want = [[[0i32; MAX_LANES]; NV]; M];
+        // SAFETY: the buffers have the sizes `portable` asks for.
+        unsafe {
+            portable::<M, NV>(
+                lanes,
+                &a,
+                groups,
+                weights.as_ptr(),
+                &zero_points,
+                sums.as_ptr(),
+                &mut want,
+            )
+        };
+        for kernel in DotKernel::runnable(lanes) {
+            let mut got = [[[i32::MIN; MAX_LANES]; NV]; M];
+            // SAFETY: as above; `runnable` lists what this machine runs.
+            unsafe { exact_sums::<M, NV>(kernel, lanes, operands, (&zero_points, sums.as_ptr()), &mut got) };
+            for r in 0..M {
+                for v in 0..NV {
+                    assert_eq!(
+                        got[r][v][..lanes],
+                        want[r][v][..lanes],
+                        "{} with {M} rows, {NV} vectors, {groups} groups: row {r}, vector {v}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_gives_the_exact_integer_sums() {
+        let mut rng = SplitMix64::new(2026);
+        for lanes in [8, 16] {
+            for groups in [1, 2, 17, 64] {
+                kernels_agree::<1, 1>(lanes, groups, &mut rng);
+                kernels_agree::<2, 4>(lanes, groups, &mut rng);
+                kernels_agree::<3, 3>(lanes, groups, &mut rng);
+                kernels_agree::<8, 2>(lanes, groups, &mut rng);
+            }
+        }
+    }
+
+    #[test]
+    fn the_machine_runs_a_vector_kernel_where_it_can() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert_ne!(DotKernel::choose(8), DotKernel::Portable);
+        }
+        assert_eq!(DotKernel::runnable(4), [DotKernel::Portable]);
+    }
 }
