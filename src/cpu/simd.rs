@@ -357,219 +357,195 @@ mod x86 {
     use super::Simd;
     use std::arch::x86_64::*;
 
-    /// AVX-512F. Only [`super::Isa::token`] makes one, after detection.
+    /// AVX-512F. Only [`super::Isa::avx512_token`] makes one, after detection.
     #[derive(Clone, Copy, Debug)]
     pub struct Avx512(pub(super) ());
 
-    /// AVX2, FMA and F16C. Only [`super::Isa::token`] makes one, after detection.
+    /// AVX2, FMA and F16C. Only [`super::Isa::avx2_token`] makes one, after detection.
     #[derive(Clone, Copy, Debug)]
     pub struct Avx2(pub(super) ());
 
-    // SAFETY (every intrinsic call below): an `Avx512` value exists only
-    // when the CPU has AVX-512F, and these methods are inlined into
-    // `#[target_feature(enable = "avx512f")]` entry points.
-    impl Simd for Avx512 {
-        type V = __m512;
-        const LANES: usize = 16;
+    /// `impl Simd` for one x86 vector width. The operations that are the
+    /// same instruction at every width are written here once, from the
+    /// width's intrinsics; those that differ (the reductions, the
+    /// comparisons, the narrowing stores) come in `specific`.
+    ///
+    /// SAFETY (every intrinsic call): a token value exists only when the CPU
+    /// has the width's features (`Isa::avx512_token`, `Isa::avx2_token`),
+    /// and these methods are inlined into the `#[target_feature]` entry
+    /// points that `run` leads to.
+    macro_rules! x86_simd {
+        ($token:ident, $vector:ty, $lanes:literal, run: $run:ident,
+         set1: $set1:ident, loadu: $loadu:ident, storeu: $storeu:ident,
+         load_int: $load_int:ident, int_to_float: $int_to_float:ident,
+         add: $add:ident, sub: $sub:ident, mul: $mul:ident, div: $div:ident, fmadd: $fmadd:ident,
+         max: $max:ident, min: $min:ident, float_to_int: $float_to_int:ident,
+         add_int: $add_int:ident, set1_int: $set1_int:ident, shift_left_int: $shift_left_int:ident,
+         int_as_float: $int_as_float:ident,
+         specific: { $($specific:tt)* }) => {
+            impl Simd for $token {
+                type V = $vector;
+                const LANES: usize = $lanes;
 
-        #[inline(always)]
-        fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
-            super::run_avx512(
-                self,
                 #[inline(always)]
-                |_| f(),
-            )
-        }
+                fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+                    super::$run(
+                        self,
+                        #[inline(always)]
+                        |_| f(),
+                    )
+                }
 
-        #[inline(always)]
-        fn splat(self, x: f32) -> __m512 {
-            unsafe { _mm512_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn load(self, p: *const f32) -> __m512 {
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32, v: __m512) {
-            unsafe { _mm512_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn load_f16(self, p: *const u16) -> __m512 {
-            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
-        }
-        #[inline(always)]
-        unsafe fn load_i32(self, p: *const i32) -> __m512 {
-            unsafe { _mm512_cvtepi32_ps(_mm512_loadu_si512(p.cast())) }
-        }
-        #[inline(always)]
-        fn add(self, a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn sub(self, a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        fn mul(self, a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        fn div(self, a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_div_ps(a, b) }
-        }
-        #[inline(always)]
-        fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        fn max_keep_nan(self, floor: __m512, x: __m512) -> __m512 {
-            // MAXPS returns its second operand when either is NaN.
-            unsafe { _mm512_max_ps(floor, x) }
-        }
-        #[inline(always)]
-        fn min_keep_nan(self, ceil: __m512, x: __m512) -> __m512 {
-            unsafe { _mm512_min_ps(ceil, x) }
-        }
-        #[inline(always)]
-        fn round(self, x: __m512) -> __m512 {
-            unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
-        }
-        #[inline(always)]
-        fn pow2i(self, n: __m512) -> __m512 {
-            unsafe {
-                let biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-                _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased))
+                #[inline(always)]
+                fn splat(self, x: f32) -> $vector {
+                    unsafe { $set1(x) }
+                }
+                #[inline(always)]
+                unsafe fn load(self, p: *const f32) -> $vector {
+                    unsafe { $loadu(p) }
+                }
+                #[inline(always)]
+                unsafe fn store(self, p: *mut f32, v: $vector) {
+                    unsafe { $storeu(p, v) }
+                }
+                #[inline(always)]
+                unsafe fn load_i32(self, p: *const i32) -> $vector {
+                    unsafe { $int_to_float($load_int(p.cast())) }
+                }
+                #[inline(always)]
+                fn add(self, a: $vector, b: $vector) -> $vector {
+                    unsafe { $add(a, b) }
+                }
+                #[inline(always)]
+                fn sub(self, a: $vector, b: $vector) -> $vector {
+                    unsafe { $sub(a, b) }
+                }
+                #[inline(always)]
+                fn mul(self, a: $vector, b: $vector) -> $vector {
+                    unsafe { $mul(a, b) }
+                }
+                #[inline(always)]
+                fn div(self, a: $vector, b: $vector) -> $vector {
+                    unsafe { $div(a, b) }
+                }
+                #[inline(always)]
+                fn fma(self, a: $vector, b: $vector, c: $vector) -> $vector {
+                    unsafe { $fmadd(a, b, c) }
+                }
+                #[inline(always)]
+                fn max_keep_nan(self, floor: $vector, x: $vector) -> $vector {
+                    // MAXPS returns its second operand when either is NaN.
+                    unsafe { $max(floor, x) }
+                }
+                #[inline(always)]
+                fn min_keep_nan(self, ceil: $vector, x: $vector) -> $vector {
+                    unsafe { $min(ceil, x) }
+                }
+                #[inline(always)]
+                fn pow2i(self, n: $vector) -> $vector {
+                    unsafe {
+                        let biased = $add_int($float_to_int(n), $set1_int(127));
+                        $int_as_float($shift_left_int::<23>(biased))
+                    }
+                }
+
+                $($specific)*
             }
-        }
-        #[inline(always)]
-        fn select_lt(self, a: __m512, b: __m512, yes: __m512, no: __m512) -> __m512 {
-            unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b), no, yes) }
-        }
-        #[inline(always)]
-        fn min_max_lanes(self, lo: __m512, hi: __m512) -> (f32, f32) {
-            unsafe { (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)) }
-        }
-        #[inline(always)]
-        fn any_nan(self, v: __m512) -> bool {
-            unsafe { _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v) != 0 }
-        }
-        #[inline(always)]
-        unsafe fn store_u8(self, p: *mut u8, v: __m512) {
-            // NaN truncates to 0x8000_0000, whose low byte is 0.
-            unsafe { _mm_storeu_si128(p.cast(), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v))) }
-        }
+        };
     }
 
-    // SAFETY (every intrinsic call below): an `Avx2` value exists only when
-    // the CPU has AVX2, FMA and F16C, and these methods are inlined into
-    // `#[target_feature(enable = "avx2,fma,f16c")]` entry points.
-    impl Simd for Avx2 {
-        type V = __m256;
-        const LANES: usize = 8;
+    x86_simd!(
+        Avx512, __m512, 16, run: run_avx512,
+        set1: _mm512_set1_ps, loadu: _mm512_loadu_ps, storeu: _mm512_storeu_ps,
+        load_int: _mm512_loadu_si512, int_to_float: _mm512_cvtepi32_ps,
+        add: _mm512_add_ps, sub: _mm512_sub_ps, mul: _mm512_mul_ps, div: _mm512_div_ps,
+        fmadd: _mm512_fmadd_ps, max: _mm512_max_ps, min: _mm512_min_ps,
+        float_to_int: _mm512_cvtps_epi32, add_int: _mm512_add_epi32,
+        set1_int: _mm512_set1_epi32, shift_left_int: _mm512_slli_epi32,
+        int_as_float: _mm512_castsi512_ps,
+        specific: {
+            #[inline(always)]
+            unsafe fn load_f16(self, p: *const u16) -> __m512 {
+                unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+            }
+            #[inline(always)]
+            fn round(self, x: __m512) -> __m512 {
+                unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
+            }
+            #[inline(always)]
+            fn select_lt(self, a: __m512, b: __m512, yes: __m512, no: __m512) -> __m512 {
+                unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b), no, yes) }
+            }
+            #[inline(always)]
+            fn min_max_lanes(self, lo: __m512, hi: __m512) -> (f32, f32) {
+                unsafe { (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)) }
+            }
+            #[inline(always)]
+            fn any_nan(self, v: __m512) -> bool {
+                unsafe { _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v) != 0 }
+            }
+            #[inline(always)]
+            unsafe fn store_u8(self, p: *mut u8, v: __m512) {
+                // NaN truncates to 0x8000_0000, whose low byte is 0.
+                unsafe { _mm_storeu_si128(p.cast(), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v))) }
+            }
+        }
+    );
 
-        #[inline(always)]
-        fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
-            super::run_avx2(
-                self,
-                #[inline(always)]
-                |_| f(),
-            )
-        }
-
-        #[inline(always)]
-        fn splat(self, x: f32) -> __m256 {
-            unsafe { _mm256_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn load(self, p: *const f32) -> __m256 {
-            unsafe { _mm256_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32, v: __m256) {
-            unsafe { _mm256_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn load_f16(self, p: *const u16) -> __m256 {
-            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
-        }
-        #[inline(always)]
-        unsafe fn load_i32(self, p: *const i32) -> __m256 {
-            unsafe { _mm256_cvtepi32_ps(_mm256_loadu_si256(p.cast())) }
-        }
-        #[inline(always)]
-        fn add(self, a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn sub(self, a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        fn mul(self, a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        fn div(self, a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_div_ps(a, b) }
-        }
-        #[inline(always)]
-        fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
-            unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        fn max_keep_nan(self, floor: __m256, x: __m256) -> __m256 {
-            unsafe { _mm256_max_ps(floor, x) }
-        }
-        #[inline(always)]
-        fn min_keep_nan(self, ceil: __m256, x: __m256) -> __m256 {
-            unsafe { _mm256_min_ps(ceil, x) }
-        }
-        #[inline(always)]
-        fn round(self, x: __m256) -> __m256 {
-            unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
-        }
-        #[inline(always)]
-        fn pow2i(self, n: __m256) -> __m256 {
-            unsafe {
-                let biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased))
+    x86_simd!(
+        Avx2, __m256, 8, run: run_avx2,
+        set1: _mm256_set1_ps, loadu: _mm256_loadu_ps, storeu: _mm256_storeu_ps,
+        load_int: _mm256_loadu_si256, int_to_float: _mm256_cvtepi32_ps,
+        add: _mm256_add_ps, sub: _mm256_sub_ps, mul: _mm256_mul_ps, div: _mm256_div_ps,
+        fmadd: _mm256_fmadd_ps, max: _mm256_max_ps, min: _mm256_min_ps,
+        float_to_int: _mm256_cvtps_epi32, add_int: _mm256_add_epi32,
+        set1_int: _mm256_set1_epi32, shift_left_int: _mm256_slli_epi32,
+        int_as_float: _mm256_castsi256_ps,
+        specific: {
+            #[inline(always)]
+            unsafe fn load_f16(self, p: *const u16) -> __m256 {
+                unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+            }
+            #[inline(always)]
+            fn round(self, x: __m256) -> __m256 {
+                unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
+            }
+            #[inline(always)]
+            fn select_lt(self, a: __m256, b: __m256, yes: __m256, no: __m256) -> __m256 {
+                unsafe { _mm256_blendv_ps(no, yes, _mm256_cmp_ps::<_CMP_LT_OQ>(a, b)) }
+            }
+            #[inline(always)]
+            fn min_max_lanes(self, lo: __m256, hi: __m256) -> (f32, f32) {
+                unsafe {
+                    // Halve the vector three times: 8 lanes, 4, 2, 1.
+                    let lo = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps::<1>(lo));
+                    let hi = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps::<1>(hi));
+                    let lo = _mm_min_ps(lo, _mm_movehl_ps(lo, lo));
+                    let hi = _mm_max_ps(hi, _mm_movehl_ps(hi, hi));
+                    let lo = _mm_min_ss(lo, _mm_movehdup_ps(lo));
+                    let hi = _mm_max_ss(hi, _mm_movehdup_ps(hi));
+                    (_mm_cvtss_f32(lo), _mm_cvtss_f32(hi))
+                }
+            }
+            #[inline(always)]
+            fn any_nan(self, v: __m256) -> bool {
+                unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)) != 0 }
+            }
+            #[inline(always)]
+            unsafe fn store_u8(self, p: *mut u8, v: __m256) {
+                unsafe {
+                    // NaN truncates to i32::MIN, which the unsigned saturating packs make 0.
+                    let words = _mm256_packus_epi32(_mm256_cvttps_epi32(v), _mm256_setzero_si256());
+                    let bytes = _mm256_packus_epi16(words, _mm256_setzero_si256());
+                    // Bytes 0..4 of each 128-bit half hold lanes 0..4 and 4..8.
+                    let low = _mm_cvtsi128_si32(_mm256_castsi256_si128(bytes)) as u32;
+                    let high = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(bytes)) as u32;
+                    p.cast::<u64>()
+                        .write_unaligned(u64::from(low) | u64::from(high) << 32);
+                }
             }
         }
-        #[inline(always)]
-        fn select_lt(self, a: __m256, b: __m256, yes: __m256, no: __m256) -> __m256 {
-            unsafe { _mm256_blendv_ps(no, yes, _mm256_cmp_ps::<_CMP_LT_OQ>(a, b)) }
-        }
-        #[inline(always)]
-        fn min_max_lanes(self, lo: __m256, hi: __m256) -> (f32, f32) {
-            unsafe {
-                // Halve the vector three times: 8 lanes, 4, 2, 1.
-                let lo = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps::<1>(lo));
-                let hi = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps::<1>(hi));
-                let lo = _mm_min_ps(lo, _mm_movehl_ps(lo, lo));
-                let hi = _mm_max_ps(hi, _mm_movehl_ps(hi, hi));
-                let lo = _mm_min_ss(lo, _mm_movehdup_ps(lo));
-                let hi = _mm_max_ss(hi, _mm_movehdup_ps(hi));
-                (_mm_cvtss_f32(lo), _mm_cvtss_f32(hi))
-            }
-        }
-        #[inline(always)]
-        fn any_nan(self, v: __m256) -> bool {
-            unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)) != 0 }
-        }
-        #[inline(always)]
-        unsafe fn store_u8(self, p: *mut u8, v: __m256) {
-            unsafe {
-                // NaN truncates to i32::MIN, which the unsigned saturating packs make 0.
-                let words = _mm256_packus_epi32(_mm256_cvttps_epi32(v), _mm256_setzero_si256());
-                let bytes = _mm256_packus_epi16(words, _mm256_setzero_si256());
-                // Bytes 0..4 of each 128-bit half hold lanes 0..4 and 4..8.
-                let low = _mm_cvtsi128_si32(_mm256_castsi256_si128(bytes)) as u32;
-                let high = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(bytes)) as u32;
-                p.cast::<u64>()
-                    .write_unaligned(u64::from(low) | u64::from(high) << 32);
-            }
-        }
-    }
+    );
 }
 
 /// Runs `$body` with `$s` bound to the token of `$isa`, inside a function
