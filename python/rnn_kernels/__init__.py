@@ -13,7 +13,11 @@ The numpy API::
 
 A model runs on the GPU when ``device="auto"`` finds one, else on the fast CPU
 path (``threads`` of them). Computation is in float32: float16 and float64
-inputs are converted, other dtypes refused. Errors are Python exceptions with
+inputs are converted, other dtypes refused. ``precision="int8"`` (8-bit
+weights and activations, as ``torch.ao.quantization.quantize_dynamic`` but
+scaled per batch row) or ``"f16"`` (16-bit weights) prepares a smaller model
+for inference on the CPU; the README's "Reduced precision" gives its errors
+and speed. Errors are Python exceptions with
 the crate's one-line messages: ``ValueError`` for a shape or a configuration,
 ``TypeError`` for a dtype, ``FileNotFoundError`` and other ``OSError`` for
 files, ``MemoryError`` for a request larger than the machine.

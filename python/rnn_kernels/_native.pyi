@@ -9,6 +9,7 @@ _Array = npt.ArrayLike
 _F32 = npt.NDArray[np.float32]
 _Cell = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
 _Device = Literal["auto", "cpu", "cuda"]
+_Precision = Literal["f32", "int8", "f16"]
 
 class Rnn:
     @staticmethod
@@ -22,6 +23,7 @@ class Rnn:
         dropout: float | None = None,
         device: _Device = "auto",
         threads: int | None = None,
+        precision: _Precision = "f32",
     ) -> Rnn: ...
     @staticmethod
     def from_state_dict(
@@ -34,6 +36,7 @@ class Rnn:
         dropout: float | None = None,
         device: _Device = "auto",
         threads: int | None = None,
+        precision: _Precision = "f32",
     ) -> Rnn: ...
     def forward(
         self,

@@ -21,7 +21,8 @@ use rnn_kernels::facts::{load_weights, Assumed, ModelFacts};
 use rnn_kernels::tensor_file::{OwnedTensor, StoredDtype};
 use rnn_kernels::weights::describe;
 use rnn_kernels::{
-    CellKind, Error, ForwardInput, ForwardOutput, GradOutputs, RnnConfig, State, Tensor, TensorFile, Weights,
+    CellKind, Error, ForwardInput, ForwardOutput, GradOutputs, Precision, RnnConfig, State, Tensor,
+    TensorFile, Weights,
 };
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -198,12 +199,13 @@ impl Rnn {
         file: &TensorFile,
         prefix: Option<&str>,
         facts: ModelFacts,
-        device: &str,
-        threads: Option<usize>,
+        (device, threads, precision): (&str, Option<usize>, &str),
     ) -> PyResult<Self> {
         let device: Device = device.parse().map_err(py_err)?;
+        let precision: Precision = precision.parse().map_err(py_err)?;
         let (weights, assumed) = load_weights::<f32>(file, prefix, &facts).map_err(py_err)?;
-        let (backend, backend_line) = Backend::choose(device, &weights, threads).map_err(py_err)?;
+        let (backend, backend_line) =
+            Backend::choose_in(device, &weights, threads, precision).map_err(py_err)?;
         Ok(Rnn {
             config: weights.config().clone(),
             backend: Mutex::new(backend),
@@ -231,9 +233,11 @@ fn model_facts(
 impl Rnn {
     /// The network in a safetensors file (`state_dict` saved with
     /// `safetensors.torch.save_file`); `prefix` picks one module of a whole
-    /// model (`"lstm"`).
+    /// model (`"lstm"`). `precision="int8"` or `"f16"` prepares the weights
+    /// in that format for inference on the CPU (the README's "Reduced
+    /// precision"); such a model refuses training.
     #[staticmethod]
-    #[pyo3(signature = (path, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None))]
+    #[pyo3(signature = (path, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None, precision="f32"))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -245,13 +249,14 @@ impl Rnn {
         dropout: Option<f64>,
         device: &str,
         threads: Option<usize>,
+        precision: &str,
     ) -> PyResult<Self> {
         let facts = model_facts(batch_first, cell, gru_original, dropout)?;
         let prefix = prefix.map(str::to_owned);
-        let device = device.to_owned();
+        let (device, precision) = (device.to_owned(), precision.to_owned());
         py.detach(move || {
             let file = TensorFile::open(&path).map_err(py_err)?;
-            Rnn::prepare(&file, prefix.as_deref(), facts, &device, threads)
+            Rnn::prepare(&file, prefix.as_deref(), facts, (&device, threads, &precision))
         })
     }
 
@@ -259,7 +264,7 @@ impl Rnn {
     /// (numpy arrays, or anything `numpy.asarray` takes, torch CPU tensors
     /// included).
     #[staticmethod]
-    #[pyo3(signature = (state_dict, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None))]
+    #[pyo3(signature = (state_dict, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None, precision="f32"))]
     #[allow(clippy::too_many_arguments)]
     fn from_state_dict(
         py: Python<'_>,
@@ -271,6 +276,7 @@ impl Rnn {
         dropout: Option<f64>,
         device: &str,
         threads: Option<usize>,
+        precision: &str,
     ) -> PyResult<Self> {
         let facts = model_facts(batch_first, cell, gru_original, dropout)?;
         let numpy = py.import("numpy")?;
@@ -300,11 +306,11 @@ impl Rnn {
             tensors.push((name, tensor));
         }
         let prefix = prefix.map(str::to_owned);
-        let device = device.to_owned();
+        let (device, precision) = (device.to_owned(), precision.to_owned());
         py.detach(move || {
             let file =
                 TensorFile::from_tensors("the state_dict", &tensors, HashMap::new()).map_err(py_err)?;
-            Rnn::prepare(&file, prefix.as_deref(), facts, &device, threads)
+            Rnn::prepare(&file, prefix.as_deref(), facts, (&device, threads, &precision))
         })
     }
 

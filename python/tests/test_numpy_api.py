@@ -231,3 +231,46 @@ def test_set_weights_repacks_in_place() -> None:
         model.set_weights({k: v for k, v in weights.items() if k != "bias_ih_l0"})
     with pytest.raises(ValueError, match="weight_ih_l1"):
         model.set_weights({**weights, "weight_ih_l1": weights["weight_ih_l0"]})
+
+
+@pytest.mark.parametrize(("precision", "bound"), [("int8", 2e-2), ("f16", 2e-3)])
+def test_reduced_precision_models(tmp_path: Path, precision: str, bound: float) -> None:
+    """int8 and f16 models stay within the scheme's bounds of f32 over 48
+    steps, step as they run whole sequences, and refuse what they cannot do."""
+    path = lstm_file(tmp_path)
+    exact = rnn_kernels.Rnn.load(path, device="cpu", threads=2)
+    model = rnn_kernels.Rnn.load(path, device="cpu", threads=2, precision=precision)
+    assert precision in model.info and precision not in exact.info
+    x = np.random.default_rng(4).standard_normal((48, 5, 5), dtype=np.float32)
+    lengths = [48, 30, 1, 48, 17]
+    got, want = model.forward(x, lengths=lengths), exact.forward(x, lengths=lengths)
+    for g, w in zip(got, want, strict=True):
+        assert np.abs(g - w).max() <= bound
+    assert np.abs(got[0] - want[0]).max() > 0  # the format is really in use
+    ward = model.streams(5)
+    output = model.forward(x)[0]
+    # Stepping sums a step's products in another order than the whole
+    # sequence does: a value within an ulp of a code boundary may take the
+    # neighbouring code, so the two agree to 1e-5 at first and 2e-3 over 48
+    # steps (the crate's own tests allow the same).
+    np.testing.assert_allclose(ward.step(x[0]), output[0], rtol=0, atol=1e-5)
+    for t in range(1, 48):
+        np.testing.assert_allclose(ward.step(x[t]), output[t], rtol=0, atol=2e-3)
+    # New weights are prepared in the model's format.
+    from safetensors.numpy import load_file
+
+    halved = {k: v / 2 for k, v in load_file(str(path)).items()}
+    model.set_weights(halved)
+    exact.set_weights(halved)
+    assert precision in model.info
+    got, want = model.forward(x)[0], exact.forward(x)[0]
+    assert 0 < np.abs(got - want).max() <= bound
+    with pytest.raises(RuntimeError, match="for inference only"):
+        model.forward_train(x)
+    with pytest.raises(RuntimeError, match="CPU only"):
+        rnn_kernels.Rnn.load(path, device="cuda", precision=precision)
+
+
+def test_unknown_precision_is_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown precision"):
+        rnn_kernels.Rnn.load(lstm_file(tmp_path), precision="int4")
