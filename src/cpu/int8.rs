@@ -430,8 +430,23 @@ mod x86 {
     /// rows, `NV` loads, `M` broadcasts (each made into `dot`'s operand
     /// once) and `M·NV` dots, then the zero-point correction. A dot adds
     /// `Σ (a − shift)·w` over the group's four codes; the correction takes
-    /// `(zp − shift)·Σw` away, which leaves `Σ a·w − zp·Σw`.
+    /// `(zp − shift)·Σw` away, which leaves `Σ a·w − zp·Σw`. A width
+    /// (`zmm` or `ymm`) names its vector type and integer intrinsics once.
     macro_rules! int8_tile {
+        ($(#[$doc:meta])* $name:ident, $features:literal, zmm,
+         operand: $operand:ident, dot: $dot:ident, shift: $shift:literal) => {
+            int8_tile!($(#[$doc])* $name, $features, 16, __m512i,
+                zero: _mm512_setzero_si512, load: _mm512_loadu_si512, store: _mm512_storeu_si512,
+                splat: _mm512_set1_epi32, mul: _mm512_mullo_epi32, sub: _mm512_sub_epi32,
+                operand: $operand, dot: $dot, shift: $shift);
+        };
+        ($(#[$doc:meta])* $name:ident, $features:literal, ymm,
+         operand: $operand:ident, dot: $dot:ident, shift: $shift:literal) => {
+            int8_tile!($(#[$doc])* $name, $features, 8, __m256i,
+                zero: _mm256_setzero_si256, load: _mm256_loadu_si256, store: _mm256_storeu_si256,
+                splat: _mm256_set1_epi32, mul: _mm256_mullo_epi32, sub: _mm256_sub_epi32,
+                operand: $operand, dot: $dot, shift: $shift);
+        };
         ($(#[$doc:meta])* $name:ident, $features:literal, $lanes:literal, $vector:ty,
          zero: $zero:ident, load: $load:ident, store: $store:ident, splat: $splat:ident,
          mul: $mul:ident, sub: $sub:ident, operand: $operand:ident, dot: $dot:ident,
@@ -489,9 +504,7 @@ mod x86 {
         ///
         /// # Safety
         /// As `portable` with 16 lanes, on a CPU with AVX-512F, BW and VNNI.
-        avx512_vnni, "avx512f,avx512bw,avx512vnni", 16, __m512i,
-        zero: _mm512_setzero_si512, load: _mm512_loadu_si512, store: _mm512_storeu_si512,
-        splat: _mm512_set1_epi32, mul: _mm512_mullo_epi32, sub: _mm512_sub_epi32,
+        avx512_vnni, "avx512f,avx512bw,avx512vnni", zmm,
         operand: as_is, dot: _mm512_dpbusd_epi32, shift: 0
     );
 
@@ -500,9 +513,7 @@ mod x86 {
         ///
         /// # Safety
         /// As `portable` with 8 lanes, on a CPU with AVX2 and AVX-VNNI.
-        avx_vnni, "avx2,avxvnni", 8, __m256i,
-        zero: _mm256_setzero_si256, load: _mm256_loadu_si256, store: _mm256_storeu_si256,
-        splat: _mm256_set1_epi32, mul: _mm256_mullo_epi32, sub: _mm256_sub_epi32,
+        avx_vnni, "avx2,avxvnni", ymm,
         operand: as_is, dot: _mm256_dpbusd_avx_epi32, shift: 0
     );
 
@@ -552,9 +563,7 @@ mod x86 {
         ///
         /// # Safety
         /// As `portable` with 16 lanes, on a CPU with AVX-512F and BW.
-        avx512_bw, "avx512f,avx512bw", 16, __m512i,
-        zero: _mm512_setzero_si512, load: _mm512_loadu_si512, store: _mm512_storeu_si512,
-        splat: _mm512_set1_epi32, mul: _mm512_mullo_epi32, sub: _mm512_sub_epi32,
+        avx512_bw, "avx512f,avx512bw", zmm,
         operand: avx512_bw_operand, dot: avx512_bw_dot, shift: 128
     );
 
@@ -563,9 +572,7 @@ mod x86 {
         ///
         /// # Safety
         /// As `portable` with 8 lanes, on a CPU with AVX2.
-        avx2, "avx2", 8, __m256i,
-        zero: _mm256_setzero_si256, load: _mm256_loadu_si256, store: _mm256_storeu_si256,
-        splat: _mm256_set1_epi32, mul: _mm256_mullo_epi32, sub: _mm256_sub_epi32,
+        avx2, "avx2", ymm,
         operand: avx2_operand, dot: avx2_dot, shift: 128
     );
 }
