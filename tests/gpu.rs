@@ -1013,19 +1013,33 @@ fn same(got: &[f32], expected: &[f32], what: &str) {
 
 /// `forward_device` and `step_device` captured into CUDA graphs (after a
 /// first call of the shape has sized the workspace) and replayed on new
-/// inputs in the same buffers: bitwise what direct calls give.
+/// inputs in the same buffers: bitwise what direct calls give. Both with
+/// the planner's one-CTA groups and with a cooperative plan (two CTAs a
+/// group at a barrier, its counter zeroed by a memset node in the graph).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cuda_graphs_replay_forward_and_step() {
-    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     let Some(device) = gpu() else { return };
+    for (strategy, cooperative) in [
+        (Strategy::Auto, false),
+        (Strategy::OnChip { ctas_per_group: 2 }, true),
+    ] {
+        eprintln!("{strategy:?}");
+        replay_forward_and_step(&device, strategy, cooperative);
+    }
+}
+
+fn replay_forward_and_step(device: &Arc<CudaDevice>, strategy: Strategy, cooperative: bool) {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     let config = RnnConfig {
         num_layers: 2,
         ..RnnConfig::lstm(8, 48)
     };
     let (t, b) = (10, 4);
     let case = Case::new(&config, t, b, true, 1600);
-    let mut m = model(&device, &case);
+    let mut m = model(device, &case);
+    m.set_strategy(strategy);
+    assert_eq!(m.plan(b).unwrap().cooperative(), cooperative, "{strategy:?}");
     let stream = m.stream().clone();
     let mut rng = SplitMix64::new(run_seed() ^ 1601);
     let up = |v: &[f32]| stream.clone_htod(v).unwrap();
@@ -1100,7 +1114,8 @@ fn cuda_graphs_replay_forward_and_step() {
     // One step, captured once, replayed step after step: the state advances
     // in place as direct steps advance it.
     let step_case = Case::new(&config, 3, b, false, 1602);
-    let mut stepper = model(&device, &step_case);
+    let mut stepper = model(device, &step_case);
+    stepper.set_strategy(strategy);
     let s = stepper.stream().clone();
     let width = config.input_size;
     let rows = b * width;
@@ -1152,4 +1167,154 @@ fn cuda_graphs_replay_forward_and_step() {
     }
     same(&s.clone_dtoh(&h).unwrap(), &replayed_h, "replayed steps' h");
     same(&s.clone_dtoh(&c).unwrap(), &replayed_c, "replayed steps' c");
+}
+
+/// The driver stand-in's record of this thread's driver calls
+/// (emu/driver/src/calls.rs); `None` on a real driver.
+struct CallRecord {
+    record: unsafe extern "C" fn(std::ffi::c_int),
+    recorded: unsafe extern "C" fn(*mut std::ffi::c_char, usize) -> usize,
+}
+
+impl CallRecord {
+    /// The stand-in's hooks, if the process's libcuda.so is the stand-in
+    /// (scripts/emulated-gpu names its folder).
+    fn find() -> Option<CallRecord> {
+        let dir = std::env::var("RNN_EMU_DRIVER_DIR").ok()?;
+        let path = std::ffi::CString::new(format!("{dir}/libcuda.so")).ok()?;
+        // SAFETY: only looks up the library the process already loaded, and
+        // two symbols whose signatures calls.rs defines.
+        unsafe {
+            let lib = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+            if lib.is_null() {
+                return None;
+            }
+            let record = libc::dlsym(lib, c"rnnkStandInRecordCalls".as_ptr());
+            let recorded = libc::dlsym(lib, c"rnnkStandInRecordedCalls".as_ptr());
+            if record.is_null() || recorded.is_null() {
+                return None;
+            }
+            Some(CallRecord {
+                record: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(std::ffi::c_int)>(
+                    record,
+                ),
+                recorded: std::mem::transmute::<
+                    *mut libc::c_void,
+                    unsafe extern "C" fn(*mut std::ffi::c_char, usize) -> usize,
+                >(recorded),
+            })
+        }
+    }
+
+    /// The driver calls `f` makes on this thread, by name, in order.
+    fn during(&self, f: impl FnOnce()) -> Vec<String> {
+        // SAFETY: the stand-in's hooks, called with a buffer of the size asked.
+        unsafe {
+            (self.record)(1);
+            f();
+            let needed = (self.recorded)(std::ptr::null_mut(), 0);
+            let mut buf = vec![0u8; needed];
+            (self.recorded)(buf.as_mut_ptr().cast(), needed);
+            (self.record)(0);
+            let text = std::ffi::CStr::from_bytes_until_nul(&buf)
+                .unwrap()
+                .to_str()
+                .unwrap();
+            text.lines().map(str::to_string).collect()
+        }
+    }
+}
+
+/// Once a shape has been planned and its workspace sized, a step or a
+/// forward costs the plan's own driver calls (its launches, and the
+/// counter fills of a cooperative plan) and one context check: no event
+/// waits or records per buffer, no allocation, no synchronisation.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn steady_state_calls_make_only_their_launches() {
+    let Some(device) = gpu() else { return };
+    let Some(calls) = CallRecord::find() else {
+        eprintln!("skipped: counting driver calls needs the stand-in (scripts/emulated-gpu)");
+        return;
+    };
+    let config = RnnConfig {
+        num_layers: 2,
+        ..RnnConfig::lstm(8, 48)
+    };
+    let b = 3;
+    for (strategy, cooperative) in [
+        (Strategy::Auto, false),
+        (Strategy::OnChip { ctas_per_group: 2 }, true),
+    ] {
+        let case = Case::new(&config, 5, b, false, 1700);
+        let mut m = model(&device, &case);
+        m.set_strategy(strategy);
+        let s = m.stream().clone();
+        let input = s.clone_htod(case.input.data()).unwrap();
+        let x = s.clone_htod(&case.input.data()[..b * config.input_size]).unwrap();
+        let mut h = s.clone_htod(case.state.h.data()).unwrap();
+        let mut c = s.clone_htod(case.state.c.as_ref().unwrap().data()).unwrap();
+        let mut out = s.alloc_zeros::<f32>(b * config.output_size()).unwrap();
+        let mut output = s.alloc_zeros::<f32>(case.expected.output.len()).unwrap();
+        let mut h_n = s.alloc_zeros::<f32>(h.len()).unwrap();
+        let mut c_n = s.alloc_zeros::<f32>(c.len()).unwrap();
+        let mut forward = |m: &mut CudaRnn| {
+            let args = DeviceInput {
+                input: &input,
+                seq_len: 5,
+                batch: b,
+                lengths: None,
+                h0: None,
+                c0: None,
+            };
+            let mut outputs = DeviceOutput {
+                output: &mut output,
+                h_n: &mut h_n,
+                c_n: Some(&mut c_n),
+            };
+            m.forward_device(&args, &mut outputs).unwrap();
+        };
+        // The first calls plan and size the workspace.
+        m.step_device(&x, b, &mut h, Some(&mut c), &mut out).unwrap();
+        forward(&mut m);
+        let stepped = calls.during(|| {
+            for _ in 0..3 {
+                m.step_device(&x, b, &mut h, Some(&mut c), &mut out).unwrap();
+            }
+        });
+        let forwarded = calls.during(|| forward(&mut m));
+        s.synchronize().unwrap();
+        for (what, made, per) in [("3 steps", &stepped, 3), ("a forward", &forwarded, 1)] {
+            let count = |name: &str| made.iter().filter(|c| *c == name).count();
+            let launch = if cooperative {
+                "cuLaunchCooperativeKernel"
+            } else {
+                "cuLaunchKernel"
+            };
+            let own = [
+                "cuCtxGetCurrent",
+                "cuLaunchKernel",
+                "cuLaunchCooperativeKernel",
+                "cuMemsetD32Async",
+            ];
+            assert!(
+                made.iter().all(|c| own.contains(&c.as_str())),
+                "{strategy:?}: {what} made {made:?}"
+            );
+            assert_eq!(
+                count("cuCtxGetCurrent"),
+                per,
+                "{strategy:?}: {what}: one context check a call"
+            );
+            assert!(
+                count(launch) >= per * config.num_layers,
+                "{strategy:?}: {what}: each layer's recurrence is a {launch}: {made:?}"
+            );
+            assert_eq!(
+                count("cuMemsetD32Async") > 0,
+                cooperative,
+                "{strategy:?}: {what}: counters are zeroed exactly when CTAs meet at barriers: {made:?}"
+            );
+        }
+    }
 }

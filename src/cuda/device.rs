@@ -32,6 +32,13 @@ pub(crate) fn cuda_err(context: impl std::fmt::Display) -> impl FnOnce(DriverErr
 
 /// One GPU with the kernels loaded. Cheap to share (`Arc`); each model makes
 /// its own stream on it.
+///
+/// Work is ordered by streams, not tracked per buffer: buffers made through
+/// this device's context (or a model's stream) carry no events, so a call
+/// costs only its launches and can be captured into a CUDA graph. A caller
+/// that fills or reads a buffer on another stream than the model's orders
+/// the two streams itself (an event, or a synchronisation), and keeps the
+/// buffer alive until the model's stream is done with it — as with cuDNN.
 pub struct CudaDevice {
     context: Arc<CudaContext>,
     functions: HashMap<String, CudaFunction>,
@@ -81,6 +88,16 @@ impl CudaDevice {
         }
         let context =
             CudaContext::new(ordinal).map_err(cuda_err(format!("opening CUDA device {ordinal}")))?;
+        // No event tracking: with it (the default once a context has two
+        // streams), cudarc waits on and records an event for every buffer at
+        // every use — about 16 driver calls per step — and inside a CUDA-graph
+        // capture those waits on events recorded outside it break the
+        // capture's isolation. Every model orders its work on its own stream
+        // instead, as cuDNN does (see [`CudaDevice`]).
+        // SAFETY: no buffer exists on this context object yet; the crate
+        // allocates, uses and frees its buffers on one model's stream, and
+        // the ordering of callers' buffers is the callers' (documented).
+        unsafe { context.disable_event_tracking() };
         let name = context.name().map_err(cuda_err("reading the device name"))?;
         let compute_capability = context
             .compute_capability()

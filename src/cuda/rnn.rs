@@ -14,21 +14,17 @@ use crate::sequence::{self, ForwardInput, ForwardOutput, SequenceDims, State};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use crate::RnnConfig;
-use cudarc::driver::{
-    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-// SAFETY: plain #[repr(C)] structs of integers, mirrored by kernels/params.h
-// (sizes asserted on both sides); the kernels take them by value.
-unsafe impl DeviceRepr for crate::cuda::launch::params::ProjectionParams {}
-unsafe impl DeviceRepr for crate::cuda::launch::params::RecurrenceParams {}
-unsafe impl DeviceRepr for crate::cuda::launch::params::RecurrenceBackwardParams {}
-unsafe impl DeviceRepr for crate::cuda::launch::params::GemmParams {}
-unsafe impl DeviceRepr for crate::cuda::launch::params::GatherParams {}
-unsafe impl DeviceRepr for crate::cuda::launch::params::PermuteParams {}
-unsafe impl DeviceRepr for crate::cuda::launch::params::DropoutParams {}
+// The kernels' parameter structs: plain #[repr(C)] structs of integers,
+// mirrored by kernels/params.h (sizes asserted on both sides), passed to the
+// driver by address and taken by value.
+use crate::cuda::launch::params::{
+    DropoutParams, GatherParams, GemmParams, PermuteParams, ProjectionParams, RecurrenceBackwardParams,
+    RecurrenceParams,
+};
 
 /// The device-resident inputs of a whole-sequence forward pass. Shapes as
 /// in [`crate::sequence`]; lengths are i32 and, unlike on the host path,
@@ -253,7 +249,7 @@ impl CudaRnn {
         self.check_device_forward(input, out)?;
         let (t, b) = (input.seq_len, input.batch);
         let stream = self.stream.clone();
-        // The guards record each buffer's use on the stream when dropped.
+        // cudarc's guards: no event calls, as the device tracks none ([`CudaDevice`]).
         let (input_ptr, _input) = input.input.device_ptr(&stream);
         let lengths = input.lengths.map(|l| l.device_ptr(&stream));
         let h0 = input.h0.map(|h| h.device_ptr(&stream));
@@ -461,9 +457,10 @@ pub(super) fn check_len(tensor: &str, found: usize, expected: usize) -> Result<(
     Ok(())
 }
 
-/// Enqueues a plan's steps on `stream`.
+/// Enqueues a plan's steps on `stream`: one context check, then exactly the
+/// plan's driver calls (its launches and counter fills), nothing per buffer.
 pub(super) fn execute(device: &CudaDevice, stream: &CudaStream, steps: &[Step]) -> Result<()> {
-    // The raw memset below is not one of cudarc's calls that bind the context.
+    // The raw calls below do not bind the context themselves.
     device.bind()?;
     for step in steps {
         match step {
@@ -474,32 +471,45 @@ pub(super) fn execute(device: &CudaDevice, stream: &CudaStream, steps: &[Step]) 
                     .map_err(cuda_err("filling workspace words"))?;
             }
             Step::Launch(launch) => {
-                let function = device.function(launch.kernel)?;
-                let config = LaunchConfig {
-                    grid_dim: (launch.grid[0], launch.grid[1], launch.grid[2]),
-                    block_dim: (launch.block, 1, 1),
-                    shared_mem_bytes: launch.smem_bytes,
+                let function = device.function(launch.kernel)?.cu_function();
+                let params: *const std::ffi::c_void = match &launch.params {
+                    KernelParams::Projection(p) => (p as *const ProjectionParams).cast(),
+                    KernelParams::Recurrence(p) => (p as *const RecurrenceParams).cast(),
+                    KernelParams::RecurrenceBackward(p) => (p as *const RecurrenceBackwardParams).cast(),
+                    KernelParams::Gemm(p) => (p as *const GemmParams).cast(),
+                    KernelParams::Gather(p) => (p as *const GatherParams).cast(),
+                    KernelParams::Permute(p) => (p as *const PermuteParams).cast(),
+                    KernelParams::Dropout(p) => (p as *const DropoutParams).cast(),
                 };
-                let mut builder = stream.launch_builder(function);
-                match &launch.params {
-                    KernelParams::Projection(p) => builder.arg(p),
-                    KernelParams::Recurrence(p) => builder.arg(p),
-                    KernelParams::RecurrenceBackward(p) => builder.arg(p),
-                    KernelParams::Gemm(p) => builder.arg(p),
-                    KernelParams::Gather(p) => builder.arg(p),
-                    KernelParams::Permute(p) => builder.arg(p),
-                    KernelParams::Dropout(p) => builder.arg(p),
-                };
+                // Every kernel takes its one parameter struct by value.
+                let mut args = [params as *mut std::ffi::c_void];
+                let grid = (launch.grid[0], launch.grid[1], launch.grid[2]);
+                let block = (launch.block, 1, 1);
                 // SAFETY: the params hold addresses of live buffers whose
-                // lengths forward_device checked against the same
-                // configuration the plan was made from; a cooperative launch
-                // is used whenever the kernel's CTAs wait for each other, and
-                // the plan sized the grid from the occupancy query.
+                // lengths the caller checked against the same configuration
+                // the plan was made from, and outlive this call (the driver
+                // copies them at launch); a cooperative launch is used
+                // whenever the kernel's CTAs wait for each other, and the plan
+                // sized the grid from the occupancy query.
                 let launched = unsafe {
                     if launch.cooperative {
-                        builder.launch_cooperative(config)
+                        cudarc::driver::result::launch_cooperative_kernel(
+                            function,
+                            grid,
+                            block,
+                            launch.smem_bytes,
+                            stream.cu_stream(),
+                            &mut args,
+                        )
                     } else {
-                        builder.launch(config)
+                        cudarc::driver::result::launch_kernel(
+                            function,
+                            grid,
+                            block,
+                            launch.smem_bytes,
+                            stream.cu_stream(),
+                            &mut args,
+                        )
                     }
                 };
                 launched.map_err(cuda_err(format!("launching {} {:?}", launch.kernel, launch.grid)))?;

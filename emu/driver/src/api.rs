@@ -26,8 +26,10 @@ fn trace_on() -> bool {
 }
 
 /// Runs one entry point's body: a panic inside becomes `CUDA_ERROR_UNKNOWN`
-/// (never an unwind into C), and `RNN_EMU_TRACE=1` shows the call.
+/// (never an unwind into C), `RNN_EMU_TRACE=1` shows the call, and a
+/// thread that records its calls ([`crate::calls`]) notes it.
 fn api(name: &str, body: impl FnOnce() -> Outcome) -> CUresult {
+    crate::calls::note(name);
     let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
         Ok(Ok(())) => CUresult::CUDA_SUCCESS,
         Ok(Err(code)) => code,
@@ -339,7 +341,7 @@ pub unsafe extern "C" fn cuMemAllocAsync(out: *mut CUdeviceptr, bytes: usize, st
     api("cuMemAllocAsync", || {
         let p = state::with(|d| {
             let context = d.current()?;
-            context.check_stream(stream as usize)?;
+            context.use_stream(stream as usize, "cuMemAllocAsync")?;
             // Graph memory nodes are not modelled.
             context.refuse_in_capture(stream as usize, "cuMemAllocAsync")?;
             allocate(d, bytes)
@@ -363,7 +365,7 @@ pub unsafe extern "C" fn cuMemFreeAsync(ptr: CUdeviceptr, stream: CUstream) -> C
     api("cuMemFreeAsync", || {
         state::with(|d| {
             let context = d.live()?;
-            context.check_stream(stream as usize)?;
+            context.use_stream(stream as usize, "cuMemFreeAsync")?;
             context.refuse_in_capture(stream as usize, "cuMemFreeAsync")?;
             free(d, ptr)
         })
@@ -409,7 +411,7 @@ fn copy(
         match stream {
             // Copies of pageable host memory are not captured.
             Some(s) => {
-                context.check_stream(s as usize)?;
+                context.use_stream(s as usize, what)?;
                 context.refuse_in_capture(s as usize, what)?;
             }
             None => d.current()?.refuse_during_capture(what)?,
@@ -511,7 +513,7 @@ fn submit(d: &mut Driver, stream: Option<CUstream>, what: &str, op: &Op) -> Outc
     let context = d.live()?;
     match stream {
         Some(s) => {
-            context.check_stream(s as usize)?;
+            context.use_stream(s as usize, what)?;
             if let Some(capture) = context.capture(s as usize) {
                 capture.ops.push(op.clone());
                 return Ok(true);
@@ -660,7 +662,8 @@ pub unsafe extern "C" fn cuStreamCreate(out: *mut CUstream, flags: c_uint) -> CU
         let handle = state::with(|d| {
             d.current()?;
             let h = d.handle();
-            d.current()?.streams.insert(h);
+            // CU_STREAM_DEFAULT (0) streams synchronise with the legacy stream.
+            d.current()?.streams.insert(h, flags == 0);
             Ok(h)
         })?;
         unsafe { put(out, handle as CUstream) }
@@ -681,7 +684,7 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
     api("cuStreamDestroy", || {
         state::with(|d| {
             let context = d.live()?;
-            if context.streams.remove(&(stream as usize)) {
+            if context.streams.remove(&(stream as usize)).is_some() {
                 Ok(())
             } else {
                 Err(CUresult::CUDA_ERROR_INVALID_HANDLE)
@@ -695,7 +698,7 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
 fn wait_for_stream(stream: CUstream, what: &str) -> Outcome {
     state::with(|d| {
         let context = d.live()?;
-        context.check_stream(stream as usize)?;
+        context.use_stream(stream as usize, what)?;
         context.refuse_in_capture(stream as usize, what)
     })
 }
@@ -712,17 +715,66 @@ pub unsafe extern "C" fn cuStreamQuery(stream: CUstream) -> CUresult {
     api("cuStreamQuery", || wait_for_stream(stream, "cuStreamQuery"))
 }
 
+/// `cuStreamWaitEvent`'s flag that makes a capture hold an external wait node.
+const CU_EVENT_WAIT_EXTERNAL: c_uint = 1;
+
+/// Stream capture's isolation rule: a stream being captured may wait only
+/// on events recorded in the same capture (or, with
+/// CU_EVENT_WAIT_EXTERNAL, on any event); any other wait would make the
+/// graph depend on work outside it, so the driver invalidates the capture
+/// and refuses the call. Outside capture, an event last recorded in a
+/// capture belongs to that graph and cannot be waited on.
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamWaitEvent(stream: CUstream, event: CUevent, _flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuStreamWaitEvent(stream: CUstream, event: CUevent, flags: c_uint) -> CUresult {
     api("cuStreamWaitEvent", || {
+        if flags & !CU_EVENT_WAIT_EXTERNAL != 0 {
+            return Err(invalid(format!("cuStreamWaitEvent flags {flags}")));
+        }
         state::with(|d| {
             let context = d.live()?;
-            context.check_stream(stream as usize)?;
-            context
+            context.use_stream(stream as usize, "cuStreamWaitEvent")?;
+            let captured_in = context
                 .events
                 .get(&(event as usize))
-                .map(|_| ())
-                .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
+                .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)?
+                .captured_in;
+            let Some(capture) = context.capture(stream as usize) else {
+                return match captured_in {
+                    None => Ok(()),
+                    Some(id) => match context.capture_by_id(id) {
+                        // Joining a second stream to a capture (a fork) is legal
+                        // on the driver; the stand-in captures one stream.
+                        Some(capture) => {
+                            capture.invalidated = true;
+                            refuse("cuStreamWaitEvent: joining another stream to a capture is not modelled");
+                            Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)
+                        }
+                        None => {
+                            refuse("cuStreamWaitEvent on an event last recorded in a (now ended) capture");
+                            Err(CUresult::CUDA_ERROR_CAPTURED_EVENT)
+                        }
+                    },
+                };
+            };
+            if captured_in == Some(capture.id) || flags & CU_EVENT_WAIT_EXTERNAL != 0 {
+                return Ok(());
+            }
+            capture.invalidated = true;
+            let merging = captured_in.and_then(|id| context.capture_by_id(id));
+            if let Some(other) = merging {
+                other.invalidated = true;
+                refuse("cuStreamWaitEvent would merge two captures");
+                return Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_MERGE);
+            }
+            refuse(&format!(
+                "cuStreamWaitEvent in a capture on an event {}: the capture is invalidated",
+                if captured_in.is_some() {
+                    "recorded in another capture"
+                } else {
+                    "recorded outside it (CU_EVENT_WAIT_EXTERNAL not given)"
+                }
+            ));
+            Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_ISOLATION)
         })
     })
 }
@@ -743,6 +795,7 @@ pub unsafe extern "C" fn cuEventCreate(out: *mut CUevent, flags: c_uint) -> CUre
                 Event {
                     timing: flags & CU_EVENT_DISABLE_TIMING == 0,
                     recorded: None,
+                    captured_in: None,
                 },
             );
             Ok(h)
@@ -751,13 +804,19 @@ pub unsafe extern "C" fn cuEventCreate(out: *mut CUevent, flags: c_uint) -> CUre
     })
 }
 
-fn with_event<T>(event: CUevent, f: impl FnOnce(&mut Event) -> Outcome<T>) -> Outcome<T> {
+/// Runs `f` on an event that the host may look at: one last recorded in a
+/// capture belongs to its graph and is refused (CUDA_ERROR_CAPTURED_EVENT).
+fn with_event<T>(event: CUevent, what: &str, f: impl FnOnce(&mut Event) -> Outcome<T>) -> Outcome<T> {
     state::with(|d| {
         let context = d.live()?;
         let e = context
             .events
             .get_mut(&(event as usize))
             .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)?;
+        if e.captured_in.is_some() {
+            refuse(&format!("{what} on an event last recorded in a capture"));
+            return Err(CUresult::CUDA_ERROR_CAPTURED_EVENT);
+        }
         f(e)
     })
 }
@@ -766,14 +825,23 @@ fn with_event<T>(event: CUevent, f: impl FnOnce(&mut Event) -> Outcome<T>) -> Ou
 pub unsafe extern "C" fn cuEventRecord(event: CUevent, stream: CUstream) -> CUresult {
     api("cuEventRecord", || {
         state::with(|d| {
-            let op = Op::Record {
-                event: event as usize,
-            };
-            if !d.live()?.events.contains_key(&(event as usize)) {
+            let context = d.live()?;
+            if !context.events.contains_key(&(event as usize)) {
                 return Err(CUresult::CUDA_ERROR_INVALID_HANDLE);
             }
-            if !submit(d, Some(stream), "cuEventRecord", &op)? {
-                run_op(d, &op)?;
+            context.use_stream(stream as usize, "cuEventRecord")?;
+            // In a capture, a record adds no node: it marks a point of the
+            // graph that waits in the same capture may depend on.
+            let capture = context.capture(stream as usize).map(|c| c.id);
+            let e = context.events.get_mut(&(event as usize)).expect("checked above");
+            e.captured_in = capture;
+            if capture.is_none() {
+                run_op(
+                    d,
+                    &Op::Record {
+                        event: event as usize,
+                    },
+                )?;
             }
             Ok(())
         })
@@ -782,19 +850,21 @@ pub unsafe extern "C" fn cuEventRecord(event: CUevent, stream: CUstream) -> CUre
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
-    api("cuEventSynchronize", || with_event(event, |_| Ok(())))
+    api("cuEventSynchronize", || {
+        with_event(event, "cuEventSynchronize", |_| Ok(()))
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventQuery(event: CUevent) -> CUresult {
-    api("cuEventQuery", || with_event(event, |_| Ok(())))
+    api("cuEventQuery", || with_event(event, "cuEventQuery", |_| Ok(())))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult {
     api("cuEventElapsedTime", || {
         let time = |event| {
-            with_event(event, |e| match (e.timing, e.recorded) {
+            with_event(event, "cuEventElapsedTime", |e| match (e.timing, e.recorded) {
                 (true, Some(t)) => Ok(t),
                 _ => Err(CUresult::CUDA_ERROR_INVALID_HANDLE),
             })
@@ -1045,7 +1115,7 @@ unsafe fn launch_kernel(
     let (kernel, chip) = state::with(|d| {
         let chip = d.chip;
         let context = d.current()?;
-        context.check_stream(stream as usize)?;
+        context.use_stream(stream as usize, "a kernel launch")?;
         let f = context
             .functions
             .get(&(function as usize))
@@ -1197,10 +1267,14 @@ pub unsafe extern "C" fn cuStreamBeginCapture_v2(stream: CUstream, mode: c_uint)
             if context.captures.contains_key(&s) {
                 return Err(CUresult::CUDA_ERROR_ILLEGAL_STATE);
             }
-            context.captures.insert(
+            let blocking = context.streams.get(&s).copied().unwrap_or(false);
+            let id = d.handle();
+            d.current()?.captures.insert(
                 s,
                 Capture {
+                    id,
                     mode,
+                    blocking,
                     thread: std::thread::current().id(),
                     ops: Vec::new(),
                     invalidated: false,
@@ -1288,7 +1362,7 @@ pub unsafe extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> C
     api("cuGraphLaunch", || {
         let ops = state::with(|d| {
             let context = d.live()?;
-            context.check_stream(stream as usize)?;
+            context.use_stream(stream as usize, "cuGraphLaunch")?;
             context.refuse_in_capture(stream as usize, "cuGraphLaunch")?;
             context
                 .executables

@@ -15,9 +15,11 @@
 //! - Every stream operation runs when it is issued, in order; events time
 //!   on the host clock.
 //!
-//! `RNN_EMU_TRACE=1` prints every call. Refusals always say why on stderr.
+//! `RNN_EMU_TRACE=1` prints every call; a thread can record its own
+//! ([`calls`]). Refusals always say why on stderr.
 
 pub mod api;
+pub mod calls;
 pub mod chip;
 pub mod cubin;
 pub mod launch;

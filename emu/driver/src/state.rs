@@ -8,7 +8,7 @@ use crate::launch::Geometry;
 use crate::memory::Arena;
 use cudarc::driver::sys::CUresult;
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -19,6 +19,8 @@ pub const PRIMARY_CONTEXT: usize = 0xC0_0000;
 /// Stream handles that need no creating: the legacy default stream (0 and
 /// CU_STREAM_LEGACY) and the per-thread default stream.
 pub const BUILT_IN_STREAMS: [usize; 3] = [0, 1, 2];
+/// The legacy default stream's handles (0 and CU_STREAM_LEGACY).
+pub const LEGACY_STREAMS: [usize; 2] = [0, 1];
 
 #[derive(Clone)]
 pub struct Function {
@@ -57,6 +59,11 @@ impl Function {
 pub struct Event {
     pub timing: bool,
     pub recorded: Option<Instant>,
+    /// The capture (its id) this event was last recorded in, if it was
+    /// recorded on a stream being captured: such an event belongs to that
+    /// capture's graph, and the driver refuses to query it or wait on it
+    /// from outside.
+    pub captured_in: Option<usize>,
 }
 
 /// A stream operation, as a capture records it and a graph replays it.
@@ -85,8 +92,13 @@ pub enum Op {
 
 /// A stream being captured into a graph.
 pub struct Capture {
+    /// Unique among the context's captures, ended ones included.
+    pub id: usize,
     /// CU_STREAM_CAPTURE_MODE_GLOBAL (0), THREAD_LOCAL (1) or RELAXED (2).
     pub mode: u32,
+    /// Whether the captured stream synchronises with the legacy default
+    /// stream (it was created without CU_STREAM_NON_BLOCKING).
+    pub blocking: bool,
     pub thread: std::thread::ThreadId,
     pub ops: Vec<Op>,
     /// An operation the capture cannot hold was attempted: ending it fails.
@@ -98,7 +110,9 @@ pub struct Context {
     pub retains: u32,
     pub modules: HashMap<usize, Vec<usize>>,
     pub functions: HashMap<usize, Function>,
-    pub streams: HashSet<usize>,
+    /// The created streams, each with whether it is blocking (synchronises
+    /// with the legacy default stream).
+    pub streams: HashMap<usize, bool>,
     pub events: HashMap<usize, Event>,
     pub captures: HashMap<usize, Capture>,
     pub graphs: HashMap<usize, Vec<Op>>,
@@ -114,7 +128,7 @@ impl Context {
             retains: 0,
             modules: HashMap::new(),
             functions: HashMap::new(),
-            streams: HashSet::new(),
+            streams: HashMap::new(),
             events: HashMap::new(),
             captures: HashMap::new(),
             graphs: HashMap::new(),
@@ -161,11 +175,38 @@ impl Context {
     }
 
     pub fn check_stream(&self, stream: usize) -> Outcome {
-        if BUILT_IN_STREAMS.contains(&stream) || self.streams.contains(&stream) {
+        if BUILT_IN_STREAMS.contains(&stream) || self.streams.contains_key(&stream) {
             Ok(())
         } else {
             Err(CUresult::CUDA_ERROR_INVALID_HANDLE)
         }
+    }
+
+    /// Checks a stream that work is about to be issued on, or waited for.
+    /// The legacy default stream synchronises with every blocking stream,
+    /// so using it while one is being captured would make the capture
+    /// depend on work outside it: the driver invalidates the capture and
+    /// refuses the call.
+    pub fn use_stream(&mut self, stream: usize, what: &str) -> Outcome {
+        self.check_stream(stream)?;
+        if !LEGACY_STREAMS.contains(&stream) {
+            return Ok(());
+        }
+        match self.captures.values_mut().find(|c| c.blocking) {
+            Some(capture) => {
+                capture.invalidated = true;
+                crate::refuse(&format!(
+                    "{what} on the legacy default stream while a blocking stream is being captured"
+                ));
+                Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_IMPLICIT)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The active capture whose id is `id`, if it has not ended.
+    pub fn capture_by_id(&mut self, id: usize) -> Option<&mut Capture> {
+        self.captures.values_mut().find(|c| c.id == id)
     }
 }
 

@@ -448,3 +448,109 @@ fn captures_record_launches_and_refuse_synchronous_calls() {
         CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
     );
 }
+
+/// Stream capture's rules about events and the legacy stream, as the
+/// driver enforces them: each violation is refused with the driver's code
+/// and invalidates the capture (ending it then fails).
+#[test]
+#[cfg_attr(
+    not(rnn_kernels_built),
+    ignore = "needs the CUDA kernels: build with nvcc (scripts/install-nvcc)"
+)]
+fn captures_are_isolated_from_outside_events_and_the_legacy_stream() {
+    use cudarc::driver::sys::{CUevent, CUgraph, CUstream, CUstreamCaptureStatus as Status};
+    let _turn = turn();
+    let s = Session::new();
+    let dst = s.alloc(16);
+    let stream = |flags: u32| {
+        let mut h: CUstream = std::ptr::null_mut();
+        ok(unsafe { cuStreamCreate(&mut h, flags) });
+        h
+    };
+    let event = || {
+        let mut e: CUevent = std::ptr::null_mut();
+        ok(unsafe { cuEventCreate(&mut e, 0) });
+        e
+    };
+    let status = |h: CUstream| {
+        let mut now = Status::CU_STREAM_CAPTURE_STATUS_NONE;
+        ok(unsafe { cuStreamIsCapturing(h, &mut now) });
+        now
+    };
+    let end = |h: CUstream| {
+        let mut graph: CUgraph = std::ptr::null_mut();
+        let r = unsafe { cuStreamEndCapture(h, &mut graph) };
+        assert_eq!(r == CUresult::CUDA_SUCCESS, !graph.is_null());
+        r
+    };
+    let invalidated = |h: CUstream| {
+        assert_eq!(status(h), Status::CU_STREAM_CAPTURE_STATUS_INVALIDATED);
+        assert_eq!(end(h), CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    };
+    let (a, b) = (stream(1), stream(1));
+    let (outside, inside) = (event(), event());
+    ok(unsafe { cuEventRecord(outside, b) });
+
+    // A wait on an event recorded outside the capture would make the graph
+    // depend on work outside it.
+    ok(unsafe { cuStreamBeginCapture_v2(a, 1) });
+    assert_eq!(
+        unsafe { cuStreamWaitEvent(a, outside, 0) },
+        CUresult::CUDA_ERROR_STREAM_CAPTURE_ISOLATION
+    );
+    invalidated(a);
+    // Unless it asks for an external wait node.
+    ok(unsafe { cuStreamBeginCapture_v2(a, 1) });
+    ok(unsafe { cuStreamWaitEvent(a, outside, 1) });
+    ok(end(a));
+
+    // Recorded and waited on in the same capture: allowed. The event then
+    // belongs to the graph: the host may not query it, nor another stream
+    // wait on it, until it is recorded again outside a capture.
+    ok(unsafe { cuStreamBeginCapture_v2(a, 1) });
+    ok(unsafe { cuEventRecord(inside, a) });
+    ok(unsafe { cuStreamWaitEvent(a, inside, 0) });
+    assert_eq!(
+        unsafe { cuEventQuery(inside) },
+        CUresult::CUDA_ERROR_CAPTURED_EVENT
+    );
+    ok(end(a));
+    assert_eq!(
+        unsafe { cuEventSynchronize(inside) },
+        CUresult::CUDA_ERROR_CAPTURED_EVENT
+    );
+    assert_eq!(
+        unsafe { cuStreamWaitEvent(b, inside, 0) },
+        CUresult::CUDA_ERROR_CAPTURED_EVENT
+    );
+    ok(unsafe { cuEventRecord(inside, b) });
+    ok(unsafe { cuEventQuery(inside) });
+    ok(unsafe { cuStreamWaitEvent(a, inside, 0) });
+
+    // A wait that would merge two captures invalidates both.
+    ok(unsafe { cuStreamBeginCapture_v2(a, 2) });
+    ok(unsafe { cuStreamBeginCapture_v2(b, 2) });
+    ok(unsafe { cuEventRecord(inside, b) });
+    assert_eq!(
+        unsafe { cuStreamWaitEvent(a, inside, 0) },
+        CUresult::CUDA_ERROR_STREAM_CAPTURE_MERGE
+    );
+    invalidated(a);
+    invalidated(b);
+    ok(unsafe { cuEventRecord(inside, b) });
+
+    // The legacy default stream synchronises with every blocking stream:
+    // using it while one is captured is refused and invalidates the capture.
+    // A non-blocking stream's capture does not mind it.
+    let blocking = stream(0);
+    ok(unsafe { cuStreamBeginCapture_v2(blocking, 2) });
+    assert_eq!(
+        unsafe { cuMemsetD32Async(dst, 0, 4, std::ptr::null_mut()) },
+        CUresult::CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
+    );
+    invalidated(blocking);
+    ok(unsafe { cuStreamBeginCapture_v2(a, 2) });
+    ok(unsafe { cuMemsetD32Async(dst, 0, 4, std::ptr::null_mut()) });
+    ok(end(a));
+    assert_eq!(s.download(dst, 4).unwrap(), vec![0.0; 4]);
+}
