@@ -104,6 +104,13 @@ inline unsigned int rnn_load_acquire(const unsigned int* p) {
     return std::atomic_ref<unsigned int>(*const_cast<unsigned int*>(p)).load(std::memory_order_acquire);
 }
 inline void rnn_spin_pause() { rnn_emu::spin_pause(); }
+inline void rnn_arrive_release(unsigned int* p) {
+    std::atomic_ref<unsigned int>(*p).fetch_add(1u, std::memory_order_release);
+}
+// cp.async's effect, at once; waiting is then nothing.
+inline void rnn_copy_async(float* dst, const float* src) { *dst = *src; }
+inline void rnn_copy_async_wait() {}
+inline float rnn_rcp_approx(float y) { return 1.0f / y; }
 
 #define RNN_KERNEL(name, Params)                                                              \
     static void name##_body(const Params& p);                                                 \

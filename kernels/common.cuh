@@ -36,9 +36,42 @@ __device__ __forceinline__ unsigned int rnn_load_acquire(const unsigned int* p) 
 }
 
 __device__ __forceinline__ void rnn_spin_pause() { __nanosleep(20); }
+
+// Adds one to a barrier counter with release semantics: every write this
+// thread has made or seen (the whole CTA's, after a __syncthreads) is
+// visible to whoever acquires the new count. No full fence is needed.
+__device__ __forceinline__ void rnn_arrive_release(unsigned int* p) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" : : "l"(p) : "memory");
+}
+
+// An asynchronous 4-byte copy from global to shared memory (cp.async,
+// LDGSTS): a thread issues many without waiting for any, then
+// rnn_copy_async_wait() waits for its own. Through L1: only for data no
+// other CTA writes during the launch (the weights).
+__device__ __forceinline__ void rnn_copy_async(float* dst, const float* src) {
+    const unsigned int to = static_cast<unsigned int>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" : : "r"(to), "l"(src) : "memory");
+}
+__device__ __forceinline__ void rnn_copy_async_wait() { asm volatile("cp.async.wait_all;" : : : "memory"); }
+
+// The hardware's approximate reciprocal (MUFU.RCP: relative error < 2^-22).
+__device__ __forceinline__ float rnn_rcp_approx(float y) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(y));
+    return r;
+}
 #endif
 
-__device__ __forceinline__ float rnn_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+// The logistic function. 1 + e^-x is at least 1 (or +inf, or NaN), where
+// the approximate reciprocal and one Newton step are within an ulp of the
+// division, without the IEEE division's out-of-range slow path (a call that
+// splits the code around it); from 2^126 on, the reciprocal (0 at +inf) is
+// the answer.
+__device__ __forceinline__ float rnn_sigmoid(float x) {
+    const float y = 1.0f + expf(-x);
+    const float r = rnn_rcp_approx(y);
+    return y < 0x1p126f ? fmaf(r, fmaf(-y, r, 1.0f), r) : r;
+}
 
 // Gates per hidden unit of an RNN_CELL_* kind.
 __device__ __forceinline__ int rnn_cell_gates(int cell) {
@@ -48,15 +81,41 @@ __device__ __forceinline__ int rnn_cell_gates(int cell) {
 // Waits until `count` CTAs in all have arrived at `counter` (a counter that
 // only grows during the launch: the caller passes epoch * ctas). Every
 // global write the CTA made before is visible to the others after it.
+// Thread 0 arrives with a release (ordered after the CTA's writes by the
+// __syncthreads) and polls with acquire loads; the second __syncthreads
+// orders the CTA's later reads after the acquire. Reads of other CTAs' data
+// go to L2 (rnn_load_l2), never to a stale L1 line.
 __device__ __forceinline__ void rnn_group_barrier(unsigned int* counter, unsigned int count) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(counter, 1u);
+        rnn_arrive_release(counter);
         while (rnn_load_acquire(counter) < count) rnn_spin_pause();
-        __threadfence();
     }
     __syncthreads();
+}
+
+// Copies `rows` rows of `width` floats from src (row stride src_stride) to
+// dst (row stride dst_stride) with the whole block, each thread keeping
+// UNROLL loads in flight before it stores any: the copy takes
+// ceil(rows·width / (UNROLL·blockDim.x)) memory round trips, not one per
+// element. `load` reads one source float.
+template <int UNROLL, typename Load>
+__device__ __forceinline__ void rnn_copy_rows(float* dst, int dst_stride, const float* src, int src_stride, int rows,
+                                              int width, Load&& load) {
+    const int n = rows * width;
+    for (int i0 = threadIdx.x; i0 < n; i0 += UNROLL * blockDim.x) {
+        float v[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int i = i0 + u * blockDim.x, r = i / width;
+            if (i < n) v[u] = load(src + (long long)r * src_stride + (i - r * width));
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int i = i0 + u * blockDim.x, r = i / width;
+            if (i < n) dst[r * dst_stride + (i - r * width)] = v[u];
+        }
+    }
 }
 
 // The SGEMM core of the input projection and of training's products: one

@@ -10,6 +10,11 @@
 // (MAX_ROWS_PER_THREAD in plan.rs): its accumulators are G × this registers.
 #define RNN_MAX_ROWS_PER_THREAD 4
 
+// Words between two groups' barrier counters (BARRIER_STRIDE in params.rs):
+// a 128-byte line each, so that no group polls a line that another group's
+// arrivals write.
+#define RNN_BARRIER_STRIDE 32
+
 // Cell kinds, as src/cuda/launch/params.rs numbers them.
 #define RNN_CELL_TANH 0
 #define RNN_CELL_RELU 1
@@ -49,7 +54,7 @@ struct RecurrenceParams {
     float* h_n;             // [D, B, HO]; may alias h0 (each CTA reads and writes only its own slice)
     float* c_n;             // [D, B, H] or null; may alias c0
     float* exchange;        // workspace: per group, RNN_EXCHANGE_FLOATS(batch_tile, hidden, out_size)
-    unsigned int* barrier;  // [groups] arrival counters, zero at launch
+    unsigned int* barrier;  // [groups × RNN_BARRIER_STRIDE]: arrival counters, zero at launch
     float* reserve;         // training: what backward needs (see recurrence.cu), else null
     int seq_len;
     int batch;
@@ -88,7 +93,7 @@ struct RecurrenceBackwardParams {
     float* dh0;             // [D, B, HO]
     float* dc0;             // [D, B, H] or null
     float* exchange;        // per group RNN_BACKWARD_EXCHANGE_FLOATS(batch_tile, G * H, H, HO)
-    unsigned int* barrier;  // [groups], zero at launch
+    unsigned int* barrier;  // [groups × RNN_BARRIER_STRIDE], zero at launch
     int seq_len;
     int batch;
     int hidden;

@@ -146,8 +146,27 @@ __device__ __forceinline__ void for_each_item(int count, int KL, Body&& body) {
     }
 }
 
-template <int CELL>
-__device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
+// Copies `rows` rows of `width` floats of the weights into shared memory,
+// one warp a row and lanes along it, every copy asynchronous (cp.async): no
+// thread waits for a load until all of its copies are issued. The caller
+// waits (rnn_copy_async_wait) and synchronises before reading them. `src(r)`
+// and `dst(r)` give row r's start.
+template <typename Src, typename Dst>
+__device__ __forceinline__ void fill_rows(int rows, int width, Src&& src, Dst&& dst) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, warps = blockDim.x / 32;
+    for (int r = warp; r < rows; r += warps) {
+        const float* from = src(r);
+        float* to = dst(r);
+        for (int k = lane; k < width; k += 32) rnn_copy_async(to + k, from + k);
+    }
+}
+
+// LOCAL: a group of one CTA (exchange buffers in shared memory); SMEM_W: W_hh
+// (and W_hr) in shared memory. Both known at compile time, so that every
+// pointer's memory is known too: shared loads and stores are LDS/STS and
+// global ones LDG/STG, never generic loads whose space is found at run time.
+template <int CELL, bool LOCAL, bool SMEM_W>
+__device__ __forceinline__ void recurrence_body(const RecurrenceParams& p) {
     constexpr int G = Cell<CELL>::gates;
     const int dir = blockIdx.z, tile = blockIdx.y, cta = blockIdx.x, D = gridDim.z;
     const int H = p.hidden, HO = p.out_size, B = p.batch;
@@ -164,7 +183,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     const int group = dir * gridDim.y + tile;
 
     // A group of one CTA exchanges nothing: its h buffers live in shared memory.
-    const bool local = p.ctas_per_group == 1;
+    constexpr bool local = LOCAL;
 
     // Shared memory, in floats (plan.rs mirrors these sizes).
     RNN_DYNAMIC_SMEM(float, smem);
@@ -172,10 +191,10 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     // distinct banks; +1 keeps the staged vectors' rows apart.
     const int ws_stride = p.w_stride, w2s_stride = p.w2_stride, vs_stride = H + 1;
     float* w_s = smem;                                                      // [G·upc][w_stride]
-    float* w2_s = w_s + (p.weights_in_smem ? G * upc * ws_stride : 0);      // [opc][w2_stride]
+    float* w2_s = w_s + (SMEM_W ? G * upc * ws_stride : 0);                 // [opc][w2_stride]
     // Groups of several CTAs stage the exchanged vectors in v_s [bt][H+1];
     // a group of one keeps the exchange buffers themselves here.
-    float* v_s = w2_s + (p.weights_in_smem && projecting ? opc * w2s_stride : 0);
+    float* v_s = w2_s + (SMEM_W && projecting ? opc * w2s_stride : 0);
     float* c_s = v_s + (local ? RNN_EXCHANGE_FLOATS(bt, H, HO) : bt * vs_stride);  // [bt][upc] cell state
     float* z_s = c_s + bt * upc;                                            // [bt][upc] GRU z
     float* hp_s = z_s + bt * upc;                                           // [bt][upc] GRU h_{t-1}
@@ -184,21 +203,20 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     // W_hh rows of (gate g, own unit j) at w + g·gate_stride + j·row_stride.
     const float* w_hh = p.w_hh + (long long)dir * G * H * HO;
     const float* w_hr = projecting ? p.w_hr + (long long)dir * HO * H : nullptr;
-    if (p.weights_in_smem) {
-        for (int i = threadIdx.x; i < G * U * HO; i += blockDim.x) {
-            const int row = i / HO, k = i % HO, g = row / U, j = row % U;
-            w_s[(g * upc + j) * ws_stride + k] = w_hh[(long long)(g * H + u0 + j) * HO + k];
-        }
-        for (int i = threadIdx.x; i < UO * H; i += blockDim.x) {
-            const int o = i / H, k = i % H;
-            w2_s[o * w2s_stride + k] = w_hr[(long long)(o0 + o) * H + k];
-        }
+    if (SMEM_W) {
+        // Row (g, j) of the slice: W_hh row g·H + u0 + j. Waited for before
+        // the first sync_group below.
+        fill_rows(
+            G * U, HO, [&](int r) { return w_hh + (long long)((r / U) * H + u0 + r % U) * HO; },
+            [&](int r) { return w_s + ((r / U) * upc + r % U) * ws_stride; });
+        fill_rows(
+            UO, H, [&](int o) { return w_hr + (long long)(o0 + o) * H; }, [&](int o) { return w2_s + o * w2s_stride; });
     }
-    const float* w = p.weights_in_smem ? w_s : w_hh + (long long)u0 * HO;
-    const long long row_stride = p.weights_in_smem ? ws_stride : HO;
-    const long long gate_stride = p.weights_in_smem ? (long long)upc * ws_stride : (long long)H * HO;
-    const float* w2 = p.weights_in_smem ? w2_s : (projecting ? w_hr + (long long)o0 * H : nullptr);
-    const long long w2_stride = p.weights_in_smem ? w2s_stride : H;
+    const float* w = SMEM_W ? w_s : w_hh + (long long)u0 * HO;
+    const long long row_stride = SMEM_W ? ws_stride : HO;
+    const long long gate_stride = SMEM_W ? (long long)upc * ws_stride : (long long)H * HO;
+    const float* w2 = SMEM_W ? w2_s : (projecting ? w_hr + (long long)o0 * H : nullptr);
+    const long long w2_stride = SMEM_W ? w2s_stride : H;
     const float* b_hh = p.b_hh ? p.b_hh + (long long)dir * G * H + u0 : nullptr;
 
     // Exchange buffers of this group (global, or shared when local), and its barrier.
@@ -206,12 +224,12 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     float* vbuf = hbuf + 2 * bt * HO;                                                             // [bt][H]
     // Exchanged values written by other CTAs must bypass L1; shared ones need no care.
     auto load_exchanged = [&](const float* q) { return local ? *q : rnn_load_l2(q); };
-    unsigned int* counter = p.barrier + group;
+    unsigned int* counter = p.barrier + group * RNN_BARRIER_STRIDE;
     unsigned int epoch = 0;
     auto sync_group = [&]() {
         ++epoch;
-        if (p.ctas_per_group > 1) rnn_group_barrier(counter, epoch * p.ctas_per_group);
-        else __syncthreads();
+        if (local) __syncthreads();
+        else rnn_group_barrier(counter, epoch * p.ctas_per_group);
     };
 
     // Initial state: each CTA reads (and at the end writes) only its own
@@ -228,6 +246,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
     // to 0..=T so that no value can make a kernel write out of bounds.
     for (int b = threadIdx.x; b < BT; b += blockDim.x)
         len_s[b] = p.lengths ? min(max(p.lengths[b0 + b], 0), p.seq_len) : p.seq_len;
+    if (SMEM_W) rnn_copy_async_wait();
     sync_group();
     // The group runs as many steps as its longest row: every CTA of the group
     // sees the same rows, so all agree on the count (and the barrier epochs).
@@ -241,10 +260,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
         const float* h_cur = hbuf + (s & 1) * bt * HO;
         float* h_next = hbuf + ((s + 1) & 1) * bt * HO;
         if (!local) {
-            for (int i = threadIdx.x; i < BT * HO; i += blockDim.x) {
-                const int b = i / HO, k = i % HO;
-                v_s[b * vs_stride + k] = rnn_load_l2(h_cur + b * HO + k);
-            }
+            rnn_copy_rows<8>(v_s, vs_stride, h_cur, HO, BT, HO, rnn_load_l2);
             __syncthreads();
         }
         // h_{t-1} of row b at h_rows + b·h_stride.
@@ -256,12 +272,27 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
             const int r0 = (item / U) * RB, j = item % U, rows = min(RB, BT - r0);
             constexpr int P1 = (CELL == RNN_CELL_GRU) ? 3 : G;  // the original GRU uses 2 of these 3
             const int phase1_gates = reset_first ? 2 : P1;
+            // The step's input projection and b_hh do not depend on h_{t-1}:
+            // loaded before the products, their latency hides behind them.
+            float xs[RNN_MAX_ROWS_PER_THREAD][G], bias[G];
+#pragma unroll
+            for (int r = 0; r < RNN_MAX_ROWS_PER_THREAD; ++r) {
+                const int b = r0 + min(r, rows - 1), len = len_s[b];
+                const bool live = writes && r < rows && s < len;
+                const int t = !live ? 0 : dir ? len - 1 - s : s;
+                const float* x = p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
+#pragma unroll
+                for (int g = 0; g < G; ++g) xs[r][g] = live ? x[g * H] : 0.0f;
+            }
+#pragma unroll
+            for (int g = 0; g < G; ++g) bias[g] = writes && b_hh ? b_hh[g * H + j] : 0.0f;
             float acc[G][RNN_MAX_ROWS_PER_THREAD];
             products<G>(RB, w + j * row_stride, gate_stride, phase1_gates, h_rows + r0 * h_stride, h_stride, rows, HO,
                         KL, acc);
             if (!writes) return;
-            // Row b's cell from its recurrent products (bias not yet added).
-            auto cell = [&](int b, float (&gate)[G]) {
+            // Row b's cell from its recurrent products (bias not yet added)
+            // and its input projection x[g·H] = xr[g].
+            auto cell = [&](int b, float (&gate)[G], const float (&xr)[G]) {
                 const int len = len_s[b];
                 const float* h = h_rows + b * h_stride;
                 if (s >= len) {  // finished: keep the state, pad the output
@@ -272,9 +303,9 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                     return;
                 }
                 const int t = dir ? len - 1 - s : s;
-                const float* x = p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
                 if (b_hh)
-                    for (int g = 0; g < G; ++g) gate[g] += b_hh[g * H + j];
+                    for (int g = 0; g < G; ++g) gate[g] += bias[g];
+                const float x[4] = {xr[0], xr[1 % G], xr[2 % G], xr[3 % G]};
 
                 // Training keeps the gate activations (and one auxiliary vector) for backward.
                 float* kept = p.reserve ? x_reserve(p, t, b0 + b, dir, G) + u0 + j : nullptr;
@@ -288,9 +319,9 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                     if (kept) kept[0] = h_new;
                 } else if (CELL == RNN_CELL_LSTM) {
                     const float ig = rnn_sigmoid(x[0] + gate[0]);
-                    const float fg = rnn_sigmoid(x[H] + gate[1 % G]);
-                    const float gg = tanhf(x[2 * H] + gate[2 % G]);
-                    const float og = rnn_sigmoid(x[3 * H] + gate[3 % G]);
+                    const float fg = rnn_sigmoid(x[1] + gate[1 % G]);
+                    const float gg = tanhf(x[2] + gate[2 % G]);
+                    const float og = rnn_sigmoid(x[3] + gate[3 % G]);
                     const float c = fg * c_s[b * upc + j] + ig * gg;
                     c_s[b * upc + j] = c;
                     h_new = og * tanhf(c);
@@ -304,7 +335,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                     }
                 } else {  // GRU
                     const float r_gate = rnn_sigmoid(x[0] + gate[0]);
-                    const float z = rnn_sigmoid(x[H] + gate[1 % G]);
+                    const float z = rnn_sigmoid(x[1] + gate[1 % G]);
                     const float h_prev = h[u0 + j];
                     if (kept) kept[0] = r_gate, kept[H] = z;
                     if (reset_first) {
@@ -313,7 +344,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                         hp_s[b * upc + j] = h_prev;
                         return;
                     }
-                    const float n = tanhf(x[2 * H] + r_gate * gate[2 % G]);
+                    const float n = tanhf(x[2] + r_gate * gate[2 % G]);
                     h_new = (1.0f - z) * n + z * h_prev;
                     if (kept) kept[2 * H] = n, kept_aux[0] = gate[2 % G];
                 }
@@ -325,7 +356,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
             for (int r = 0; r < RNN_MAX_ROWS_PER_THREAD; ++r) {
                 float gate[G];
                 for (int g = 0; g < G; ++g) gate[g] = acc[g][r];
-                if (r < rows) cell(r0 + r, gate);
+                if (r < rows) cell(r0 + r, gate, xs[r]);
             }
         });
 
@@ -334,10 +365,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
         if (two_phase) {
             sync_group();
             if (!local) {
-                for (int i = threadIdx.x; i < BT * H; i += blockDim.x) {
-                    const int b = i / H, k = i % H;
-                    v_s[b * vs_stride + k] = rnn_load_l2(vbuf + b * H + k);
-                }
+                rnn_copy_rows<8>(v_s, vs_stride, vbuf, H, BT, H, rnn_load_l2);
                 __syncthreads();
             }
             // Rows that finished wrote no vector this step: their products
@@ -348,10 +376,21 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
             for_each_item(row_blocks * owned, KL, [&](int item, bool writes) {
                 const int r0 = (item / owned) * RB, j = item % owned, rows = min(RB, BT - r0), col = hs0 + j;
                 const float* wj = projecting ? w2 + j * w2_stride : w + 2 * gate_stride + j * row_stride;
+                // The original GRU's n gate input, loaded before the products.
+                float xn[RNN_MAX_ROWS_PER_THREAD];
+#pragma unroll
+                for (int r = 0; r < RNN_MAX_ROWS_PER_THREAD; ++r) {
+                    const int b = r0 + min(r, rows - 1), len = len_s[b];
+                    const bool live = !projecting && writes && r < rows && s < len;
+                    const int t = !live ? 0 : dir ? len - 1 - s : s;
+                    const float* x = p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
+                    xn[r] = live ? x[2 * H] : 0.0f;
+                }
+                const float bn = !projecting && writes && b_hh ? b_hh[2 * H + j] : 0.0f;
                 float acc[1][RNN_MAX_ROWS_PER_THREAD];
                 products<1>(RB, wj, 0, 1, v_rows + r0 * v_stride, v_stride, rows, H, KL, acc);
                 if (!writes) return;
-                auto finish = [&](int b, float product) {
+                auto finish = [&](int b, float product, float x_n) {
                     const int len = len_s[b];
                     if (s >= len) {
                         h_next[b * HO + col] = load_exchanged(h_cur + b * HO + col);
@@ -361,9 +400,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                     const int t = dir ? len - 1 - s : s;
                     float h_new = product;
                     if (!projecting) {
-                        const float* x =
-                            p.xp + ((long long)t * B + b0 + b) * xp_row + (long long)dir * G * H + u0 + j;
-                        const float n = tanhf(x[2 * H] + product + (b_hh ? b_hh[2 * H + j] : 0.0f));
+                        const float n = tanhf(x_n + product + bn);
                         if (p.reserve) x_reserve(p, t, b0 + b, dir, G)[2 * H + u0 + j] = n;
                         const float z = z_s[b * upc + j];
                         h_new = (1.0f - z) * n + z * hp_s[b * upc + j];
@@ -373,7 +410,7 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
                 };
 #pragma unroll
                 for (int r = 0; r < RNN_MAX_ROWS_PER_THREAD; ++r)
-                    if (r < rows) finish(r0 + r, acc[0][r]);
+                    if (r < rows) finish(r0 + r, acc[0][r], xn[r]);
             });
         }
         sync_group();
@@ -394,6 +431,17 @@ __device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
             const int b = i / U, j = i % U;
             p.c_n[((long long)dir * B + b0 + b) * H + u0 + j] = c_s[b * upc + j];
         }
+}
+
+template <int CELL>
+__device__ __forceinline__ void recurrence(const RecurrenceParams& p) {
+    if (p.ctas_per_group == 1) {
+        if (p.weights_in_smem) recurrence_body<CELL, true, true>(p);
+        else recurrence_body<CELL, true, false>(p);
+    } else {
+        if (p.weights_in_smem) recurrence_body<CELL, false, true>(p);
+        else recurrence_body<CELL, false, false>(p);
+    }
 }
 
 RNN_PERSISTENT_KERNEL(rnn_recurrence_tanh_f32, RecurrenceParams) { recurrence<RNN_CELL_TANH>(p); }

@@ -83,7 +83,7 @@ __device__ __forceinline__ void recurrence_backward(const RecurrenceBackwardPara
     auto gates_x = [&](int parity) { return xch + parity * bt * GH; };                  // [bt][GH]
     auto dh_x = [&](int parity) { return xch + 2 * bt * GH + parity * bt * HO; };       // [bt][HO]
     auto dn_x = [&](int parity) { return xch + 2 * bt * (GH + HO) + parity * bt * H; }; // [bt][H]
-    unsigned int* counter = p.barrier + group;
+    unsigned int* counter = p.barrier + group * RNN_BARRIER_STRIDE;
     unsigned int epoch = 0;
     auto sync_group = [&]() {
         ++epoch;

@@ -192,3 +192,116 @@ fn compiled_kernels_use_no_local_memory_nor_stale_loads() {
     assert_eq!(functions, 4 * kernels, "resource usage of every kernel and arch");
     assert_eq!(disassembled, 4 * kernels, "SASS of every kernel and arch");
 }
+
+/// One `cuobjdump -sass` instruction: its address, opcode (the predicate
+/// dropped) and operands; `None` for a line that is not an instruction.
+fn instruction(line: &str) -> Option<(u64, &str, &str)> {
+    let (address, text) = line.trim().strip_prefix("/*")?.split_once("*/")?;
+    let address = u64::from_str_radix(address.trim(), 16).ok()?;
+    let text = text.trim().trim_end_matches(|c| c != ';').trim_end_matches(';');
+    let text = if text.starts_with('@') {
+        text.split_once(' ')?.1.trim()
+    } else {
+        text
+    };
+    let (op, operands) = text.split_once(' ').unwrap_or((text, ""));
+    (!op.is_empty() && op.starts_with(|c: char| c.is_ascii_uppercase())).then_some((
+        address,
+        op,
+        operands.trim(),
+    ))
+}
+
+/// `(arch, function, its lines)` of a `cuobjdump -sass` listing.
+fn by_arch_and_function(listing: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut arch = String::new();
+    let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
+    for line in listing.lines() {
+        let line_text = line.trim();
+        if let Some(a) = line_text.strip_prefix("arch = ") {
+            arch = a.to_string();
+        } else if let Some(f) = line_text.strip_prefix("Function : ") {
+            out.push((arch.clone(), f.to_string(), Vec::new()));
+        } else if let Some((_, _, lines)) = out.last_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    out
+}
+
+/// The forward recurrence's machine code, as a reading of its SASS found it
+/// should be (issue "the GPU path before its first GPU"), for every cell
+/// and arch:
+/// - shared memory is addressed as such (`LDS`/`STS`): no generic
+///   `LD`/`ST`, whose space the hardware resolves at run time (the kernels
+///   are specialised on where the weights and the exchange live);
+/// - the weight fill is asynchronous (`LDGSTS`, cp.async), not one
+///   dependent load and store per element;
+/// - the per-step staging of other CTAs' `h` keeps several L2 loads in
+///   flight (a run of at least 4 `LDG.E.STRONG.GPU` before their stores);
+/// - no full `MEMBAR.SC` fence (the group barrier arrives with a release
+///   and polls with acquire loads);
+/// - on sm_90, the GPUs the reading was for, no subroutine call (the IEEE
+///   division's slow path split the step's loads into dependent waves).
+///   Older archs' code uses `CALL` for its own control flow, so it is not
+///   checked there.
+#[test]
+#[cfg_attr(
+    not(rnn_kernels_cuobjdump),
+    ignore = "no cuobjdump beside nvcc (scripts/install-nvcc installs one)"
+)]
+fn forward_recurrence_machine_code_is_as_read() {
+    let forward: Vec<&str> = CellKind::ALL
+        .into_iter()
+        .map(|c| Pass::Forward.kernel(c))
+        .collect();
+    let mut checked = 0;
+    for (file, fatbin, _) in module::fatbins() {
+        let sass = cuobjdump(fatbin, file, &["-sass"]);
+        for (arch, function, lines) in by_arch_and_function(&sass) {
+            if !forward.contains(&function.as_str()) {
+                continue;
+            }
+            checked += 1;
+            let code: Vec<(u64, &str, &str)> = lines.iter().filter_map(|l| instruction(l)).collect();
+            let bad: Vec<String> = code
+                .iter()
+                .filter(|(_, op, _)| {
+                    let base = op.split('.').next().unwrap();
+                    base == "LD"
+                        || base == "ST"
+                        || op.starts_with("MEMBAR.SC")
+                        || (arch == "sm_90" && base == "CALL")
+                })
+                .map(|(address, op, operands)| format!("{address:#x}: {op} {operands}"))
+                .collect();
+            assert!(
+                bad.is_empty(),
+                "{function} ({arch}): generic loads or stores, calls or full fences: {bad:#?}"
+            );
+            assert!(
+                code.iter().any(|(_, op, _)| op.starts_with("LDGSTS")),
+                "{function} ({arch}): the weight fill is not asynchronous (no LDGSTS)"
+            );
+            // Memory instructions in order; the longest run of L2 loads.
+            let (mut run, mut longest) = (0, 0);
+            for (_, op, _) in code.iter().filter(|(_, op, _)| {
+                ["LDG", "LDS", "STG", "STS", "RED", "ATOM"]
+                    .iter()
+                    .any(|m| op.starts_with(m))
+            }) {
+                run = if *op == "LDG.E.STRONG.GPU" { run + 1 } else { 0 };
+                longest = longest.max(run);
+            }
+            assert!(
+                longest >= 4,
+                "{function} ({arch}): at most {longest} L2 loads of exchanged values in flight at once"
+            );
+        }
+    }
+    assert_eq!(
+        checked,
+        4 * forward.len(),
+        "every forward recurrence kernel, each arch"
+    );
+}

@@ -66,6 +66,10 @@ pub fn cell_code(cell: crate::CellKind) -> i32 {
     }
 }
 
+/// `RNN_BARRIER_STRIDE` in params.h: words from one group's barrier counter
+/// to the next (a 128-byte line each; the first starts a line).
+pub const BARRIER_STRIDE: usize = 32;
+
 /// `RNN_EXCHANGE_FLOATS` in params.h: exchange floats per group.
 pub fn exchange_floats(batch_tile: usize, hidden: usize, out_size: usize) -> usize {
     batch_tile * (2 * out_size + hidden)

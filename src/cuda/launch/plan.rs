@@ -443,11 +443,22 @@ pub struct WorkspaceLayout {
     pub layer_outputs: [usize; 2],
     /// Per group, the recurrence's exchange buffers.
     pub exchange: usize,
-    /// Per group, one u32 barrier counter.
+    /// Per group, one u32 barrier counter on a 128-byte line of its own
+    /// ([`BARRIER_STRIDE`](super::params::BARRIER_STRIDE) words).
     pub barrier: usize,
     /// `[B]` i32 lengths, for callers that pass them from the host.
     pub lengths: usize,
     pub words: usize,
+}
+
+/// Takes `groups` barrier counters, each on a 128-byte line of its own,
+/// from a workspace allocator (`take(n)`: the offset of `n` more words).
+pub(crate) fn take_lines(take: &mut impl FnMut(usize) -> usize, groups: usize) -> usize {
+    let stride = super::params::BARRIER_STRIDE;
+    let at = take(0);
+    let start = at.next_multiple_of(stride);
+    take(start - at);
+    take(groups * stride)
 }
 
 impl WorkspaceLayout {
@@ -470,7 +481,7 @@ impl WorkspaceLayout {
         let groups = plan.groups(config);
         let exchange =
             take(groups * exchange_floats(plan.batch_tile, config.hidden_size, config.output_size()));
-        let barrier = take(groups);
+        let barrier = take_lines(&mut take, groups);
         let lengths = take(batch);
         WorkspaceLayout {
             projection,
@@ -676,7 +687,7 @@ pub(crate) fn forward_layer_launches(
     )?;
     let zero_barriers = plan.cooperative().then_some(Step::FillWords {
         addr: layer.barrier,
-        count: plan.groups(config),
+        count: plan.groups(config) * super::params::BARRIER_STRIDE,
         value: 0,
     });
     let state = l * dirs * batch;

@@ -95,12 +95,12 @@ impl TrainingLayout {
             reserve_words,
             projection: take(rows * gate_rows),
             forward_exchange: take(forward.groups(config) * exchange_floats(forward.batch_tile, h, ho)),
-            forward_barrier: take(forward.groups(config)),
+            forward_barrier: super::plan::take_lines(&mut take, forward.groups(config)),
             backward_exchange: take(
                 backward.groups(config)
                     * backward_exchange_floats(backward.batch_tile, config.gates() * h, h, ho),
             ),
-            backward_barrier: take(backward.groups(config)),
+            backward_barrier: super::plan::take_lines(&mut take, backward.groups(config)),
             d_gi: take(rows * gate_rows),
             d_gh: take(rows * gate_rows),
             d_h: take(if config.proj_size > 0 { rows * width } else { 0 }),
@@ -310,7 +310,7 @@ pub fn backward_steps(
         if plan.cooperative() {
             steps.push(Step::FillWords {
                 addr: ws(layout.backward_barrier),
-                count: plan.groups(config),
+                count: plan.groups(config) * super::params::BARRIER_STRIDE,
                 value: 0,
             });
         }
