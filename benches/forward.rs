@@ -18,6 +18,10 @@
 //! instruction set and the machine's SGEMM rate (the `gemm` crate, 1024³) at
 //! each thread count.
 //!
+//! On a GPU, each whole-sequence shape without varying lengths also gets
+//! the records `infer_per_step` and `infer_fixed`: its forward's time split
+//! into a cost per step and a fixed cost, from calls at T and 2T.
+//!
 //! `RNN_BENCH_SHAPES=icu,stream_b1` runs only the shapes it names.
 //!
 //! `RNN_BENCH_BLOCKING=K,R` forces the forward recurrence's blocking (K
@@ -427,7 +431,96 @@ fn gpu_forward(c: &mut Criterion) {
                     model.forward_device(&args, &mut out).unwrap()
                 })
             });
+            if shape.lengths.is_none() {
+                gpu_step_and_fixed_costs(&mut model, &shape, variant);
+            }
         }
+    }
+}
+
+/// How a forward's time splits into a cost per step (the recurrence's
+/// products, gate math and barriers) and a fixed cost (launches, the weight
+/// fill, the input projection's ramp): the forward timed at T and at 2T,
+/// call after call; per step = (t(2T) − t(T)) / T, fixed = t(T) − T · per
+/// step. Records with modes `infer_per_step` and `infer_fixed`; under
+/// `cargo test` (no `--bench`: CI, on the driver stand-in) one pair of
+/// calls as a smoke test, on the shorter shapes only.
+fn gpu_step_and_fixed_costs(model: &mut CudaRnn, shape: &Shape, variant: &'static str) {
+    let cfg = model.config().clone();
+    let (t, b) = (shape.seq_len, shape.batch);
+    let benching = std::env::args().any(|a| a == "--bench");
+    if !benching && t > 100 {
+        return;
+    }
+    let stream = model.stream().clone();
+    let mut rng = SplitMix64::new(5);
+    let zeros = |n: usize| stream.alloc_zeros::<f32>(n).unwrap();
+    let buffers = |seq_len: usize, rng: &mut SplitMix64| {
+        let input = stream
+            .clone_htod(&random(rng, seq_len * b * cfg.input_size))
+            .unwrap();
+        (input, zeros(seq_len * b * cfg.output_width()))
+    };
+    let (mut short, mut long) = (buffers(t, &mut rng), buffers(2 * t, &mut rng));
+    let mut h_n = zeros(cfg.num_states() * b * cfg.output_size());
+    let mut c_n = cfg
+        .has_cell_state()
+        .then(|| zeros(cfg.num_states() * b * cfg.hidden_size));
+    let context = model.device().context().clone();
+    let event = || context.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+    let (start, end) = (event(), event());
+    let mut time_us = |seq_len: usize, (input, output): &mut (CudaSlice<f32>, CudaSlice<f32>)| {
+        start.record(&stream).unwrap();
+        let args = DeviceInput {
+            input,
+            seq_len,
+            batch: b,
+            lengths: None,
+            h0: None,
+            c0: None,
+        };
+        let mut out = DeviceOutput {
+            output,
+            h_n: &mut h_n,
+            c_n: c_n.as_mut(),
+        };
+        model.forward_device(&args, &mut out).unwrap();
+        end.record(&stream).unwrap();
+        end.synchronize().unwrap();
+        f64::from(start.elapsed_ms(&end).unwrap()) * 1e3
+    };
+    // The first calls size the workspace.
+    time_us(t, &mut short);
+    time_us(2 * t, &mut long);
+    let reps = if benching { 31 } else { 1 };
+    let (mut per_step, mut fixed) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let (one, two) = (time_us(t, &mut short), time_us(2 * t, &mut long));
+        let step = (two - one) / t as f64;
+        per_step.push(step);
+        fixed.push(one - step * t as f64);
+    }
+    let median = |v: &[f64]| {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        percentile(&sorted, 0.5)
+    };
+    eprintln!(
+        "{}: {:.3} µs a step, {:.1} µs fixed (T = {t} and {})",
+        shape.name,
+        median(&per_step),
+        median(&fixed),
+        2 * t
+    );
+    let mut samples = SAMPLES.lock().unwrap();
+    for (mode, per_call_us) in [("infer_per_step", per_step), ("infer_fixed", fixed)] {
+        samples.push(Samples {
+            shape: shape.name.clone(),
+            mode,
+            dtype: "f32",
+            variant,
+            per_call_us,
+        });
     }
 }
 
