@@ -116,11 +116,27 @@ fn cuobjdump(fatbin: &[u8], name: &str, args: &[&str]) -> String {
 /// `(function, its lines)` of a `cuobjdump -sass` or `--dump-resource-usage`
 /// listing, per cubin (arch) in the order cuobjdump prints them.
 fn by_function(listing: &str, marker: &str) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    by_arch_and_function(listing, marker)
+        .into_iter()
+        .map(|(_, function, lines)| (function, lines))
+        .collect()
+}
+
+/// `(arch, function, its lines)` of a cuobjdump listing whose functions
+/// start with `marker` (the arch: the last `arch = ` line before them).
+fn by_arch_and_function(listing: &str, marker: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut arch = String::new();
+    let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
     for line in listing.lines() {
-        if let Some(rest) = line.trim().strip_prefix(marker) {
-            out.push((rest.trim().trim_end_matches(':').to_string(), Vec::new()));
-        } else if let Some((_, lines)) = out.last_mut() {
+        if let Some(a) = line.trim().strip_prefix("arch = ") {
+            arch = a.to_string();
+        } else if let Some(rest) = line.trim().strip_prefix(marker) {
+            out.push((
+                arch.clone(),
+                rest.trim().trim_end_matches(':').to_string(),
+                Vec::new(),
+            ));
+        } else if let Some((_, _, lines)) = out.last_mut() {
             lines.push(line.to_string());
         }
     }
@@ -212,23 +228,6 @@ fn instruction(line: &str) -> Option<(u64, &str, &str)> {
     ))
 }
 
-/// `(arch, function, its lines)` of a `cuobjdump -sass` listing.
-fn by_arch_and_function(listing: &str) -> Vec<(String, String, Vec<String>)> {
-    let mut arch = String::new();
-    let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
-    for line in listing.lines() {
-        let line_text = line.trim();
-        if let Some(a) = line_text.strip_prefix("arch = ") {
-            arch = a.to_string();
-        } else if let Some(f) = line_text.strip_prefix("Function : ") {
-            out.push((arch.clone(), f.to_string(), Vec::new()));
-        } else if let Some((_, _, lines)) = out.last_mut() {
-            lines.push(line.to_string());
-        }
-    }
-    out
-}
-
 /// The forward recurrence's machine code, as a reading of its SASS found it
 /// should be (issue "the GPU path before its first GPU"), for every cell
 /// and arch:
@@ -258,7 +257,7 @@ fn forward_recurrence_machine_code_is_as_read() {
     let mut checked = 0;
     for (file, fatbin, _) in module::fatbins() {
         let sass = cuobjdump(fatbin, file, &["-sass"]);
-        for (arch, function, lines) in by_arch_and_function(&sass) {
+        for (arch, function, lines) in by_arch_and_function(&sass, "Function : ") {
             if !forward.contains(&function.as_str()) {
                 continue;
             }

@@ -485,32 +485,26 @@ pub(super) fn execute(device: &CudaDevice, stream: &CudaStream, steps: &[Step]) 
                 let mut args = [params as *mut std::ffi::c_void];
                 let grid = (launch.grid[0], launch.grid[1], launch.grid[2]);
                 let block = (launch.block, 1, 1);
+                // A cooperative launch whenever the kernel's CTAs wait for
+                // each other (the plan sized the grid from the occupancy query).
+                let launch_kernel = if launch.cooperative {
+                    cudarc::driver::result::launch_cooperative_kernel
+                } else {
+                    cudarc::driver::result::launch_kernel
+                };
                 // SAFETY: the params hold addresses of live buffers whose
                 // lengths the caller checked against the same configuration
                 // the plan was made from, and outlive this call (the driver
-                // copies them at launch); a cooperative launch is used
-                // whenever the kernel's CTAs wait for each other, and the plan
-                // sized the grid from the occupancy query.
+                // copies them at launch).
                 let launched = unsafe {
-                    if launch.cooperative {
-                        cudarc::driver::result::launch_cooperative_kernel(
-                            function,
-                            grid,
-                            block,
-                            launch.smem_bytes,
-                            stream.cu_stream(),
-                            &mut args,
-                        )
-                    } else {
-                        cudarc::driver::result::launch_kernel(
-                            function,
-                            grid,
-                            block,
-                            launch.smem_bytes,
-                            stream.cu_stream(),
-                            &mut args,
-                        )
-                    }
+                    launch_kernel(
+                        function,
+                        grid,
+                        block,
+                        launch.smem_bytes,
+                        stream.cu_stream(),
+                        &mut args,
+                    )
                 };
                 launched.map_err(cuda_err(format!("launching {} {:?}", launch.kernel, launch.grid)))?;
             }
