@@ -96,8 +96,11 @@ fn gpu_types_are_send_and_the_device_is_shared() {
 
 /// Runs the stand-alone cuobjdump on a fatbin with `args`.
 fn cuobjdump(fatbin: &[u8], name: &str, args: &[&str]) -> String {
+    // Tests run side by side: each call its own file.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tool = module::cuobjdump().expect("cfg(rnn_kernels_cuobjdump) says there is one");
-    let path = std::env::temp_dir().join(format!("rnn-kernels-{}-{name}.fatbin", std::process::id()));
+    let path = std::env::temp_dir().join(format!("rnn-kernels-{}-{call}-{name}.fatbin", std::process::id()));
     std::fs::write(&path, fatbin).unwrap();
     let out = std::process::Command::new(tool)
         .args(args)
