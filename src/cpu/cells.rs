@@ -9,7 +9,7 @@
 //! exactly zero and never feed a real unit.
 
 use super::kernel::Epilogue;
-use super::simd::{sigmoid, tanh, Simd};
+use super::simd::{sigmoid, sigmoid_denominator, tanh, tanh_fraction, Simd};
 
 /// Where one live row of a recurrent step reads and writes.
 #[derive(Clone, Copy, Debug)]
@@ -51,15 +51,19 @@ impl<S: Simd> Epilogue<S, 4> for LstmStep<'_> {
         // SAFETY: the row's buffers are [G·Hp] / [Hp] wide and u + L <= Hp.
         unsafe {
             let pre = |g: usize| s.add(acc[g], s.load(r.gi.add(g * hp + u)));
-            let i = sigmoid(s, pre(0));
+            // σ(i) tanh(g) and σ(o) tanh(c') with one division each:
+            // σ(a) tanh(b) = (e^2b - 1) / ((1 + e^-a)(e^2b + 1)).
+            let (i_den, (g_num, g_den)) = (sigmoid_denominator(s, pre(0)), tanh_fraction(s, pre(2)));
             let f = sigmoid(s, pre(1));
-            let g = tanh(s, pre(2));
-            let o = sigmoid(s, pre(3));
-            let c = s.fma(f, s.load(r.state.add(u)), s.mul(i, g));
+            let c = s.fma(f, s.load(r.state.add(u)), s.div(g_num, s.mul(i_den, g_den)));
             s.store(r.state.add(u), c);
-            s.store(r.h_next.add(u), s.mul(o, tanh(s, c)));
+            let (o_den, (c_num, c_den)) = (sigmoid_denominator(s, pre(3)), tanh_fraction(s, c));
+            s.store(r.h_next.add(u), s.div(c_num, s.mul(o_den, c_den)));
             if !r.act.is_null() {
-                for (gate, v) in [i, f, g, o].into_iter().enumerate() {
+                // Training: the activations for the backward pass, from the same terms.
+                let one = s.splat(1.0);
+                let activations = [s.div(one, i_den), f, s.div(g_num, g_den), s.div(one, o_den)];
+                for (gate, v) in activations.into_iter().enumerate() {
                     s.store(r.act.add(gate * hp + u), v);
                 }
                 s.store(r.extra.add(u), c);

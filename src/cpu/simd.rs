@@ -151,8 +151,11 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn min_keep_nan(self, ceil: Self::V, x: Self::V) -> Self::V;
     /// Rounds to the nearest integer (ties to even).
     fn round(self, x: Self::V) -> Self::V;
-    /// `2^n` for integral `n` in `-126..=127`.
-    fn pow2i(self, n: Self::V) -> Self::V;
+    /// Per lane, `table[bits(t) mod 16]`.
+    fn exp2_table(self, table: &[f32; 16], t: Self::V) -> Self::V;
+    /// Per lane, `v · 2^n` with `n = bits(t) / 16` (`t` positive), by adding
+    /// `n` to `v`'s exponent field: `v` and the result are normal floats.
+    fn times_exp2_of(self, v: Self::V, t: Self::V) -> Self::V;
     /// Lane-wise `if a < b { yes } else { no }` (false for NaN).
     fn select_lt(self, a: Self::V, b: Self::V, yes: Self::V, no: Self::V) -> Self::V;
     /// The least lane of `lo` and the greatest of `hi` (neither holds NaN).
@@ -182,60 +185,135 @@ pub trait Simd: Copy + Send + Sync + 'static {
 
 // ---------------------------------------------------------------- math ----
 
-/// `e^x` by range reduction to `x = n ln 2 + r`, `|r| <= ln 2 / 2`, and a
-/// degree-5 minimax polynomial for `e^r` (Cephes' `expf` coefficients):
-/// within 2 ulp of the exact value where the result is a normal float.
-/// Inputs are clamped to `[-87.3, 88.37]`, so the result is never inf or a
-/// subnormal; NaN stays NaN.
+/// Adding this to `y` (`|y| < 2^21`) rounds `y` to an integer `k` (ties to
+/// even) and leaves `k + 8` in the low mantissa bits of the sum `t` (the
+/// bits of 1.5·2^23 have nothing below bit 22). With `k + 8 = 16n + j`,
+/// [`Simd::exp2_table`] reads `2^((j - 8)/16)` by `j` and
+/// [`Simd::times_exp2_of`] multiplies by `2^n` by adding `n` (the bits of
+/// `t` from bit 4 up, wrapping) to the exponent field: no float-to-int
+/// conversion, no multiplication.
+const ROUNDING_BIAS: f32 = 12_582_912.0 + 8.0;
+
+/// `2^((j - 8)/16)` for `j` in `0..16`, rounded to f32 (so that arguments
+/// near 0 take `j = 8`, where the value is exactly 1).
+const EXP2_SIXTEENTHS: [f32; 16] = [
+    0.70710677, 0.7384131, 0.7711054, 0.80524516, 0.8408964, 0.8781261, 0.91700405, 0.9576033, 1.0,
+    1.0442737, 1.0905077, 1.1387886, 1.1892071, 1.2418578, 1.2968396, 1.3542556,
+];
+
+/// What rounding took off each of [`EXP2_SIXTEENTHS`], relative to it:
+/// `(2^((j - 8)/16) - T[j]) / T[j]`.
+const EXP2_SIXTEENTHS_ERROR: [f32; 16] = [
+    1.7114271e-08,
+    -3.0476834e-08,
+    5.233334e-09,
+    6.1075918e-09,
+    -1.4719605e-08,
+    -5.258795e-09,
+    -6.1282597e-09,
+    5.1406093e-09,
+    0.0,
+    4.628547e-08,
+    -1.19921575e-08,
+    4.7297824e-08,
+    3.193418e-08,
+    3.6210572e-08,
+    -3.099072e-08,
+    -7.475213e-09,
+];
+
+/// `ln 2 = LN2_HI + LN2_LO`, `LN2_HI` short enough that `k · LN2_HI / 32` is
+/// exact for every `k` the clamps allow.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
+/// `2^((j - 8)/16) · 2^n` for the `t` of [`ROUNDING_BIAS`].
 #[inline(always)]
-pub fn exp<S: Simd>(s: S, x: S::V) -> S::V {
-    let x = s.min_keep_nan(s.splat(88.37), x);
-    let x = s.max_keep_nan(s.splat(-87.3), x);
-    let n = s.round(s.mul(x, s.splat(std::f32::consts::LOG2_E)));
-    // ln 2 in two parts, so that n * LN2_HI is exact.
-    let r = s.fma(n, s.splat(-0.693_359_4), x);
-    let r = s.fma(n, s.splat(2.121_944_4e-4), r);
-    let mut p = s.splat(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
-        p = s.fma(p, r, s.splat(c));
+fn exp2_of_rounded<S: Simd>(s: S, t: S::V) -> S::V {
+    s.times_exp2_of(s.exp2_table(&EXP2_SIXTEENTHS, t), t)
+}
+
+/// `e^-x`, `x` clamped to `[floor, 87.3]` first (so the result is a normal
+/// float, never inf; NaN stays NaN): `-x = k ln 2 / 16 + r`, `|r| <= ln 2 /
+/// 32`, `e^-x = 2^(k/16) e^r` with `2^(k/16)` from the table and `e^r` to
+/// 1e-8 from its cubic Taylor polynomial, by Horner in `q = -r` (so `x` is
+/// never negated). The sigmoid built on it is within 4 ulp.
+#[inline(always)]
+fn exp_neg<S: Simd>(s: S, x: S::V, floor: f32) -> S::V {
+    let x = s.min_keep_nan(s.splat(87.3), x);
+    let x = s.max_keep_nan(s.splat(floor), x);
+    let t = s.fma(
+        x,
+        s.splat(-16.0 * std::f32::consts::LOG2_E),
+        s.splat(ROUNDING_BIAS),
+    );
+    let k = s.sub(t, s.splat(ROUNDING_BIAS));
+    // q = x + k ln 2 / 16 = -r
+    let q = s.fma(k, s.splat(LN2_HI / 16.0), x);
+    let q = s.fma(k, s.splat(LN2_LO / 16.0), q);
+    // e^r = 1 - q + q²/2 - q³/6
+    let mut p = s.splat(-1.0 / 6.0);
+    for c in [0.5, -1.0, 1.0] {
+        p = s.fma(p, q, s.splat(c));
     }
-    let r2 = s.mul(r, r);
-    let e_r = s.add(s.fma(p, r2, r), s.splat(1.0));
-    s.mul(e_r, s.pow2i(n))
+    s.mul(p, exp2_of_rounded(s, t))
+}
+
+/// `e^(2x) - 1`, accurate near 0, `x` clamped to `[-10, 10]` (where `tanh`
+/// is ±1 in f32, and the quotients below cannot overflow): `2x = k ln 2 /
+/// 16 + 2h`, `|h| <= ln 2 / 64`, `e^(2h) - 1 = h (2 + 2h + 4h²/3 + 2h³/3)`
+/// to 2e-9, then `T (e^(2h) - 1) + (T - 1)` with `T = 2^(k/16)` (its
+/// rounding error added back: near 0 the difference `T - 1` is what is left).
+#[inline(always)]
+fn expm1_twice<S: Simd>(s: S, x: S::V) -> S::V {
+    let x = s.min_keep_nan(s.splat(10.0), x);
+    let x = s.max_keep_nan(s.splat(-10.0), x);
+    let t = s.fma(
+        x,
+        s.splat(32.0 * std::f32::consts::LOG2_E),
+        s.splat(ROUNDING_BIAS),
+    );
+    let k = s.sub(t, s.splat(ROUNDING_BIAS));
+    // h = x - k ln 2 / 32
+    let h = s.fma(k, s.splat(-LN2_HI / 32.0), x);
+    let h = s.fma(k, s.splat(-LN2_LO / 32.0), h);
+    let mut p = s.splat(2.0 / 3.0);
+    for c in [4.0 / 3.0, 2.0, 2.0] {
+        p = s.fma(p, h, s.splat(c));
+    }
+    let em1 = s.add(s.mul(p, h), s.exp2_table(&EXP2_SIXTEENTHS_ERROR, t));
+    let scale = exp2_of_rounded(s, t);
+    s.fma(em1, scale, s.sub(scale, s.splat(1.0)))
 }
 
 /// `1 / (1 + e^-x)`.
 #[inline(always)]
 pub fn sigmoid<S: Simd>(s: S, x: S::V) -> S::V {
     let one = s.splat(1.0);
-    s.div(one, s.add(one, exp(s, s.sub(s.zero(), x))))
+    s.div(one, s.add(one, exp_neg(s, x, -88.37)))
 }
 
-/// `e^x - 1`, accurate near 0 where `exp(x) - 1` is not: `x = n ln 2 + r`,
-/// `e^r - 1 = r + r² P(r)` (the polynomial of [`exp`]), then
-/// `2^n (e^r - 1) + (2^n - 1)`. Inputs are clamped to `[-87.3, 88.37]`.
-#[inline(always)]
-pub fn expm1<S: Simd>(s: S, x: S::V) -> S::V {
-    let x = s.min_keep_nan(s.splat(88.37), x);
-    let x = s.max_keep_nan(s.splat(-87.3), x);
-    let n = s.round(s.mul(x, s.splat(std::f32::consts::LOG2_E)));
-    let r = s.fma(n, s.splat(-0.693_359_4), x);
-    let r = s.fma(n, s.splat(2.121_944_4e-4), r);
-    let mut p = s.splat(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
-        p = s.fma(p, r, s.splat(c));
-    }
-    let em1_r = s.fma(p, s.mul(r, r), r);
-    let scale = s.pow2i(n);
-    s.fma(em1_r, scale, s.sub(scale, s.splat(1.0)))
-}
-
-/// `tanh x = expm1(2x) / (expm1(2x) + 2)`: accurate to a few ulp over the
-/// whole range (near 0 through `expm1`, at ±inf by the clamp in `expm1`).
+/// `tanh x = (e^(2x) - 1) / (e^(2x) + 1)`: accurate to a few ulp over the
+/// whole range (near 0 through `expm1_twice`, ±1 beyond ±10).
 #[inline(always)]
 pub fn tanh<S: Simd>(s: S, x: S::V) -> S::V {
-    let e = expm1(s, s.add(x, x));
-    s.div(e, s.add(e, s.splat(2.0)))
+    let (numerator, denominator) = tanh_fraction(s, x);
+    s.div(numerator, denominator)
+}
+
+/// `1 + e^-a`, the denominator of `σ(a)`, for products `σ(a) · tanh(b)`
+/// made with one division (the LSTM's): `a` is clamped below at -40, so
+/// that the product of two denominators stays finite (`σ(-40)` is 4e-18).
+#[inline(always)]
+pub fn sigmoid_denominator<S: Simd>(s: S, a: S::V) -> S::V {
+    s.add(s.splat(1.0), exp_neg(s, a, -40.0))
+}
+
+/// `tanh b` as a fraction, `(e^(2b) - 1, e^(2b) + 1)`.
+#[inline(always)]
+pub fn tanh_fraction<S: Simd>(s: S, b: S::V) -> (S::V, S::V) {
+    let e = expm1_twice(s, b);
+    (e, s.add(e, s.splat(2.0)))
 }
 
 // ------------------------------------------------------------ portable ----
@@ -319,8 +397,12 @@ impl Simd for Portable {
         x.map(f32::round_ties_even)
     }
     #[inline(always)]
-    fn pow2i(self, n: Lanes) -> Lanes {
-        n.map(|n| f32::from_bits(((n as i32 + 127) as u32) << 23))
+    fn exp2_table(self, table: &[f32; 16], t: Lanes) -> Lanes {
+        t.map(|t| table[(t.to_bits() % 16) as usize])
+    }
+    #[inline(always)]
+    fn times_exp2_of(self, v: Lanes, t: Lanes) -> Lanes {
+        std::array::from_fn(|i| f32::from_bits(v[i].to_bits().wrapping_add((t[i].to_bits() >> 4) << 23)))
     }
     #[inline(always)]
     fn select_lt(self, a: Lanes, b: Lanes, yes: Lanes, no: Lanes) -> Lanes {
@@ -379,8 +461,9 @@ mod x86 {
          set1: $set1:ident, loadu: $loadu:ident, storeu: $storeu:ident,
          load_int: $load_int:ident, int_to_float: $int_to_float:ident,
          add: $add:ident, sub: $sub:ident, mul: $mul:ident, div: $div:ident, fmadd: $fmadd:ident,
-         max: $max:ident, min: $min:ident, float_to_int: $float_to_int:ident,
-         add_int: $add_int:ident, set1_int: $set1_int:ident, shift_left_int: $shift_left_int:ident,
+         max: $max:ident, min: $min:ident,
+         float_as_int: $float_as_int:ident, shift_left_int: $shift_left_int:ident,
+         shift_right_int: $shift_right_int:ident, add_int: $add_int:ident,
          int_as_float: $int_as_float:ident,
          specific: { $($specific:tt)* }) => {
             impl Simd for $token {
@@ -442,10 +525,10 @@ mod x86 {
                     unsafe { $min(ceil, x) }
                 }
                 #[inline(always)]
-                fn pow2i(self, n: $vector) -> $vector {
+                fn times_exp2_of(self, v: $vector, t: $vector) -> $vector {
                     unsafe {
-                        let biased = $add_int($float_to_int(n), $set1_int(127));
-                        $int_as_float($shift_left_int::<23>(biased))
+                        let n = $shift_left_int::<23>($shift_right_int::<4>($float_as_int(t)));
+                        $int_as_float($add_int($float_as_int(v), n))
                     }
                 }
 
@@ -460,13 +543,17 @@ mod x86 {
         load_int: _mm512_loadu_si512, int_to_float: _mm512_cvtepi32_ps,
         add: _mm512_add_ps, sub: _mm512_sub_ps, mul: _mm512_mul_ps, div: _mm512_div_ps,
         fmadd: _mm512_fmadd_ps, max: _mm512_max_ps, min: _mm512_min_ps,
-        float_to_int: _mm512_cvtps_epi32, add_int: _mm512_add_epi32,
-        set1_int: _mm512_set1_epi32, shift_left_int: _mm512_slli_epi32,
+        float_as_int: _mm512_castps_si512, shift_left_int: _mm512_slli_epi32,
+        shift_right_int: _mm512_srli_epi32, add_int: _mm512_add_epi32,
         int_as_float: _mm512_castsi512_ps,
         specific: {
             #[inline(always)]
             unsafe fn load_f16(self, p: *const u16) -> __m512 {
                 unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+            }
+            #[inline(always)]
+            fn exp2_table(self, table: &[f32; 16], t: __m512) -> __m512 {
+                unsafe { _mm512_permutexvar_ps(_mm512_castps_si512(t), _mm512_loadu_ps(table.as_ptr())) }
             }
             #[inline(always)]
             fn round(self, x: __m512) -> __m512 {
@@ -498,13 +585,23 @@ mod x86 {
         load_int: _mm256_loadu_si256, int_to_float: _mm256_cvtepi32_ps,
         add: _mm256_add_ps, sub: _mm256_sub_ps, mul: _mm256_mul_ps, div: _mm256_div_ps,
         fmadd: _mm256_fmadd_ps, max: _mm256_max_ps, min: _mm256_min_ps,
-        float_to_int: _mm256_cvtps_epi32, add_int: _mm256_add_epi32,
-        set1_int: _mm256_set1_epi32, shift_left_int: _mm256_slli_epi32,
+        float_as_int: _mm256_castps_si256, shift_left_int: _mm256_slli_epi32,
+        shift_right_int: _mm256_srli_epi32, add_int: _mm256_add_epi32,
         int_as_float: _mm256_castsi256_ps,
         specific: {
             #[inline(always)]
             unsafe fn load_f16(self, p: *const u16) -> __m256 {
                 unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+            }
+            #[inline(always)]
+            fn exp2_table(self, table: &[f32; 16], t: __m256) -> __m256 {
+                // Two 8-entry lookups by the low three bits, chosen by bit 3.
+                unsafe {
+                    let index = _mm256_castps_si256(t);
+                    let low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table.as_ptr()), index);
+                    let high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table.as_ptr().add(8)), index);
+                    _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(index)))
+                }
             }
             #[inline(always)]
             fn round(self, x: __m256) -> __m256 {
@@ -672,10 +769,20 @@ mod tests {
             }
         };
     }
-    vector_fn!(vexp, exp);
+    fn exp_neg_everywhere<S: Simd>(s: S, x: S::V) -> S::V {
+        exp_neg(s, x, -88.37)
+    }
+    /// `σ(x) tanh(x / 2)` as the LSTM makes it, with one division: two
+    /// arguments from one grid (halving is exact).
+    fn sigmoid_times_tanh_of<S: Simd>(s: S, x: S::V) -> S::V {
+        let (numerator, denominator) = tanh_fraction(s, s.mul(x, s.splat(0.5)));
+        s.div(numerator, s.mul(sigmoid_denominator(s, x), denominator))
+    }
+    vector_fn!(vexp_neg, exp_neg_everywhere);
     vector_fn!(vsigmoid, sigmoid);
     vector_fn!(vtanh, tanh);
-    vector_fn!(vexpm1, expm1);
+    vector_fn!(vexpm1_twice, expm1_twice);
+    vector_fn!(vsigmoid_times_tanh, sigmoid_times_tanh_of);
 
     /// The distance between two floats in units in the last place.
     fn ulps(a: f32, b: f32) -> u32 {
@@ -718,18 +825,28 @@ mod tests {
     fn vector_math_matches_libm_on_every_isa() {
         let xs = grid();
         for isa in Isa::available() {
-            let (exps, sigmoids, tanhs) =
-                (map(isa, &xs, vexp), map(isa, &xs, vsigmoid), map(isa, &xs, vtanh));
+            let (exps, sigmoids, tanhs) = (
+                map(isa, &xs, vexp_neg),
+                map(isa, &xs, vsigmoid),
+                map(isa, &xs, vtanh),
+            );
+            let products = map(isa, &xs, vsigmoid_times_tanh);
             for (i, &x) in xs.iter().enumerate() {
                 let x64 = f64::from(x);
-                if (-87.0..88.0).contains(&x) {
-                    let want = x64.exp() as f32;
+                if (-88.0..87.0).contains(&x) {
+                    let want = (-x64).exp() as f32;
                     assert!(
                         ulps(exps[i], want) <= 2,
-                        "{isa}: exp({x}) = {} vs {want}",
+                        "{isa}: exp(-{x}) = {} vs {want}",
                         exps[i]
                     );
                 }
+                let want = (x64 / 2.0).tanh() / (1.0 + (-x64).exp());
+                assert!(
+                    ulps(products[i], want as f32) <= 6 || (f64::from(products[i]) - want).abs() < 1e-17,
+                    "{isa}: sigmoid({x}) tanh({x} / 2) = {} vs {want}",
+                    products[i]
+                );
                 let want = (1.0 / (1.0 + (-x64).exp())) as f32;
                 let tiny = (f64::from(sigmoids[i]) - f64::from(want)).abs() < 1e-37;
                 assert!(
@@ -744,13 +861,13 @@ mod tests {
                     tanhs[i]
                 );
             }
-            let expm1s = map(isa, &xs, vexpm1);
+            let expm1s = map(isa, &xs, vexpm1_twice);
             for (i, &x) in xs.iter().enumerate() {
-                if (-87.0..88.0).contains(&x) {
-                    let want = f64::from(x).exp_m1() as f32;
+                if (-10.0..=10.0).contains(&x) {
+                    let want = (2.0 * f64::from(x)).exp_m1() as f32;
                     assert!(
                         ulps(expm1s[i], want) <= 3,
-                        "{isa}: expm1({x}) = {} vs {want}",
+                        "{isa}: expm1(2·{x}) = {} vs {want}",
                         expm1s[i]
                     );
                 }
@@ -764,7 +881,14 @@ mod tests {
                 map(isa, &nan, vtanh).iter().all(|v| v.is_nan()),
                 "{isa}: tanh(NaN)"
             );
-            assert!(map(isa, &nan, vexp).iter().all(|v| v.is_nan()), "{isa}: exp(NaN)");
+            assert!(
+                map(isa, &nan, vexp_neg).iter().all(|v| v.is_nan()),
+                "{isa}: exp(NaN)"
+            );
+            assert!(
+                map(isa, &nan, vsigmoid_times_tanh).iter().all(|v| v.is_nan()),
+                "{isa}: sigmoid(NaN) tanh(NaN)"
+            );
         }
     }
 }
