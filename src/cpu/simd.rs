@@ -753,6 +753,9 @@ mod tests {
         out
     }
 
+    /// A math function applied a vector at a time (see `vector_fn!`).
+    type VectorFn = fn(Isa, &[f32], &mut [f32]);
+
     macro_rules! vector_fn {
         ($name:ident, $math:ident) => {
             fn $name(isa: Isa, xs: &[f32], out: &mut [f32]) {
@@ -873,22 +876,19 @@ mod tests {
                 }
             }
             let nan = [f32::NAN; 16];
-            assert!(
-                map(isa, &nan, vsigmoid).iter().all(|v| v.is_nan()),
-                "{isa}: sigmoid(NaN)"
-            );
-            assert!(
-                map(isa, &nan, vtanh).iter().all(|v| v.is_nan()),
-                "{isa}: tanh(NaN)"
-            );
-            assert!(
-                map(isa, &nan, vexp_neg).iter().all(|v| v.is_nan()),
-                "{isa}: exp(NaN)"
-            );
-            assert!(
-                map(isa, &nan, vsigmoid_times_tanh).iter().all(|v| v.is_nan()),
-                "{isa}: sigmoid(NaN) tanh(NaN)"
-            );
+            let functions: [(VectorFn, &str); 5] = [
+                (vsigmoid, "sigmoid"),
+                (vtanh, "tanh"),
+                (vexp_neg, "exp(-x)"),
+                (vexpm1_twice, "expm1(2x)"),
+                (vsigmoid_times_tanh, "sigmoid(x) tanh(x / 2)"),
+            ];
+            for (function, name) in functions {
+                assert!(
+                    map(isa, &nan, function).iter().all(|v| v.is_nan()),
+                    "{isa}: {name} of NaN"
+                );
+            }
         }
     }
 }
