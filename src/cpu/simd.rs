@@ -233,6 +233,19 @@ fn exp2_of_rounded<S: Simd>(s: S, t: S::V) -> S::V {
     s.times_exp2_of(s.exp2_table(&EXP2_SIXTEENTHS, t), t)
 }
 
+/// `x` clamped to `[low, high]` (NaN stays NaN), then `k`, `x · scale`
+/// rounded to an integer, and `t = x · scale + ROUNDING_BIAS`, which
+/// [`exp2_of_rounded`] and [`Simd::exp2_table`] read `2^(k/16)` from.
+#[inline(always)]
+fn clamp_and_round<S: Simd>(s: S, x: S::V, (low, high): (f32, f32), scale: f32) -> (S::V, S::V, S::V) {
+    let x = s.max_keep_nan(s.splat(low), s.min_keep_nan(s.splat(high), x));
+    let t = s.fma(x, s.splat(scale), s.splat(ROUNDING_BIAS));
+    (x, t, s.sub(t, s.splat(ROUNDING_BIAS)))
+}
+
+/// The least argument [`sigmoid`] takes (below it, e^-x would overflow).
+const SIGMOID_FLOOR: f32 = -88.37;
+
 /// `e^-x`, `x` clamped to `[floor, 87.3]` first (so the result is a normal
 /// float, never inf; NaN stays NaN): `-x = k ln 2 / 16 + r`, `|r| <= ln 2 /
 /// 32`, `e^-x = 2^(k/16) e^r` with `2^(k/16)` from the table and `e^r` to
@@ -240,14 +253,7 @@ fn exp2_of_rounded<S: Simd>(s: S, t: S::V) -> S::V {
 /// never negated). The sigmoid built on it is within 4 ulp.
 #[inline(always)]
 fn exp_neg<S: Simd>(s: S, x: S::V, floor: f32) -> S::V {
-    let x = s.min_keep_nan(s.splat(87.3), x);
-    let x = s.max_keep_nan(s.splat(floor), x);
-    let t = s.fma(
-        x,
-        s.splat(-16.0 * std::f32::consts::LOG2_E),
-        s.splat(ROUNDING_BIAS),
-    );
-    let k = s.sub(t, s.splat(ROUNDING_BIAS));
+    let (x, t, k) = clamp_and_round(s, x, (floor, 87.3), -16.0 * std::f32::consts::LOG2_E);
     // q = x + k ln 2 / 16 = -r
     let q = s.fma(k, s.splat(LN2_HI / 16.0), x);
     let q = s.fma(k, s.splat(LN2_LO / 16.0), q);
@@ -266,14 +272,7 @@ fn exp_neg<S: Simd>(s: S, x: S::V, floor: f32) -> S::V {
 /// rounding error added back: near 0 the difference `T - 1` is what is left).
 #[inline(always)]
 fn expm1_twice<S: Simd>(s: S, x: S::V) -> S::V {
-    let x = s.min_keep_nan(s.splat(10.0), x);
-    let x = s.max_keep_nan(s.splat(-10.0), x);
-    let t = s.fma(
-        x,
-        s.splat(32.0 * std::f32::consts::LOG2_E),
-        s.splat(ROUNDING_BIAS),
-    );
-    let k = s.sub(t, s.splat(ROUNDING_BIAS));
+    let (x, t, k) = clamp_and_round(s, x, (-10.0, 10.0), 32.0 * std::f32::consts::LOG2_E);
     // h = x - k ln 2 / 32
     let h = s.fma(k, s.splat(-LN2_HI / 32.0), x);
     let h = s.fma(k, s.splat(-LN2_LO / 32.0), h);
@@ -290,7 +289,7 @@ fn expm1_twice<S: Simd>(s: S, x: S::V) -> S::V {
 #[inline(always)]
 pub fn sigmoid<S: Simd>(s: S, x: S::V) -> S::V {
     let one = s.splat(1.0);
-    s.div(one, s.add(one, exp_neg(s, x, -88.37)))
+    s.div(one, s.add(one, exp_neg(s, x, SIGMOID_FLOOR)))
 }
 
 /// `tanh x = (e^(2x) - 1) / (e^(2x) + 1)`: accurate to a few ulp over the
@@ -773,7 +772,7 @@ mod tests {
         };
     }
     fn exp_neg_everywhere<S: Simd>(s: S, x: S::V) -> S::V {
-        exp_neg(s, x, -88.37)
+        exp_neg(s, x, SIGMOID_FLOOR)
     }
     /// `σ(x) tanh(x / 2)` as the LSTM makes it, with one division: two
     /// arguments from one grid (halving is exact).
