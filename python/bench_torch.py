@@ -12,9 +12,10 @@ turns, in alternating order, for ``--rounds`` rounds of ``--seconds`` each;
 a record's time is the median of its rounds' medians. ``torch_Nt`` and
 ``ours_Nt`` run with ``torch.set_num_threads(N)``, which our modules follow
 (``threads=None``). Variant ``ours_lengths_Nt`` is ours on the padded input
-with ``lengths=`` instead of packing. Shape ``icu_model`` is the seed's
-whole ICUTimeSeriesModel (LSTM, then its head) on icu_varlen's cohort: both
-thread pools in one call.
+with ``lengths=`` instead of packing. Variant ``ours_pool_Nt`` is ours with
+the crate's own thread pool instead of torch's OpenMP team (what the modules
+did before they ran on torch's team). Shape ``icu_model`` is the seed's
+whole ICUTimeSeriesModel (LSTM, then its head) on icu_varlen's cohort.
 """
 
 import argparse
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import rnn_kernels._ops as ops
 import rnn_kernels.torch as rt
 from bench import SHAPES, time_calls
 
@@ -62,6 +64,20 @@ class ICUTimeSeriesModel(nn.Module):
         return torch.sigmoid(self.head(hn[-1])).squeeze(-1)
 
 
+def on_own_pool(call: Callable[[], object]) -> Callable[[], object]:
+    """``call`` with the crate's models on its own pool, not torch's team."""
+    on_team = ops.torch_openmp
+
+    def run() -> object:
+        ops.torch_openmp = lambda: None
+        try:
+            return call()
+        finally:
+            ops.torch_openmp = on_team
+
+    return run
+
+
 def calls(shape: dict[str, Any], mode: str) -> dict[str, Callable[[], object]]:
     """The timed call of each engine on one shape and mode."""
     torch.manual_seed(0)
@@ -71,7 +87,15 @@ def calls(shape: dict[str, Any], mode: str) -> dict[str, Callable[[], object]]:
         ours.load_state_dict(ref.state_dict())
         x = torch.randn(shape["batch"], shape["seq"], shape["input"])
         lengths = lengths_for(shape)
-        return {"torch": lambda: ref(x, lengths), "ours": lambda: ours(x, lengths)}
+
+        def ours_call() -> object:
+            return ours(x, lengths)
+
+        return {
+            "torch": lambda: ref(x, lengths),
+            "ours": ours_call,
+            "ours_pool": on_own_pool(ours_call),
+        }
     cls = {"lstm": nn.LSTM, "gru": nn.GRU}[shape["cell"]]
     d = 2 if shape["bidirectional"] else 1
     ref = cls(
@@ -107,7 +131,7 @@ def calls(shape: dict[str, Any], mode: str) -> dict[str, Callable[[], object]]:
             return lambda: module(x, state, lengths=lengths)
         return lambda: module(pack(), state)
 
-    out = {"torch": run(ref), "ours": run(ours)}
+    out = {"torch": run(ref), "ours": run(ours), "ours_pool": on_own_pool(run(ours))}
     if lengths is not None:
         out["ours_lengths"] = run(ours, use_lengths=True)
     return out

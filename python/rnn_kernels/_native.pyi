@@ -24,6 +24,7 @@ class Rnn:
         device: _Device = "auto",
         threads: int | None = None,
         precision: _Precision = "f32",
+        openmp: str | None = None,
     ) -> Rnn: ...
     @staticmethod
     def from_state_dict(
@@ -37,6 +38,7 @@ class Rnn:
         device: _Device = "auto",
         threads: int | None = None,
         precision: _Precision = "f32",
+        openmp: str | None = None,
     ) -> Rnn: ...
     def forward(
         self,
@@ -68,6 +70,8 @@ class Rnn:
     def device(self) -> Literal["cpu", "cuda"]: ...
     @property
     def threads(self) -> int: ...
+    @property
+    def openmp(self) -> str | None: ...
     @property
     def assumed(self) -> list[str]: ...
     @property

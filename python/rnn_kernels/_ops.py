@@ -15,10 +15,15 @@ its reserve space as a tensor. The reserve is freed with its token
 
 Prepared (packed) models are cached by the identity, shape and version of
 their weight tensors: an optimizer step or ``load_state_dict`` changes a
-version, and the next call packs the weights again.
+version, and the next call packs the weights again. Their CPU threads are
+torch's own OpenMP team (``openmp=`` of ``Rnn``): between torch's operators
+libgomp's idle threads spin for milliseconds, and a second pool beside them
+would find no free core.
 """
 
+import functools
 import itertools
+import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -89,8 +94,8 @@ class _Prepared(NamedTuple):
     native: Rnn
 
 
-# Prepared models, least recently used first, by configuration, threads and
-# the weights' addresses. An entry holds its weights, so that their storage
+# Prepared models, least recently used first, by configuration, threads, the
+# OpenMP runtime and the weights' addresses. An entry holds its weights, so that their storage
 # stays alive and no other tensor can take their addresses while it stands.
 _CACHE_SIZE = 16
 _models: "OrderedDict[tuple[Any, ...], _Prepared]" = OrderedDict()
@@ -102,11 +107,34 @@ def _state(config: Config, weights: Sequence[torch.Tensor]) -> dict[str, np.ndar
     }
 
 
+@functools.cache
+def torch_openmp() -> str | None:
+    """The OpenMP runtime torch's CPU operators run on: its library's path
+    as the process loaded it; None when torch's parallel backend is not
+    OpenMP or the library is not found (the crate's own pool runs then)."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            # address perms offset dev inode [path]
+            fields = (line.split(maxsplit=5) for line in maps)
+            paths = {f[5].strip() for f in fields if len(f) == 6}
+    except OSError:
+        return None
+    runtimes = sorted(
+        p for p in paths if os.path.basename(p).startswith(("libgomp", "libiomp", "libomp"))
+    )
+    # torch's own copy first, where a wheel brings one beside other libraries'.
+    torch_dir = os.path.dirname(torch.__file__)
+    runtimes.sort(key=lambda p: not p.startswith(torch_dir))
+    return runtimes[0] if runtimes else None
+
+
 def native_model(config: Config, weights: Sequence[torch.Tensor]) -> Rnn:
     """The crate's model for these weights as they are now: repacked (in
     place) only when one changed, prepared anew when one was replaced."""
-    threads = config.threads or torch.get_num_threads()
-    key = (config, threads, tuple(w.data_ptr() for w in weights))
+    threads, openmp = config.threads or torch.get_num_threads(), torch_openmp()
+    key = (config, threads, openmp, tuple(w.data_ptr() for w in weights))
     versions = tuple(w._version for w in weights)
     entry = _models.get(key)
     same = entry is not None and all(
@@ -128,6 +156,7 @@ def native_model(config: Config, weights: Sequence[torch.Tensor]) -> Rnn:
             dropout=config.dropout,
             device="cpu",
             threads=threads,
+            openmp=openmp,
         )
     _models[key] = _Prepared(versions, list(weights), native)
     _models.move_to_end(key)

@@ -20,6 +20,11 @@ Weights are packed for the crate once, and again only when a parameter
 changes (an optimizer step, ``load_state_dict``), detected by the tensors'
 version counters.
 
+Threads: ``threads=None`` (the default) uses ``torch.get_num_threads()`` at
+each call, ``threads=N`` fixes it; either way they are torch's own OpenMP
+team (torch's libgomp), not a second pool beside it, whose threads would
+find torch's idle ones spinning on the other cores.
+
 Training and ``torch.compile`` go through the operators of
 ``rnn_kernels._ops``; inference in eager mode calls the extension
 directly. ``compile`` is ``torch.compile`` for models converted here.

@@ -17,6 +17,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use rnn_kernels::backend::{Backend, Device, TrainingState};
+use rnn_kernels::cpu::OpenMp;
 use rnn_kernels::facts::{load_weights, Assumed, ModelFacts};
 use rnn_kernels::tensor_file::{OwnedTensor, StoredDtype};
 use rnn_kernels::weights::describe;
@@ -192,6 +193,8 @@ struct Rnn {
     config: RnnConfig,
     backend_line: String,
     assumed: Assumed,
+    /// The host's OpenMP runtime whose team runs this model's CPU regions.
+    openmp: Option<&'static OpenMp>,
 }
 
 impl Rnn {
@@ -200,7 +203,9 @@ impl Rnn {
         prefix: Option<&str>,
         facts: ModelFacts,
         (device, threads, precision): (&str, Option<usize>, &str),
+        openmp: Option<&str>,
     ) -> PyResult<Self> {
+        let openmp = openmp.map(OpenMp::loaded).transpose().map_err(py_err)?;
         let device: Device = device.parse().map_err(py_err)?;
         let precision: Precision = precision.parse().map_err(py_err)?;
         let (weights, assumed) = load_weights::<f32>(file, prefix, &facts).map_err(py_err)?;
@@ -211,6 +216,16 @@ impl Rnn {
             backend: Mutex::new(backend),
             backend_line,
             assumed,
+            openmp,
+        })
+    }
+
+    /// Runs the crate's `work` with the GIL released (on the model's
+    /// OpenMP team, when it has one).
+    fn compute<T: Send>(&self, py: Python<'_>, work: impl FnOnce() -> T + Send) -> T {
+        py.detach(|| match self.openmp {
+            Some(runtime) => runtime.scope(work),
+            None => work(),
         })
     }
 }
@@ -235,9 +250,12 @@ impl Rnn {
     /// `safetensors.torch.save_file`); `prefix` picks one module of a whole
     /// model (`"lstm"`). `precision="int8"` or `"f16"` prepares the weights
     /// in that format for inference on the CPU (the README's "Reduced
-    /// precision"); such a model refuses training.
+    /// precision"); such a model refuses training. `openmp`: the path of
+    /// an OpenMP runtime the process has loaded (PyTorch's libgomp) whose
+    /// team runs the model's CPU threads instead of the crate's pool, so
+    /// that the two do not fight over the cores.
     #[staticmethod]
-    #[pyo3(signature = (path, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None, precision="f32"))]
+    #[pyo3(signature = (path, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None, precision="f32", openmp=None))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -250,13 +268,20 @@ impl Rnn {
         device: &str,
         threads: Option<usize>,
         precision: &str,
+        openmp: Option<String>,
     ) -> PyResult<Self> {
         let facts = model_facts(batch_first, cell, gru_original, dropout)?;
         let prefix = prefix.map(str::to_owned);
         let (device, precision) = (device.to_owned(), precision.to_owned());
         py.detach(move || {
             let file = TensorFile::open(&path).map_err(py_err)?;
-            Rnn::prepare(&file, prefix.as_deref(), facts, (&device, threads, &precision))
+            Rnn::prepare(
+                &file,
+                prefix.as_deref(),
+                facts,
+                (&device, threads, &precision),
+                openmp.as_deref(),
+            )
         })
     }
 
@@ -264,7 +289,7 @@ impl Rnn {
     /// (numpy arrays, or anything `numpy.asarray` takes, torch CPU tensors
     /// included).
     #[staticmethod]
-    #[pyo3(signature = (state_dict, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None, precision="f32"))]
+    #[pyo3(signature = (state_dict, prefix=None, *, batch_first=None, cell=None, gru_original=None, dropout=None, device="auto", threads=None, precision="f32", openmp=None))]
     #[allow(clippy::too_many_arguments)]
     fn from_state_dict(
         py: Python<'_>,
@@ -277,6 +302,7 @@ impl Rnn {
         device: &str,
         threads: Option<usize>,
         precision: &str,
+        openmp: Option<String>,
     ) -> PyResult<Self> {
         let facts = model_facts(batch_first, cell, gru_original, dropout)?;
         let numpy = py.import("numpy")?;
@@ -310,7 +336,13 @@ impl Rnn {
         py.detach(move || {
             let file =
                 TensorFile::from_tensors("the state_dict", &tensors, HashMap::new()).map_err(py_err)?;
-            Rnn::prepare(&file, prefix.as_deref(), facts, (&device, threads, &precision))
+            Rnn::prepare(
+                &file,
+                prefix.as_deref(),
+                facts,
+                (&device, threads, &precision),
+                openmp.as_deref(),
+            )
         })
     }
 
@@ -329,8 +361,8 @@ impl Rnn {
         c0: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let inputs = Inputs::new(x, lengths, h0, c0)?;
-        let out = py
-            .detach(|| lock(&self.backend).forward(&inputs.args()))
+        let out = self
+            .compute(py, || lock(&self.backend).forward(&inputs.args()))
             .map_err(py_err)?;
         PyTuple::new(py, output_tuple(py, out)?)
     }
@@ -349,8 +381,8 @@ impl Rnn {
         seed: Option<u64>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let inputs = Inputs::new(x, lengths, h0, c0)?;
-        let (out, state) = py
-            .detach(|| lock(&self.backend).forward_train(&inputs.args(), seed))
+        let (out, state) = self
+            .compute(py, || lock(&self.backend).forward_train(&inputs.args(), seed))
             .map_err(py_err)?;
         let reserve = Reserve {
             model: self as *const Rnn as usize,
@@ -383,8 +415,8 @@ impl Rnn {
         let grad_output = float_tensor("grad_output", grad_output)?;
         let grad_h_n = grad_h_n.map(|g| float_tensor("grad_h_n", g)).transpose()?;
         let grad_c_n = grad_c_n.map(|g| float_tensor("grad_c_n", g)).transpose()?;
-        let grads = py
-            .detach(|| {
+        let grads = self
+            .compute(py, || {
                 let kept = lock(&reserve.kept);
                 let (state, inputs) = &*kept;
                 let wanted = GradOutputs {
@@ -488,6 +520,13 @@ impl Rnn {
         assumed
     }
 
+    /// The OpenMP runtime (its library's path) whose team runs the
+    /// model's CPU threads; None: the crate's own pool.
+    #[getter]
+    fn openmp(&self) -> Option<&str> {
+        self.openmp.map(OpenMp::path)
+    }
+
     /// One line on the network and one on where it runs.
     #[getter]
     fn info(&self) -> String {
@@ -516,8 +555,8 @@ impl Streams {
         let x = float_tensor("x", x)?;
         let model = self.model.get();
         // A fresh output each step: numpy takes it over without a copy.
-        let h = py
-            .detach(|| lock(&model.backend).step(&x, &mut lock(&self.state)))
+        let h = model
+            .compute(py, || lock(&model.backend).step(&x, &mut lock(&self.state)))
             .map_err(py_err)?;
         to_numpy(py, h)
     }

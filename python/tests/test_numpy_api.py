@@ -274,3 +274,38 @@ def test_reduced_precision_models(tmp_path: Path, precision: str, bound: float) 
 def test_unknown_precision_is_a_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown precision"):
         rnn_kernels.Rnn.load(lstm_file(tmp_path), precision="int4")
+
+
+def test_openmp_team_runs_the_same_numbers(tmp_path: Path) -> None:
+    """openmp= runs the model's threads on a loaded OpenMP runtime's team
+    (the torch modules pass torch's): bit for bit what the crate's pool
+    gives, in forward, training and streams; a runtime the process has not
+    loaded is refused by name."""
+    with pytest.raises(ValueError, match="openmp: /nowhere/libgomp.so.1: not a library"):
+        rnn_kernels.Rnn.load(lstm_file(tmp_path), device="cpu", openmp="/nowhere/libgomp.so.1")
+    ctypes = pytest.importorskip("ctypes")
+    try:
+        ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        pytest.skip("no libgomp.so.1 on this machine")
+    path = lstm_file(tmp_path)
+    pool = rnn_kernels.Rnn.load(path, device="cpu", threads=2)
+    team = rnn_kernels.Rnn.load(path, device="cpu", threads=2, openmp="libgomp.so.1")
+    assert pool.openmp is None and team.openmp == "libgomp.so.1"
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((30, 9, 5), dtype=np.float32)
+    lengths = rng.integers(1, 31, size=9)
+    for got, want in zip(team.forward(x, lengths), pool.forward(x, lengths), strict=True):
+        np.testing.assert_array_equal(got, want)
+    grad = rng.standard_normal((30, 9, 8), dtype=np.float32)
+    *_, kept_team = team.forward_train(x, lengths)
+    *_, kept_pool = pool.forward_train(x, lengths)
+    got, want = team.backward(kept_team, grad), pool.backward(kept_pool, grad)
+    for a, b in zip(got[:3], want[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert got[3].keys() == want[3].keys()
+    for name in got[3]:
+        np.testing.assert_array_equal(got[3][name], want[3][name])
+    ward_team, ward_pool = team.streams(9), pool.streams(9)
+    for t in range(3):
+        np.testing.assert_array_equal(ward_team.step(x[t]), ward_pool.step(x[t]))

@@ -195,3 +195,40 @@ def test_other_dtypes_fall_back_to_torch_with_one_warning() -> None:
 def test_from_torch_refuses_other_modules() -> None:
     with pytest.raises(TypeError, match="nn.LSTM"):
         rt.from_torch(nn.Linear(2, 2))
+
+
+def test_modules_run_on_torchs_openmp_team() -> None:
+    """The modules' prepared models run their threads on torch's OpenMP team
+    (a second pool beside libgomp's spinning threads finds no free core),
+    and give the numbers the crate's own pool gives, bit for bit."""
+    from rnn_kernels import _ops
+
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch does not run its operators on OpenMP")
+    runtime = _ops.torch_openmp()
+    assert runtime is not None and "omp" in runtime
+    ref, ours = make(nn.LSTM, dict(num_layers=2))
+    ours.threads = 2
+    x = torch.randn(40, 16, 5, requires_grad=True)
+
+    def run() -> list[torch.Tensor]:
+        x.grad = None
+        ours.zero_grad()
+        output, (h_n, c_n) = ours(x)
+        (output.sum() + h_n.sum()).backward()
+        return [output, h_n, c_n, x.grad, *(p.grad for p in ours.parameters())]
+
+    on_team = run()
+    native = _ops.native_model(ours._config(), ours._flat_weights)
+    assert native.openmp == runtime
+    original = _ops.torch_openmp
+    _ops.clear_cache()
+    _ops.torch_openmp = lambda: None
+    try:
+        on_pool = run()
+        assert _ops.native_model(ours._config(), ours._flat_weights).openmp is None
+    finally:
+        _ops.torch_openmp = original
+        _ops.clear_cache()
+    for a, b in zip(on_team, on_pool, strict=True):
+        assert torch.equal(a, b)

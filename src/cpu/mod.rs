@@ -14,18 +14,21 @@
 //! - SIMD chosen at run time: AVX-512F, AVX2 + FMA, or portable (`simd.rs`);
 //! - a thread pool started once, batch rows split so that threads never
 //!   wait for each other, units split with a barrier when the batch is
-//!   too small for that (`threads.rs`).
+//!   too small for that (`threads.rs`); or, inside [`OpenMp::scope`], a
+//!   host program's OpenMP team (`openmp.rs`).
 
 mod cells;
 mod forward;
 mod int8;
 mod kernel;
 mod model;
+mod openmp;
 mod packed;
 mod simd;
 mod threads;
 mod train;
 
 pub use model::{default_threads, CpuRnn};
+pub use openmp::OpenMp;
 pub use simd::Isa;
 pub use train::CpuReserve;

@@ -33,6 +33,7 @@
 //! model, as threads or processes, now take about twice their time alone
 //! each, the fair share.
 
+use super::openmp::{self, Placement};
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -90,11 +91,12 @@ impl Workers {
     pub fn run(&self, count: usize, task: impl Fn(usize) + Sync) {
         let pieces = count.min(self.threads);
         let crowded = POOL.enter();
-        if pieces <= 1 || crowded.0 {
-            (0..count).for_each(task);
-        } else {
-            let piece = |p: usize| (p..count).step_by(pieces).for_each(&task);
-            POOL.region(pieces, &piece);
+        let piece = |p: usize| (p..count).step_by(pieces).for_each(&task);
+        let helped = pieces > 1 && !crowded.0;
+        match openmp::placement() {
+            Placement::Pool if helped => POOL.region(pieces, &piece),
+            Placement::Team(runtime) if helped => runtime.region(pieces, &piece),
+            _ => (0..count).for_each(&task),
         }
     }
 
