@@ -7,6 +7,12 @@ through them and ``torch.library.opcheck`` passes. Their arguments are
 tensors and numbers only: the network's configuration, its weights as a
 list in ``nn.RNNBase._flat_weights`` order, and the inputs.
 
+In eager mode a training forward skips them: ``train`` is a plain
+``torch.autograd.Function`` around the extension, which saves the
+dispatcher's and ``torch.library``'s Python autograd wrapper's quarter of a
+millisecond a step (their argument flattening and default filling); the
+operators are what ``torch.compile`` traces.
+
 What a training forward keeps for its backward (the crate's reserve) lives
 in Rust; the ``reserve`` output is a one-element int64 token standing for
 it (found by its address, its value always 0), much as cuDNN's RNN returns
@@ -31,10 +37,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from rnn_kernels._native import Reserve, Rnn
 
-__all__ = ["Config", "clear_cache", "infer", "native_model"]
+__all__ = ["Config", "clear_cache", "infer", "native_model", "train"]
 
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
@@ -221,6 +228,65 @@ def infer(
     lens = None if lengths is None else lengths.numpy()
     output, h_n, c_n = native.forward(as_numpy(x), lens, as_numpy(h0), as_numpy(c0))
     return torch.from_numpy(output), torch.from_numpy(h_n), _optional(c_n)
+
+
+class _Train(torch.autograd.Function):
+    """The crate's training forward and backward for eager autograd: the
+    reserve stays on the context until the graph is freed."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        config: Config,
+        lengths: torch.Tensor | None,
+        seed: int | None,
+        x: torch.Tensor,
+        h0: torch.Tensor | None,
+        c0: torch.Tensor | None,
+        *weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        native = native_model(config, weights)
+        lens = None if lengths is None else lengths.numpy()
+        output, h_n, c_n, reserve = native.forward_train(
+            as_numpy(x), lens, as_numpy(h0), as_numpy(c0), seed
+        )
+        ctx.native, ctx.reserve, ctx.names = native, reserve, config.weight_names()
+        ctx.has_h0, ctx.has_c0 = h0 is not None, c0 is not None
+        outputs = (output, h_n) if c_n is None else (output, h_n, c_n)
+        return tuple(torch.from_numpy(a) for a in outputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_output, grad_h_n, *grad_c_n = (as_numpy(g) for g in grads)
+        gx, gh0, gc0, gw = ctx.native.backward(
+            ctx.reserve, grad_output, grad_h_n, grad_c_n[0] if grad_c_n else None
+        )
+        return (
+            None,
+            None,
+            None,
+            torch.from_numpy(gx),
+            torch.from_numpy(gh0) if ctx.has_h0 else None,
+            torch.from_numpy(gc0) if ctx.has_c0 else None,
+            *(torch.from_numpy(gw[name]) for name in ctx.names),
+        )
+
+
+def train(
+    config: Config,
+    weights: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    lengths: torch.Tensor | None,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    seed: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The crate's training forward on tensors, in eager mode (gradients
+    through the crate's backward; ``seed`` draws the dropout masks):
+    ``(output, h_n, c_n)``, ``c_n`` None but for an LSTM."""
+    outputs = _Train.apply(config, lengths, seed, x, h0, c0, *weights)
+    return outputs[0], outputs[1], outputs[2] if len(outputs) == 3 else None
 
 
 @torch.library.impl("rnn_kernels::rnn", "CPU")

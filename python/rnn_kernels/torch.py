@@ -25,9 +25,10 @@ each call, ``threads=N`` fixes it; either way they are torch's own OpenMP
 team (torch's libgomp), not a second pool beside it, whose threads would
 find torch's idle ones spinning on the other cores.
 
-Training and ``torch.compile`` go through the operators of
-``rnn_kernels._ops``; inference in eager mode calls the extension
-directly. ``compile`` is ``torch.compile`` for models converted here.
+``torch.compile`` goes through the operators of ``rnn_kernels._ops``;
+in eager mode, inference calls the extension directly and training goes
+through a ``torch.autograd.Function`` around it. ``compile`` is
+``torch.compile`` for models converted here.
 
     model = rnn_kernels.torch.convert(model)  # every nn.LSTM/GRU/RNN inside, in place
     compiled = rnn_kernels.torch.compile(model, fullgraph=True)
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnn_kernels._ops import Config, clear_cache, infer
+from rnn_kernels._ops import Config, clear_cache, infer, train
 
 __all__ = ["GRU", "LSTM", "RNN", "clear_cache", "compile", "convert", "from_torch"]
 
@@ -110,11 +111,15 @@ class _CrateRNNBase(nn.RNNBase):
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in [x, h0, c0, *weights]
         )
-        if not (needs_grad or dropout or torch.compiler.is_compiling()):
+        compiling = torch.compiler.is_compiling()
+        if not (needs_grad or dropout or compiling):
             # Inference in eager mode: straight to the extension, without
             # the dispatcher's few microseconds.
             return infer(config, weights, x, lengths, h0, c0)
         seed = torch.randint(0, 2**62, (1,)) if dropout else None
+        if not compiling:
+            # Training in eager mode: an autograd.Function, not the operators.
+            return train(config, weights, x, lengths, h0, c0, None if seed is None else int(seed))
         output, h_n, c_n, _ = torch.ops.rnn_kernels.rnn(
             x, h0, c0, weights, *config.args(), lengths, seed, needs_grad
         )

@@ -166,13 +166,35 @@ def test_reserves_are_freed_with_their_graph() -> None:
     ours = rt.from_torch(nn.LSTM(5, 7, num_layers=2))
     before = len(ops._reserves)
     x = torch.randn(6, 3, 5, requires_grad=True)
-    out = ours(x)[0]
+    out = torch.ops.rnn_kernels.rnn(*op_args(ours, x))[0]
     assert len(ops._reserves) == before + 1
     out.sum().backward(retain_graph=True)
     out.sum().backward()  # twice: the reserve outlives one backward
     del out
     gc.collect()
     assert len(ops._reserves) == before
+
+
+def test_eager_training_runs_beside_the_operators() -> None:
+    """Eager training is an autograd.Function around the extension (no
+    operator token): the same gradients as the operator's, a retained graph
+    runs backward twice, and a second derivative is an error, not a wrong one."""
+    torch.manual_seed(4)
+    ours = rt.from_torch(nn.LSTM(5, 7, num_layers=2))
+    before = len(ops._reserves)
+    x = torch.randn(6, 3, 5, requires_grad=True)
+    out = ours(x)[0]
+    assert len(ops._reserves) == before
+    out.sum().backward(retain_graph=True)
+    eager = x.grad.clone()
+    out.sum().backward()
+    assert torch.equal(x.grad, 2 * eager)
+    x.grad = None
+    torch.ops.rnn_kernels.rnn(*op_args(ours, x))[0].sum().backward()
+    assert torch.equal(x.grad, eager)
+    (grad,) = torch.autograd.grad(ours(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
+        grad.sum().backward()
 
 
 def test_backward_without_a_live_reserve_is_an_error() -> None:
