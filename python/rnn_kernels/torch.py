@@ -35,11 +35,12 @@ through a ``torch.autograd.Function`` around it. ``compile`` is
 """
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from rnn_kernels._ops import Config, clear_cache, infer, train
 
@@ -134,8 +135,7 @@ class _CrateRNNBase(nn.RNNBase):
     ) -> tuple[Any, Any]:
         is_lstm = self.mode == "LSTM"
         packed = isinstance(input, PackedSequence)
-        padded = pad_packed_sequence(input, batch_first=self.batch_first)[0] if packed else input
-        why = self._why_not_native(padded)
+        why = self._why_not_native(input.data if packed else input)
         if why is not None:
             _warn_once(why)
             if lengths is not None:
@@ -144,10 +144,12 @@ class _CrateRNNBase(nn.RNNBase):
                     "torch.nn.utils.rnn.pack_padded_sequence instead"
                 )
             return super().forward(input, hx)
+        padded, packing = input, None
         if packed:
             if lengths is not None:
                 raise ValueError("lengths= with a PackedSequence: the packing gives the lengths")
-            lengths = _packed_lengths(input)
+            packing = _Packing.of(input, self.batch_first)
+            padded, lengths = packing.pad(input.data), packing.lengths
         elif lengths is not None:
             lengths = _lengths(lengths)
 
@@ -165,36 +167,50 @@ class _CrateRNNBase(nn.RNNBase):
             output = output.squeeze(0 if self.batch_first else 1)
             h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
-        if packed:
-            output = _repack(output, input, lengths, self.batch_first)
+        if packing is not None:
+            output = PackedSequence(
+                packing.pack(output),
+                input.batch_sizes,
+                input.sorted_indices,
+                input.unsorted_indices,
+            )
         return output, ((h_n, c_n) if is_lstm else h_n)
 
 
-def _packed_lengths(packed: PackedSequence) -> torch.Tensor:
-    """Each sequence's length, in the batch's original order."""
-    batch_sizes = packed.batch_sizes
-    sorted_lengths = (
-        batch_sizes.unsqueeze(0) > torch.arange(int(batch_sizes[0])).unsqueeze(1)
-    ).sum(1)
-    if packed.unsorted_indices is not None:
-        sorted_lengths = sorted_lengths[packed.unsorted_indices]
-    return sorted_lengths
+class _Packing(NamedTuple):
+    """Where a PackedSequence's rows sit in the padded layout the crate runs
+    (``[B, T]`` batch-first, else ``[T, B]``), and each sequence's length in
+    the batch's original order. Unpacking and packing are then one scatter
+    and one gather (differentiable), not PyTorch's padding functions."""
 
+    rows: torch.Tensor  # [N]: the padded row of each packed row
+    lengths: torch.Tensor  # [B]
+    layout: tuple[int, int]  # (B, T) or (T, B)
 
-def _repack(
-    output: torch.Tensor, like: PackedSequence, lengths: torch.Tensor, batch_first: bool
-) -> PackedSequence:
-    """``output`` (padded, original order) packed in ``like``'s order, so
-    that its data lines up with PyTorch's own; ``lengths`` are
-    ``_packed_lengths(like)``."""
-    if batch_first:
-        output = output.transpose(0, 1)
-    if like.sorted_indices is not None:
-        output = output.index_select(1, like.sorted_indices)
-    if like.sorted_indices is not None:
-        lengths = lengths[like.sorted_indices]
-    data = pack_padded_sequence(output, lengths, enforce_sorted=True).data
-    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+    @staticmethod
+    def of(packed: PackedSequence, batch_first: bool) -> "_Packing":
+        batch_sizes = packed.batch_sizes.numpy()
+        steps, batch = len(batch_sizes), int(batch_sizes[0])
+        # Packed row i is step t(i)'s slot j(i) of the batch sorted by length.
+        t = np.repeat(np.arange(steps), batch_sizes)
+        j = np.arange(len(t)) - (np.cumsum(batch_sizes) - batch_sizes)[t]
+        sorted_lengths = (batch_sizes[None, :] > np.arange(batch)[:, None]).sum(1)
+        b, lengths = j, sorted_lengths
+        if packed.sorted_indices is not None:
+            b = packed.sorted_indices.numpy()[j]
+            lengths = sorted_lengths[packed.unsorted_indices.numpy()]
+        rows = b * steps + t if batch_first else t * batch + b
+        layout = (batch, steps) if batch_first else (steps, batch)
+        return _Packing(torch.from_numpy(rows), torch.from_numpy(lengths), layout)
+
+    def pad(self, data: torch.Tensor) -> torch.Tensor:
+        """``data`` [N, F] padded with zeros to ``[B, T, F]`` or ``[T, B, F]``."""
+        padded = data.new_zeros(self.layout[0] * self.layout[1], data.shape[1])
+        return padded.index_copy(0, self.rows, data).view(*self.layout, -1)
+
+    def pack(self, output: torch.Tensor) -> torch.Tensor:
+        """The packed rows ``[N, F]`` of a padded output."""
+        return output.reshape(self.layout[0] * self.layout[1], -1).index_select(0, self.rows)
 
 
 class LSTM(_CrateRNNBase, nn.LSTM):
