@@ -87,7 +87,8 @@ impl Workers {
     /// done. The tasks form `min(count, threads)` pieces, piece `p` taking
     /// tasks `p`, `p + pieces`, ... in order (so the tasks of one call
     /// should be of a size); the caller runs piece 0 and whatever no worker
-    /// has claimed.
+    /// has claimed. Inside `OpenMp::scope` a host's OpenMP team runs the
+    /// pieces instead (`openmp.rs`).
     pub fn run(&self, count: usize, task: impl Fn(usize) + Sync) {
         let pieces = count.min(self.threads);
         let crowded = POOL.enter();
