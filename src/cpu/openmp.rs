@@ -212,16 +212,23 @@ mod tests {
         let caller = std::thread::current().id();
         let mut helpers: HashSet<ThreadId> = HashSet::new();
         runtime.scope(|| {
-            for _ in 0..200 {
+            for round in 0..200 {
                 let hits: Vec<AtomicUsize> = (0..7).map(|_| AtomicUsize::new(0)).collect();
                 let threads = Mutex::new(HashSet::new());
-                workers.run(hits.len(), |i| {
+                let task = |i: usize| {
                     hits[i].fetch_add(1, Ordering::Relaxed);
                     threads.lock().unwrap().insert(std::thread::current().id());
                     // Long enough for the team's other thread to take a piece.
                     let t = std::time::Instant::now();
                     while t.elapsed() < std::time::Duration::from_micros(50) {}
-                });
+                };
+                // Through the pool's entry point, and (so that other tests'
+                // callers, which make the pool run regions alone, cannot
+                // hide the team) straight on the team.
+                match round % 2 {
+                    0 => workers.run(hits.len(), task),
+                    _ => runtime.region(hits.len(), &task),
+                }
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
                 helpers.extend(threads.into_inner().unwrap());
             }
