@@ -102,8 +102,9 @@ class _Prepared(NamedTuple):
 
 
 # Prepared models, least recently used first, by configuration, threads, the
-# OpenMP runtime and the weights' addresses. An entry holds its weights, so that their storage
-# stays alive and no other tensor can take their addresses while it stands.
+# OpenMP runtime and the weights' addresses. An entry holds its weights, so
+# that their storage stays alive and no other tensor can take their
+# addresses while it stands.
 _CACHE_SIZE = 16
 _models: "OrderedDict[tuple[Any, ...], _Prepared]" = OrderedDict()
 
@@ -225,9 +226,45 @@ def infer(
     """The crate's inference forward on tensors: ``(output, h_n, c_n)``,
     ``c_n`` None but for an LSTM."""
     native = native_model(config, weights)
-    lens = None if lengths is None else lengths.numpy()
-    output, h_n, c_n = native.forward(as_numpy(x), lens, as_numpy(h0), as_numpy(c0))
+    output, h_n, c_n = native.forward(as_numpy(x), as_numpy(lengths), as_numpy(h0), as_numpy(c0))
     return torch.from_numpy(output), torch.from_numpy(h_n), _optional(c_n)
+
+
+def _forward_train(
+    config: Config,
+    weights: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    lengths: torch.Tensor | None,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    seed: int | None,
+) -> tuple[Rnn, torch.Tensor, torch.Tensor, torch.Tensor | None, Reserve]:
+    """The extension's training forward on tensors (``seed`` draws the
+    dropout masks): the model that ran it, ``output``, ``h_n``, ``c_n``
+    (None but for an LSTM) and the reserve for its backward."""
+    native = native_model(config, weights)
+    output, h_n, c_n, reserve = native.forward_train(
+        as_numpy(x), as_numpy(lengths), as_numpy(h0), as_numpy(c0), seed
+    )
+    return native, torch.from_numpy(output), torch.from_numpy(h_n), _optional(c_n), reserve
+
+
+def _native_backward(
+    native: Rnn,
+    reserve: Reserve,
+    config: Config,
+    grad_output: torch.Tensor,
+    grad_h_n: torch.Tensor,
+    grad_c_n: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    """The extension's backward on tensors: the gradients of the input,
+    ``h0``, ``c0`` (None but for an LSTM) and every weight, in
+    ``_flat_weights`` order."""
+    gx, gh0, gc0, gw = native.backward(
+        reserve, as_numpy(grad_output), as_numpy(grad_h_n), as_numpy(grad_c_n)
+    )
+    grads = [torch.from_numpy(gw[name]) for name in config.weight_names()]
+    return torch.from_numpy(gx), torch.from_numpy(gh0), _optional(gc0), grads
 
 
 class _Train(torch.autograd.Function):
@@ -245,31 +282,28 @@ class _Train(torch.autograd.Function):
         c0: torch.Tensor | None,
         *weights: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        native = native_model(config, weights)
-        lens = None if lengths is None else lengths.numpy()
-        output, h_n, c_n, reserve = native.forward_train(
-            as_numpy(x), lens, as_numpy(h0), as_numpy(c0), seed
+        native, output, h_n, c_n, reserve = _forward_train(
+            config, weights, x, lengths, h0, c0, seed
         )
-        ctx.native, ctx.reserve, ctx.names = native, reserve, config.weight_names()
+        ctx.native, ctx.reserve, ctx.config = native, reserve, config
         ctx.has_h0, ctx.has_c0 = h0 is not None, c0 is not None
-        outputs = (output, h_n) if c_n is None else (output, h_n, c_n)
-        return tuple(torch.from_numpy(a) for a in outputs)
+        return (output, h_n) if c_n is None else (output, h_n, c_n)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_output, grad_h_n, *grad_c_n = (as_numpy(g) for g in grads)
-        gx, gh0, gc0, gw = ctx.native.backward(
-            ctx.reserve, grad_output, grad_h_n, grad_c_n[0] if grad_c_n else None
+        grad_c_n = grads[2] if len(grads) == 3 else None
+        gx, gh0, gc0, gw = _native_backward(
+            ctx.native, ctx.reserve, ctx.config, grads[0], grads[1], grad_c_n
         )
         return (
             None,
             None,
             None,
-            torch.from_numpy(gx),
-            torch.from_numpy(gh0) if ctx.has_h0 else None,
-            torch.from_numpy(gc0) if ctx.has_c0 else None,
-            *(torch.from_numpy(gw[name]) for name in ctx.names),
+            gx,
+            gh0 if ctx.has_h0 else None,
+            gc0 if ctx.has_c0 else None,
+            *gw,
         )
 
 
@@ -302,14 +336,12 @@ def _rnn(
     if not keep and seed is None:
         output, h_n, c_n = infer(config, weights, x, lengths, h0, c0)
         return output, h_n, _tensor(c_n), no_token
-    native = native_model(config, weights)
-    lens = None if lengths is None else lengths.numpy()
     seed_value = None if seed is None else int(seed.item())
-    output, h_n, c_n, reserve = native.forward_train(
-        as_numpy(x), lens, as_numpy(h0), as_numpy(c0), seed_value
+    native, output, h_n, c_n, reserve = _forward_train(
+        config, weights, x, lengths, h0, c0, seed_value
     )
     token = _token(native, reserve) if keep else no_token
-    return torch.from_numpy(output), torch.from_numpy(h_n), _tensor(_optional(c_n)), token
+    return output, h_n, _tensor(c_n), token
 
 
 @torch.library.register_fake("rnn_kernels::rnn")
@@ -356,14 +388,15 @@ def _rnn_backward(
             "rnn_kernels::rnn_backward: reserve: not a live token made by rnn_kernels::rnn"
         )
     _, native, kept_reserve = kept
-    gx, gh0, gc0, gw = native.backward(
+    gx, gh0, gc0, grads = _native_backward(
+        native,
         kept_reserve,
-        as_numpy(grad_output),
-        as_numpy(grad_h_n),
-        as_numpy(grad_c_n) if config.cell == "lstm" else None,
+        config,
+        grad_output,
+        grad_h_n,
+        grad_c_n if config.cell == "lstm" else None,
     )
-    grads = [torch.from_numpy(gw[name]) for name in config.weight_names()]
-    return torch.from_numpy(gx), torch.from_numpy(gh0), _tensor(_optional(gc0)), grads
+    return gx, gh0, _tensor(gc0), grads
 
 
 @torch.library.register_fake("rnn_kernels::rnn_backward")
